@@ -1,0 +1,25 @@
+"""Training-time calibration losses for 2D and 3D multi-class segmentation."""
+
+from calibmonai.losses.ce import CrossEntropyLoss, TargetFormatAdapter
+from calibmonai.losses.confidence_penalty import ConfidencePenaltyLoss, LabelSmoothingLoss
+from calibmonai.losses.mbls import MarginLabelSmoothingLoss, margin_penalty
+from calibmonai.losses.meep import ErroneousEntropyLoss, erroneous_regularizer
+from calibmonai.losses.registry import METHODS, Method, get_loss
+from calibmonai.losses.svls import SpatiallyVaryingLabelSmoothingLoss, svls_kernel, svls_soft_labels
+
+__all__ = [
+    "CrossEntropyLoss",
+    "TargetFormatAdapter",
+    "ConfidencePenaltyLoss",
+    "LabelSmoothingLoss",
+    "MarginLabelSmoothingLoss",
+    "margin_penalty",
+    "ErroneousEntropyLoss",
+    "erroneous_regularizer",
+    "METHODS",
+    "Method",
+    "get_loss",
+    "SpatiallyVaryingLabelSmoothingLoss",
+    "svls_kernel",
+    "svls_soft_labels",
+]

@@ -1,0 +1,64 @@
+"""Thin cross-entropy loss and the adapter that lets MONAI's own losses take any of our target formats."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.loss import _Loss
+
+from calibmonai.losses.utils import check_reduction, to_class_indices
+
+__all__ = ["CrossEntropyLoss", "TargetFormatAdapter"]
+
+
+class CrossEntropyLoss(_Loss):
+    """Multi-class cross-entropy on logits, ``-log softmax(z)_y``, accepting index or one-hot targets.
+
+    This is ``torch.nn.functional.cross_entropy`` behind the same target checks as every other
+    calibmonai loss, so that ``ce`` is selected exactly like the calibration losses.
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        """
+        Args:
+            reduction: ``"mean"`` (over voxels), ``"sum"`` or ``"none"`` (a ``(B, *spatial)`` map).
+        """
+        super().__init__(reduction=check_reduction(reduction))
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            input: logits ``(B, C, *spatial)``.
+            target: ``(B, 1, *spatial)`` / ``(B, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot.
+        """
+        return F.cross_entropy(input, to_class_indices(input, target), reduction=self.reduction)
+
+
+class TargetFormatAdapter(_Loss):
+    """Runs a MONAI (or any) loss after the calibmonai target checks and conversion.
+
+    MONAI's ``DiceCELoss``/``FocalLoss``/``DiceLoss`` with ``to_onehot_y=True`` want ``(B, 1, *spatial)``
+    labels, ``NACLLoss`` wants ``(B, *spatial)``; this adapter accepts every format the calibmonai losses
+    accept and hands the wrapped loss the one it expects.
+    """
+
+    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target_format: str = "channel") -> None:
+        """
+        Args:
+            loss: the wrapped loss, called as ``loss(input, converted_target)``.
+            target_format: ``"channel"`` for ``(B, 1, *spatial)`` indices, ``"indices"`` for ``(B, *spatial)``.
+        """
+        super().__init__()
+        if target_format not in ("channel", "indices"):
+            raise ValueError(f"target_format must be 'channel' or 'indices', got {target_format!r}.")
+        self.loss = loss
+        self.target_format = target_format
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        idx = to_class_indices(input, target)
+        return self.loss(input, idx.unsqueeze(1) if self.target_format == "channel" else idx)
+
+    def extra_repr(self) -> str:
+        return f"target_format={self.target_format!r}"

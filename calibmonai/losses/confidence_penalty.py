@@ -1,0 +1,79 @@
+"""Explicit confidence penalty (ECP) and label smoothing (LS)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.loss import _Loss
+
+from calibmonai.losses.utils import check_reduction, nll_map, reduce_voxel_loss, to_class_indices
+
+__all__ = ["ConfidencePenaltyLoss", "LabelSmoothingLoss"]
+
+
+class ConfidencePenaltyLoss(_Loss):
+    """Explicit confidence penalty: cross-entropy minus ``beta`` times the mean entropy term.
+
+    .. math::
+        \\mathcal{L} = \\mathrm{CE}(z, y) - \\beta \\, \\frac{1}{N K} \\sum_{i}\\sum_{k} -p_{ik}\\log p_{ik}
+
+    (mean over every voxel and class, so ``beta`` is on the scale used by the MbLS segmentation study).
+
+    Pereyra, G., Tucker, G., Chorowski, J., Kaiser, L., Hinton, G. "Regularizing Neural Networks by
+    Penalizing Confident Output Distributions." ICLR workshop 2017. https://arxiv.org/abs/1701.06548
+    """
+
+    def __init__(self, beta: float = 0.1, reduction: str = "mean") -> None:
+        """
+        Args:
+            beta: weight of the entropy reward, >= 0. ``beta=0`` is plain cross-entropy.
+            reduction: ``"mean"`` over voxels, ``"sum"``, or ``"none"`` for a ``(B, *spatial)`` map.
+        """
+        super().__init__(reduction=check_reduction(reduction))
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}.")
+        self.beta = float(beta)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            input: logits ``(B, C, *spatial)``.
+            target: ``(B, 1, *spatial)`` / ``(B, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot.
+        """
+        idx = to_class_indices(input, target)
+        log_p = F.log_softmax(input, dim=1)
+        neg_plogp = -(log_p.exp() * log_p).mean(dim=1)
+        return reduce_voxel_loss(nll_map(log_p, idx) - self.beta * neg_plogp, self.reduction)
+
+
+class LabelSmoothingLoss(_Loss):
+    """Label smoothing: cross-entropy against ``(1 - alpha) * onehot + alpha / K``.
+
+    .. math::
+        \\mathcal{L} = (1 - \\alpha)\\,(-\\log p_{y}) + \\alpha \\, \\frac{1}{K}\\sum_k (-\\log p_k)
+
+    Szegedy, C., et al. "Rethinking the Inception Architecture for Computer Vision." CVPR 2016.
+    https://arxiv.org/abs/1512.00567
+    """
+
+    def __init__(self, alpha: float = 0.1, reduction: str = "mean") -> None:
+        """
+        Args:
+            alpha: smoothing factor in ``[0, 1]``. ``alpha=0`` is plain cross-entropy.
+            reduction: ``"mean"`` over voxels, ``"sum"``, or ``"none"`` for a ``(B, *spatial)`` map.
+        """
+        super().__init__(reduction=check_reduction(reduction))
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}.")
+        self.alpha = float(alpha)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            input: logits ``(B, C, *spatial)``.
+            target: ``(B, 1, *spatial)`` / ``(B, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot.
+        """
+        idx = to_class_indices(input, target)
+        log_p = F.log_softmax(input, dim=1)
+        voxel = (1.0 - self.alpha) * nll_map(log_p, idx) - self.alpha * log_p.mean(dim=1)
+        return reduce_voxel_loss(voxel, self.reduction)

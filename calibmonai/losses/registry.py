@@ -1,0 +1,83 @@
+"""One entry per training method, so that every loss is selected the same way (``get_loss("mbls")``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from monai.losses import DiceCELoss, FocalLoss, NACLLoss
+from torch.nn.modules.loss import _Loss
+
+from calibmonai.losses.ce import CrossEntropyLoss, TargetFormatAdapter
+from calibmonai.losses.confidence_penalty import ConfidencePenaltyLoss, LabelSmoothingLoss
+from calibmonai.losses.mbls import MarginLabelSmoothingLoss
+from calibmonai.losses.meep import ErroneousEntropyLoss
+from calibmonai.losses.svls import SpatiallyVaryingLabelSmoothingLoss
+
+__all__ = ["METHODS", "Method", "get_loss"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method: how to build its loss, its default hyper-parameters and what it is."""
+
+    build: Callable[..., _Loss]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    needs_geometry: bool = False  # whether the factory needs num_classes and spatial_dims
+
+
+def _dice_ce(**kw: Any) -> _Loss:
+    return TargetFormatAdapter(DiceCELoss(to_onehot_y=True, softmax=True, **kw), "channel")
+
+
+def _focal(**kw: Any) -> _Loss:
+    # MONAI's FocalLoss "mean" runs over classes as well as voxels: it is 1/C of the per-voxel focal sum.
+    return TargetFormatAdapter(FocalLoss(to_onehot_y=True, use_softmax=True, **kw), "channel")
+
+
+def _nacl(num_classes: int, spatial_dims: int, **kw: Any) -> _Loss:
+    return TargetFormatAdapter(NACLLoss(classes=num_classes, dim=spatial_dims, **kw), "indices")
+
+
+METHODS: dict[str, Method] = {
+    "ce": Method(CrossEntropyLoss, {}, "cross-entropy"),
+    "ce_dice": Method(_dice_ce, {}, "cross-entropy + Dice (MONAI DiceCELoss)"),
+    "focal": Method(_focal, {"gamma": 3.0}, "focal loss (MONAI FocalLoss, softmax; mean over voxels and classes)"),
+    "ecp": Method(ConfidencePenaltyLoss, {"beta": 0.1}, "explicit confidence penalty (Pereyra et al. 2017)"),
+    "ls": Method(LabelSmoothingLoss, {"alpha": 0.1}, "label smoothing (Szegedy et al. 2016)"),
+    "svls": Method(SpatiallyVaryingLabelSmoothingLoss, {"sigma": 1.0}, "spatially-varying label smoothing (Islam & Glocker 2021)"),
+    "mbls": Method(MarginLabelSmoothingLoss, {"margin": 10.0, "alpha": 0.1, "penalty": "l1"}, "margin-based label smoothing, L1 hinge (Liu et al. 2022)"),
+    "mbls_l2": Method(MarginLabelSmoothingLoss, {"margin": 10.0, "alpha": 0.1, "penalty": "l2"}, "margin-based label smoothing, one-sided squared hinge"),
+    "mbls_dice": Method(MarginLabelSmoothingLoss, {"margin": 10.0, "alpha": 0.1, "penalty": "l1", "base": "ce_dice"}, "MbLS on top of CE + Dice (Murugesan et al. 2023, sec. 5.2.9)"),
+    "meep_ce_entropy": Method(ErroneousEntropyLoss, {"base_loss": "ce", "lam": 0.3, "regularizer": "entropy"}, "MEEP: CE - lambda * entropy on misclassified voxels"),
+    "meep_ce_kl": Method(ErroneousEntropyLoss, {"base_loss": "ce", "lam": 0.3, "regularizer": "kl"}, "MEEP: CE + lambda * KL(uniform || p) on misclassified voxels"),
+    "meep_dice_entropy": Method(ErroneousEntropyLoss, {"base_loss": "dice", "lam": 0.3, "regularizer": "entropy"}, "MEEP: Dice - lambda * entropy on misclassified voxels"),
+    "meep_dice_kl": Method(ErroneousEntropyLoss, {"base_loss": "dice", "lam": 0.3, "regularizer": "kl"}, "MEEP: Dice + lambda * KL(uniform || p) on misclassified voxels"),
+    "nacl": Method(_nacl, {"alpha": 0.1}, "neighbour-aware calibration loss (MONAI NACLLoss, Murugesan et al. 2023)", True),
+}
+
+
+def get_loss(name: str, num_classes: int | None = None, spatial_dims: int | None = None, **kwargs: Any) -> _Loss:
+    """Build the loss of a training method by name.
+
+    Args:
+        name: one of :data:`METHODS` (``ce``, ``ce_dice``, ``focal``, ``ecp``, ``ls``, ``svls``, ``mbls``,
+            ``mbls_l2``, ``mbls_dice``, ``meep_ce_entropy``, ``meep_ce_kl``, ``meep_dice_entropy``,
+            ``meep_dice_kl``, ``nacl``).
+        num_classes: number of classes; used by methods that need it (``nacl``), ignored by the others.
+        spatial_dims: 2 or 3; used by methods that need it (``nacl``), ignored by the others.
+        kwargs: hyper-parameters overriding the method's defaults (e.g. ``margin=5.0``).
+
+    Raises:
+        ValueError: for an unknown method name, or a method that needs ``num_classes``/``spatial_dims``.
+    """
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; available methods: {', '.join(METHODS)}.")
+    method = METHODS[name]
+    params = {**method.defaults, **kwargs}
+    if method.needs_geometry:
+        if num_classes is None or spatial_dims is None:
+            raise ValueError(f"method {name!r} needs num_classes and spatial_dims, got {num_classes}, {spatial_dims}.")
+        return method.build(num_classes=num_classes, spatial_dims=spatial_dims, **params)
+    return method.build(**params)

@@ -1,0 +1,106 @@
+"""Shared input checks and target conversion for the calibration losses."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["check_logits", "to_class_indices", "reduce_voxel_loss", "log_prob_floor", "REDUCTIONS"]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_logits(input: torch.Tensor, check_finite: bool = True) -> None:
+    """Raise ``ValueError`` unless ``input`` is a floating ``(B, C, *spatial)`` tensor of finite logits."""
+    if not isinstance(input, torch.Tensor):
+        raise ValueError(f"input must be a torch.Tensor of logits, got {type(input).__name__}.")
+    if input.ndim < 3:
+        raise ValueError(
+            f"input must have shape (B, C, *spatial) with at least one spatial dimension, got shape {tuple(input.shape)}."
+        )
+    if not input.is_floating_point():
+        raise ValueError(f"input must be floating point logits, got dtype {input.dtype}.")
+    if input.shape[1] < 2:
+        raise ValueError(
+            f"input must have at least 2 classes along dim 1 (softmax over classes), got shape {tuple(input.shape)}."
+        )
+    # one reduction pass: any NaN/Inf makes the sum non-finite; only then look for the culprits
+    if check_finite and not bool(torch.isfinite(input.detach().sum(dtype=torch.float64))):
+        n_bad = int((~torch.isfinite(input)).sum())
+        if n_bad:
+            raise ValueError(f"input contains {n_bad} non-finite logit(s) (NaN or Inf), shape {tuple(input.shape)}.")
+
+
+def to_class_indices(input: torch.Tensor, target: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
+    """Validate ``input``/``target`` and return the target as ``(B, *spatial)`` int64 class indices.
+
+    Args:
+        input: logits of shape ``(B, C, *spatial)``.
+        target: class indices ``(B, 1, *spatial)`` or ``(B, *spatial)``, or one-hot ``(B, C, *spatial)``.
+        check_finite: whether to reject NaN/Inf logits.
+
+    Raises:
+        ValueError: when the shapes do not match, a label lies outside ``[0, C)``, a label is not an integer,
+            a one-hot target is not one-hot, or the logits are not finite.
+    """
+    check_logits(input, check_finite)
+    if not isinstance(target, torch.Tensor):
+        raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}.")
+    b, c = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    tshape = tuple(target.shape)
+    if tshape == (b, c) + spatial and c > 1:
+        is_binary = (target == 0) | (target == 1)
+        if not bool(is_binary.all()) or not bool((target.sum(1) == 1).all()):
+            raise ValueError(
+                f"target of shape {tshape} matches the input shape {tuple(input.shape)} and is read as one-hot, "
+                "but it is not one-hot (values must be 0/1 with exactly one 1 per voxel along dim 1)."
+            )
+        classes = torch.arange(c, device=target.device, dtype=target.dtype).view((1, c) + (1,) * len(spatial))
+        return (target * classes).sum(1).long()  # faster than argmax over dim 1
+    if tshape == (b, 1) + spatial:
+        idx = target[:, 0]
+    elif tshape == (b,) + spatial:
+        idx = target
+    else:
+        raise ValueError(
+            f"target shape {tshape} does not match input shape {tuple(input.shape)}: expected class indices "
+            f"{(b, 1) + spatial} or {(b,) + spatial}, or one-hot {(b, c) + spatial}."
+        )
+    if idx.is_floating_point():
+        if not bool(torch.isfinite(idx).all()) or not bool((idx == idx.round()).all()):
+            raise ValueError("target holds class indices, but some values are not integers (or not finite).")
+    if idx.numel():
+        lo, hi = (int(v) for v in torch.aminmax(idx))
+        if lo < 0 or hi >= c:
+            raise ValueError(f"target labels must lie in [0, {c - 1}] for {c} classes, got values in [{lo}, {hi}].")
+    return idx.long()
+
+
+def log_prob_floor(eps: float) -> float:
+    """``log(eps)``: clamping log-probabilities here is the same as clamping probabilities at ``eps``."""
+    return math.log(eps)
+
+
+def reduce_voxel_loss(voxel_loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce a per-voxel loss map ``(B, *spatial)`` with ``mean``, ``sum`` or ``none``."""
+    if reduction == "mean":
+        return voxel_loss.mean()
+    if reduction == "sum":
+        return voxel_loss.sum()
+    if reduction == "none":
+        return voxel_loss
+    raise ValueError(f"Unsupported reduction: {reduction}, available options are {REDUCTIONS}.")
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"Unsupported reduction: {reduction}, available options are {REDUCTIONS}.")
+    return reduction
+
+
+def nll_map(log_prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-voxel negative log-likelihood ``-log p_y`` of shape ``(B, *spatial)``."""
+    return F.nll_loss(log_prob, target, reduction="none")

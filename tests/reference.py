@@ -1,0 +1,90 @@
+"""Independent numpy reference implementations used by the tests (never imported by the package)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    m = z.max(axis=1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+
+
+def take_label(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """a: (B, C, *S), y: (B, *S) -> a[b, y[b, s], s]"""
+    return np.take_along_axis(a, y[:, None], axis=1)[:, 0]
+
+
+def ce(z, y):
+    return -take_label(log_softmax(z), y).mean()
+
+
+def mbls(z, y, margin, alpha, penalty="l1"):
+    d = z.max(axis=1, keepdims=True) - z
+    h = np.maximum(d - margin, 0.0)
+    if penalty == "l2":
+        h = h**2
+    return ce(z, y) + alpha * h.mean()
+
+
+def ecp(z, y, beta):
+    p, lp = softmax(z), log_softmax(z)
+    return ce(z, y) - beta * (-p * lp).mean()
+
+
+def ls(z, y, alpha):
+    lp = log_softmax(z)
+    return ((1 - alpha) * -take_label(lp, y) + alpha * (-lp).mean(axis=1)).mean()
+
+
+def svls_kernel(dims, sigma):
+    k = np.zeros((3,) * dims)
+    for off in itertools.product(range(3), repeat=dims):
+        k[off] = np.exp(-sum((o - 1) ** 2 for o in off) / (2 * sigma**2))
+    c = (1,) * dims
+    k[c] = k.sum() - k[c]
+    return k / k.sum()
+
+
+def svls(z, y, sigma):
+    b, c = z.shape[:2]
+    dims = z.ndim - 2
+    k = svls_kernel(dims, sigma)
+    onehot = np.moveaxis(np.eye(c)[y], -1, 1)
+    padded = np.pad(onehot, [(0, 0), (0, 0)] + [(1, 1)] * dims, mode="edge")
+    q = np.zeros_like(onehot)
+    for off in itertools.product(range(3), repeat=dims):
+        sl = tuple(slice(o, o + n) for o, n in zip(off, z.shape[2:]))
+        q += k[off] * padded[(slice(None), slice(None)) + sl]
+    return -(q * log_softmax(z)).sum(axis=1).mean(), q
+
+
+def meep_term(z, y, regularizer, eps=1e-8):
+    p = softmax(z)
+    lp = np.log(np.clip(p, eps, None))
+    wrong = z.argmax(axis=1) != y
+    if not wrong.any():
+        return 0.0
+    if regularizer == "entropy":
+        v = -(p * lp).sum(axis=1)
+    else:
+        v = -lp.mean(axis=1) - np.log(z.shape[1])
+    return v[wrong].mean()
+
+
+def dice_loss(z, y, smooth=1e-5):
+    """MONAI DiceLoss(softmax=True, to_onehot_y=True) with its defaults: per (batch, class), then mean."""
+    c = z.shape[1]
+    p = softmax(z)
+    g = np.moveaxis(np.eye(c)[y], -1, 1)
+    axes = tuple(range(2, z.ndim))
+    inter = (p * g).sum(axis=axes)
+    denom = p.sum(axis=axes) + g.sum(axis=axes)
+    return (1.0 - (2 * inter + smooth) / (denom + smooth)).mean()
