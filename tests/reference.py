@@ -88,3 +88,51 @@ def dice_loss(z, y, smooth=1e-5):
     inter = (p * g).sum(axis=axes)
     denom = p.sum(axis=axes) + g.sum(axis=axes)
     return (1.0 - (2 * inter + smooth) / (denom + smooth)).mean()
+
+
+def _bin_of(v, lo, hi, last):
+    return (v >= lo) & ((v <= hi) if last else (v < hi))
+
+
+def ece(p, y, nb, sel):
+    """top-label ECE of one case; p (C, N), y (N,), sel (N,) bool. Explicit loop over bins."""
+    conf, correct = p.max(0)[sel], (p.argmax(0) == y)[sel]
+    n = conf.size
+    if n == 0:
+        return float("nan")
+    total = 0.0
+    for b in range(nb):
+        inb = _bin_of(conf, b / nb, (b + 1) / nb, b == nb - 1)
+        if inb.any():
+            total += abs(correct[inb].mean() - conf[inb].mean()) * inb.sum() / n
+    return total
+
+
+def cece(p, y, nb, sel, include_background=True):
+    c = p.shape[0]
+    if not sel.any():
+        return float("nan")
+    per = []
+    for k in range(c if include_background else 1, c) if not include_background else range(c):
+        pk, hit = p[k][sel], (y == k)[sel].astype(float)
+        n = pk.size
+        e = 0.0
+        for b in range(nb):
+            inb = _bin_of(pk, b / nb, (b + 1) / nb, b == nb - 1)
+            if inb.any():
+                e += abs(hit[inb].mean() - pk[inb].mean()) * inb.sum() / n
+        per.append(e)
+    return float(np.mean(per))
+
+
+def brier(p, y, sel):
+    if not sel.any():
+        return float("nan")
+    onehot = np.eye(p.shape[0])[y].T
+    return float(((p - onehot) ** 2).sum(0)[sel].mean())
+
+
+def nll(p, y, sel):
+    if not sel.any():
+        return float("nan")
+    return float(-np.log(np.clip(p[y, np.arange(y.size)], 1e-12, None))[sel].mean())

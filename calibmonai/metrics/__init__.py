@@ -1,0 +1,36 @@
+"""Calibration metrics (streaming, MONAI-style) and segmentation-metric glue."""
+
+from calibmonai.metrics.calibration import (
+    CALIBRATION_METRICS,
+    FOREGROUND_MODES,
+    BrierScoreMetric,
+    CalibrationHistograms,
+    CalibrationMetrics,
+    ClasswiseCalibrationErrorMetric,
+    ExpectedCalibrationErrorMetric,
+    NegativeLogLikelihoodMetric,
+    StratifiedBrierScoreMetric,
+    calibration_errors,
+    compute_calibration_histograms,
+    reliability_statistics,
+)
+from calibmonai.metrics.segmentation import SegmentationMetrics, labels_to_regions
+from calibmonai.metrics.plots import plot_reliability_diagram
+
+__all__ = [
+    "CALIBRATION_METRICS",
+    "FOREGROUND_MODES",
+    "BrierScoreMetric",
+    "CalibrationHistograms",
+    "CalibrationMetrics",
+    "ClasswiseCalibrationErrorMetric",
+    "ExpectedCalibrationErrorMetric",
+    "NegativeLogLikelihoodMetric",
+    "StratifiedBrierScoreMetric",
+    "calibration_errors",
+    "compute_calibration_histograms",
+    "reliability_statistics",
+    "SegmentationMetrics",
+    "labels_to_regions",
+    "plot_reliability_diagram",
+]

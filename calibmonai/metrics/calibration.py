@@ -1,0 +1,476 @@
+"""Streaming calibration metrics for segmentation: ECE, class-wise ECE, Brier, stratified Brier, NLL.
+
+All metrics are computed from fixed-size per-case histograms (count, confidence sum, correct sum per bin,
+and per bin and class for the class-wise ECE) filled in one chunked pass over the voxels, so memory does
+not grow with the number of voxels or cases, and the pooled (dataset-level) value is a sum of histograms.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+from monai.metrics.metric import CumulativeIterationMetric
+
+__all__ = [
+    "CALIBRATION_METRICS",
+    "FOREGROUND_MODES",
+    "CalibrationHistograms",
+    "CalibrationMetrics",
+    "ExpectedCalibrationErrorMetric",
+    "ClasswiseCalibrationErrorMetric",
+    "BrierScoreMetric",
+    "StratifiedBrierScoreMetric",
+    "NegativeLogLikelihoodMetric",
+    "compute_calibration_histograms",
+    "calibration_errors",
+    "reliability_statistics",
+]
+
+CALIBRATION_METRICS = ("ece", "cece", "brier", "brier_plus", "nll")
+FOREGROUND_MODES = ("label", "none", "label_or_pred")
+_CHUNK_VOXELS = 1 << 18
+
+
+@dataclass
+class CalibrationHistograms:
+    """Sufficient statistics of the calibration metrics for a batch of cases (leading dim ``B``).
+
+    Attributes:
+        top_count, top_conf, top_correct: ``(B, bins)`` voxel count, sum of max-probability and number of
+            correct argmax predictions per confidence bin (top-label ECE, reliability diagram).
+        cls_count, cls_prob, cls_hit: ``(B, C, bins)`` count, sum of ``p_c`` and number of voxels labelled
+            ``c`` per bin of ``p_c`` (class-wise ECE).
+        n: ``(B,)`` number of voxels in the ECE/CECE/NLL selection.
+        nll_sum: ``(B,)`` sum of ``-log p_y`` over that selection.
+        brier_sum, brier_n: ``(B,)`` sum of ``sum_k (p_k - y_k)^2`` and voxel count (all voxels in the mask).
+        brier_fg_sum, brier_fg_n: the same over ground-truth foreground voxels (stratified Brier).
+    """
+
+    top_count: torch.Tensor
+    top_conf: torch.Tensor
+    top_correct: torch.Tensor
+    cls_count: torch.Tensor
+    cls_prob: torch.Tensor
+    cls_hit: torch.Tensor
+    n: torch.Tensor
+    nll_sum: torch.Tensor
+    brier_sum: torch.Tensor
+    brier_n: torch.Tensor
+    brier_fg_sum: torch.Tensor
+    brier_fg_n: torch.Tensor
+
+    @classmethod
+    def zeros(cls, batch: int, num_classes: int, num_bins: int, device: Any = "cpu") -> CalibrationHistograms:
+        def z(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=torch.float64, device=device)
+
+        return cls(
+            z(batch, num_bins), z(batch, num_bins), z(batch, num_bins),
+            z(batch, num_classes, num_bins), z(batch, num_classes, num_bins), z(batch, num_classes, num_bins),
+            z(batch), z(batch), z(batch), z(batch), z(batch), z(batch),
+        )  # fmt: skip
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def summed(self) -> CalibrationHistograms:
+        """Pool the cases: sum over the leading batch dimension (keeping it, of size 1)."""
+        return CalibrationHistograms(*[t.sum(0, keepdim=True) for t in self.tensors()])
+
+    def add_(self, other: CalibrationHistograms) -> CalibrationHistograms:
+        for a, b in zip(self.tensors(), other.tensors()):
+            a.add_(b)
+        return self
+
+    def all_reduce_(self) -> CalibrationHistograms:
+        """Sum the statistics over every process of an initialised ``torch.distributed`` group."""
+        if dist.is_available() and dist.is_initialized():
+            for t in self.tensors():
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return self
+
+
+def _as_labels(y: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
+    """Return labels as a ``(B, N)`` view/tensor of class indices, checking shape."""
+    b, c = y_pred.shape[:2]
+    spatial = tuple(y_pred.shape[2:])
+    shape = tuple(y.shape)
+    if shape == (b, c) + spatial and c > 1:
+        if not bool(((y == 0) | (y == 1)).all()) or not bool((y.sum(1) == 1).all()):
+            raise ValueError(f"y of shape {shape} is read as one-hot, but it is not one-hot (0/1, one 1 per voxel).")
+        classes = torch.arange(c, device=y.device, dtype=y.dtype).view((1, c) + (1,) * len(spatial))
+        return (y * classes).sum(1).reshape(b, -1).long()
+    if shape == (b, 1) + spatial or shape == (b,) + spatial:
+        return y.reshape(b, -1)
+    raise ValueError(
+        f"y shape {shape} does not match y_pred shape {tuple(y_pred.shape)}: expected labels {(b, 1) + spatial} "
+        f"or {(b,) + spatial}, or one-hot {(b, c) + spatial}."
+    )
+
+
+def _as_mask(mask: torch.Tensor | None, y_pred: torch.Tensor) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    b = y_pred.shape[0]
+    spatial = tuple(y_pred.shape[2:])
+    if tuple(mask.shape) not in ((b, 1) + spatial, (b,) + spatial):
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match y_pred shape {tuple(y_pred.shape)}: expected {(b, 1) + spatial}.")
+    return mask.reshape(b, -1).bool()
+
+
+def compute_calibration_histograms(
+    y_pred: torch.Tensor,
+    y: torch.Tensor,
+    num_bins: int = 15,
+    mask: torch.Tensor | None = None,
+    foreground: str = "label",
+    softmax: bool = False,
+    classwise: bool = True,
+    background_index: int = 0,
+    prob_tol: float = 1e-3,
+    chunk_voxels: int = _CHUNK_VOXELS,
+) -> CalibrationHistograms:
+    """Fill the per-case calibration histograms in one chunked pass over the voxels.
+
+    Args:
+        y_pred: probabilities ``(B, C, *spatial)``, or logits when ``softmax=True``.
+        y: labels ``(B, 1, *spatial)`` / ``(B, *spatial)`` or one-hot ``(B, C, *spatial)``.
+        num_bins: number of equal-width bins on ``[0, 1]``; the value 1.0 falls in the last bin.
+        mask: optional ``(B, 1, *spatial)`` voxel mask; only voxels where it is true are counted.
+        foreground: which voxels the ECE, CECE and NLL see: ``"label"`` (ground truth not background, as in
+            the MbLS and MEEP evaluations), ``"none"`` (all voxels) or ``"label_or_pred"``. The softmax always
+            runs over every class. Brier uses all (masked) voxels, Brier+ the ground-truth foreground ones.
+        softmax: apply a softmax over dim 1 first (chunk by chunk, no full-size copy).
+        classwise: fill the ``(B, C, bins)`` class-wise histograms (skip them to save time when unused).
+        background_index: the background label.
+        prob_tol: tolerance of the ``[0, 1]`` range and sum-to-one checks on probabilities.
+        chunk_voxels: voxels per chunk (bounds the temporary memory).
+
+    Raises:
+        ValueError: for mismatched shapes, labels outside ``[0, C)``, probabilities outside ``[0, 1]`` or not
+            summing to 1 over classes (beyond ``prob_tol``), non-finite values, or an unknown ``foreground``.
+    """
+    if not isinstance(y_pred, torch.Tensor) or y_pred.ndim < 3:
+        raise ValueError(f"y_pred must have shape (B, C, *spatial), got {tuple(getattr(y_pred, 'shape', ()))}.")
+    if foreground not in FOREGROUND_MODES:
+        raise ValueError(f"foreground must be one of {FOREGROUND_MODES}, got {foreground!r}.")
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
+    b, c = y_pred.shape[:2]
+    if c < 2:
+        raise ValueError(f"y_pred must have at least 2 classes along dim 1, got shape {tuple(y_pred.shape)}.")
+    probs_all = y_pred.reshape(b, c, -1)
+    labels_all = _as_labels(y, y_pred)
+    mask_all = _as_mask(mask, y_pred)
+    n_vox = probs_all.shape[-1]
+    dev = y_pred.device
+    hist = CalibrationHistograms.zeros(b, c, num_bins, dev)
+    nb1 = num_bins + 1  # one extra "dump" bin per case for voxels outside the selection
+    top_off = (torch.arange(b, device=dev) * nb1).view(b, 1)
+    cls_off = (torch.arange(b * c, device=dev) * nb1).view(b, c, 1)
+    lab_lo, lab_hi = math.inf, -math.inf
+    p_lo, p_hi, s_err = math.inf, -math.inf, 0.0
+
+    def bincount(idx: torch.Tensor, size: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.bincount(idx.reshape(-1), weights=None if weights is None else weights.reshape(-1), minlength=size)
+
+    for start in range(0, n_vox, max(1, chunk_voxels)):
+        stop = min(n_vox, start + chunk_voxels)
+        p = probs_all[:, :, start:stop]
+        p = torch.softmax(p.float(), dim=1) if softmax else p.float()
+        lab = labels_all[:, start:stop]
+        if lab.is_floating_point():
+            if not bool((lab == lab.round()).all()):
+                raise ValueError("y holds class indices, but some values are not integers (or not finite).")
+        lab = lab.long()
+        lo, hi = torch.aminmax(lab)
+        lab_lo, lab_hi = min(lab_lo, int(lo)), max(lab_hi, int(hi))
+        if lab_lo < 0 or lab_hi >= c:
+            raise ValueError(f"labels must lie in [0, {c - 1}] for {c} classes, got values in [{lab_lo}, {lab_hi}].")
+        if not softmax:
+            lo, hi = torch.aminmax(p)
+            if math.isnan(float(lo)) or math.isnan(float(hi)):
+                raise ValueError("y_pred must hold probabilities in [0, 1], got NaN values.")
+            p_lo, p_hi = min(p_lo, float(lo)), max(p_hi, float(hi))
+            s_err = max(s_err, float((p.sum(1) - 1.0).abs().max()))
+            if not (p_lo >= -prob_tol and p_hi <= 1.0 + prob_tol):
+                raise ValueError(
+                    f"y_pred must hold probabilities in [0, 1], got values in [{p_lo:.4g}, {p_hi:.4g}] "
+                    "(pass softmax=True for logits)."
+                )
+            if not s_err <= prob_tol:
+                raise ValueError(
+                    f"y_pred probabilities must sum to 1 over classes (dim 1), max deviation {s_err:.4g} > {prob_tol}"
+                    " (pass softmax=True for logits)."
+                )
+        elif not bool(torch.isfinite(p).all()):
+            raise ValueError("y_pred logits contain non-finite values (NaN or Inf).")
+
+        keep = torch.ones_like(lab, dtype=torch.bool) if mask_all is None else mask_all[:, start:stop]
+        fg_gt = lab != background_index
+        p_y = p.gather(1, lab.unsqueeze(1)).squeeze(1)
+        conf = p.amax(dim=1)
+        # Brier over all kept voxels; Brier+ over the ground-truth foreground
+        brier = (p * p).sum(1) - 2.0 * p_y + 1.0
+        keep_f = keep.double()
+        hist.brier_sum += (brier.double() * keep_f).sum(1)
+        hist.brier_n += keep_f.sum(1)
+        fg_keep = (keep & fg_gt).double()
+        hist.brier_fg_sum += (brier.double() * fg_keep).sum(1)
+        hist.brier_fg_n += fg_keep.sum(1)
+        # selection of the ECE, CECE and NLL
+        if foreground == "label":
+            sel = keep & fg_gt
+        elif foreground == "label_or_pred":
+            pred_bg = p[:, background_index] >= conf  # argmax is background (a tie counts as background)
+            sel = keep & (fg_gt | ~pred_bg)
+        else:
+            sel = keep
+        sel_f = sel.double()
+        hist.n += sel_f.sum(1)
+        hist.nll_sum += (-torch.log(p_y.clamp_min(1e-12)).double() * sel_f).sum(1)
+        # top-label histograms: "correct" is argmax == label, i.e. p_y equals the max (ties count as correct)
+        correct = (p_y >= conf).to(p.dtype)
+        bins = (conf * num_bins).long().clamp_(0, num_bins - 1)
+        idx = torch.where(sel, bins, num_bins) + top_off
+        size = b * nb1
+        hist.top_count += bincount(idx, size).view(b, nb1)[:, :num_bins].double()
+        hist.top_conf += bincount(idx, size, conf).view(b, nb1)[:, :num_bins].double()
+        hist.top_correct += bincount(idx, size, correct).view(b, nb1)[:, :num_bins].double()
+        if classwise:
+            cbins = (p * num_bins).long().clamp_(0, num_bins - 1)
+            cidx = torch.where(sel.unsqueeze(1), cbins, num_bins) + cls_off
+            size = b * c * nb1
+            hist.cls_count += bincount(cidx, size).view(b, c, nb1)[..., :num_bins].double()
+            hist.cls_prob += bincount(cidx, size, p).view(b, c, nb1)[..., :num_bins].double()
+            # each voxel is a hit only for its own label's class: count the label's bin
+            hit_idx = cidx.gather(1, lab.unsqueeze(1))
+            hist.cls_hit += bincount(hit_idx, size).view(b, c, nb1)[..., :num_bins].double()
+    return hist
+
+
+def calibration_errors(hist: CalibrationHistograms, include_background: bool = True, background_index: int = 0) -> dict[str, torch.Tensor]:
+    """Metric values ``(B,)`` from histograms: ``ece``, ``cece``, ``brier``, ``brier_plus``, ``nll``.
+
+    ECE = sum_bins |correct - conf| / n (= sum_bins n_bin/n * |acc_bin - conf_bin|); CECE = mean over classes
+    of the same per class; a case with no selected voxel gets NaN.
+    """
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=hist.n.device)
+    n = hist.n
+    valid = n > 0
+    ece = torch.where(valid, (hist.top_correct - hist.top_conf).abs().sum(-1) / n.clamp_min(1), nan)
+    per_class = (hist.cls_hit - hist.cls_prob).abs().sum(-1) / n.clamp_min(1).unsqueeze(-1)
+    if not include_background:
+        keep = [k for k in range(per_class.shape[1]) if k != background_index]
+        per_class = per_class[:, keep]
+    cece = torch.where(valid, per_class.mean(-1), nan)
+    nll = torch.where(valid, hist.nll_sum / n.clamp_min(1), nan)
+    brier = torch.where(hist.brier_n > 0, hist.brier_sum / hist.brier_n.clamp_min(1), nan)
+    brier_plus = torch.where(hist.brier_fg_n > 0, hist.brier_fg_sum / hist.brier_fg_n.clamp_min(1), nan)
+    return {"ece": ece, "cece": cece, "brier": brier, "brier_plus": brier_plus, "nll": nll}
+
+
+def reliability_statistics(hist: CalibrationHistograms) -> dict[str, torch.Tensor]:
+    """Per-bin statistics of the top-label reliability diagram pooled over the cases in ``hist``.
+
+    Returns ``edges`` (bins + 1), ``count``, ``confidence`` (mean max-probability) and ``accuracy`` per bin
+    (NaN in empty bins), and the pooled ``ece``.
+    """
+    pooled = hist.summed() if hist.n.shape[0] != 1 else hist
+    count = pooled.top_count[0]
+    safe = count.clamp_min(1)
+    nan = torch.full_like(count, float("nan"))
+    num_bins = count.shape[0]
+    return {
+        "edges": torch.linspace(0, 1, num_bins + 1, dtype=torch.float64),
+        "count": count,
+        "confidence": torch.where(count > 0, pooled.top_conf[0] / safe, nan),
+        "accuracy": torch.where(count > 0, pooled.top_correct[0] / safe, nan),
+        "ece": calibration_errors(pooled)["ece"][0],
+    }
+
+
+class CalibrationMetrics(CumulativeIterationMetric):
+    """Top-label ECE, class-wise ECE, Brier, stratified Brier (Brier+) and NLL of a segmentation, per case
+    and pooled, from one pass over the voxels.
+
+    - ECE (Naeini et al., AAAI 2015; Guo et al., ICML 2017): confidence ``max_k p_k``, correct
+      ``argmax == label``; ``sum_b n_b / n * |acc_b - conf_b|`` over ``num_bins`` equal-width bins.
+    - CECE (class-wise ECE; Kull et al., NeurIPS 2019; the MbLS segmentation evaluation): per class ``c``,
+      bin ``p_c`` against ``1[label == c]``; the mean over classes (``include_background`` chooses whether
+      class 0 is in that mean).
+    - Brier (Brier 1950): mean over voxels of ``sum_k (p_k - y_k)^2``; Brier+ (stratified Brier; Wallace &
+      Dahabreh 2012): the same on ground-truth foreground voxels only.
+    - NLL: mean ``-log p_y`` over the ECE voxels.
+
+    Call once per batch (each batch item is one case), then ``aggregate()``:
+    ``level="case"`` gives the mean (and std) over cases of the per-case values (the MbLS tables), skipping
+    cases with no selected voxel (they get NaN, a warning names them, and ``skipped`` counts them);
+    ``level="pooled"`` gives the values of the histograms summed over every case seen (all-reduced over
+    ``torch.distributed`` processes), whose memory does not grow with the number of voxels or cases.
+
+    Args:
+        metric_names: which of ``ece``, ``cece``, ``brier``, ``brier_plus``, ``nll`` to report.
+        num_bins: equal-width bins on ``[0, 1]``; 1.0 is in the last bin. Defaults to 15.
+        foreground: voxels of the ECE/CECE/NLL: ``"label"`` (ground-truth foreground), ``"none"``,
+            ``"label_or_pred"``.
+        include_background: whether class 0 enters the CECE class mean.
+        softmax: whether ``y_pred`` are logits to be softmaxed over dim 1.
+        background_index: the background label.
+        prob_tol: tolerance of the probability checks.
+
+    ``metric(y_pred, y, mask=None, case_names=None)``: ``case_names`` (one per batch item) name the cases in
+    warnings and per-case outputs.
+    """
+
+    def __init__(
+        self,
+        metric_names: Sequence[str] = CALIBRATION_METRICS,
+        num_bins: int = 15,
+        foreground: str = "label",
+        include_background: bool = True,
+        softmax: bool = False,
+        background_index: int = 0,
+        prob_tol: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        names = (metric_names,) if isinstance(metric_names, str) else tuple(metric_names)
+        unknown = [m for m in names if m not in CALIBRATION_METRICS]
+        if unknown or not names:
+            raise ValueError(f"unknown metric name(s) {unknown}; available: {CALIBRATION_METRICS}.")
+        if foreground not in FOREGROUND_MODES:
+            raise ValueError(f"foreground must be one of {FOREGROUND_MODES}, got {foreground!r}.")
+        if num_bins < 1:
+            raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
+        self.metric_names = names
+        self.num_bins = int(num_bins)
+        self.foreground = foreground
+        self.include_background = include_background
+        self.softmax = softmax
+        self.background_index = background_index
+        self.prob_tol = prob_tol
+        self._pooled: CalibrationHistograms | None = None
+        self._case_names: list[str] = []
+
+    def reset(self) -> None:
+        super().reset()
+        self._pooled = None
+        self._case_names = []
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, case_names: Sequence[str] | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        """Per-case values ``(B, len(metric_names))``; also accumulates the pooled histograms."""
+        hist = compute_calibration_histograms(
+            y_pred, y, self.num_bins, mask=mask, foreground=self.foreground, softmax=self.softmax,
+            classwise="cece" in self.metric_names, background_index=self.background_index, prob_tol=self.prob_tol,
+        )  # fmt: skip
+        pooled = hist.summed()
+        self._pooled = pooled if self._pooled is None else self._pooled.add_(pooled)
+        values = calibration_errors(hist, self.include_background, self.background_index)
+        start = len(self._case_names)
+        names = list(case_names) if case_names is not None else [f"case {start + i}" for i in range(y_pred.shape[0])]
+        self._case_names.extend(names)
+        out = torch.stack([values[m] for m in self.metric_names], dim=1)
+        for i in range(out.shape[0]):
+            bad = [m for j, m in enumerate(self.metric_names) if torch.isnan(out[i, j])]
+            if bad:
+                warnings.warn(f"{names[i]}: no voxel selected for {', '.join(bad)} (no foreground?); value is NaN and skipped.")
+        return out.float()
+
+    def _case_values(self) -> torch.Tensor:
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor) or data.numel() == 0:
+            raise ValueError("no data to aggregate: call the metric on at least one batch first.")
+        return data
+
+    def pooled_histograms(self) -> CalibrationHistograms:
+        """The histograms summed over every case seen (and over processes under ``torch.distributed``)."""
+        if self._pooled is None:
+            raise ValueError("no data to aggregate: call the metric on at least one batch first.")
+        pooled = CalibrationHistograms(*[t.clone() for t in self._pooled.tensors()])
+        return pooled.all_reduce_()
+
+    def aggregate(self, level: str = "case") -> dict[str, Any]:  # type: ignore[override]
+        """Aggregate over cases.
+
+        Args:
+            level: ``"case"``: mean, std over cases of per-case values (NaN cases skipped, ``skipped`` counts
+                them); ``"pooled"``: values from the summed histograms.
+
+        Returns:
+            a dict ``{name: value}`` (floats); for ``level="case"`` also ``{name}_std`` and ``{name}_skipped``.
+        """
+        if level == "pooled":
+            values = calibration_errors(self.pooled_histograms(), self.include_background, self.background_index)
+            return {m: float(values[m][0]) for m in self.metric_names}
+        if level != "case":
+            raise ValueError(f"level must be 'case' or 'pooled', got {level!r}.")
+        data = self._case_values().double()
+        out: dict[str, Any] = {}
+        for j, m in enumerate(self.metric_names):
+            col = data[:, j]
+            ok = col[~torch.isnan(col)]
+            out[m] = float(ok.mean()) if ok.numel() else float("nan")
+            out[f"{m}_std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
+            out[f"{m}_skipped"] = int(col.numel() - ok.numel())
+        return out
+
+    def reliability(self) -> dict[str, torch.Tensor]:
+        """Pooled per-bin reliability-diagram statistics (see :func:`reliability_statistics`)."""
+        return reliability_statistics(self.pooled_histograms())
+
+    @property
+    def case_names(self) -> list[str]:
+        return list(self._case_names)
+
+
+class _SingleCalibrationMetric(CalibrationMetrics):
+    """One calibration metric; ``aggregate()`` returns a scalar tensor (for MONAI's ignite handlers)."""
+
+    name = ""
+
+    def __init__(self, level: str = "case", **kwargs: Any) -> None:
+        super().__init__(metric_names=(self.name,), **kwargs)
+        if level not in ("case", "pooled"):
+            raise ValueError(f"level must be 'case' or 'pooled', got {level!r}.")
+        self.level = level
+
+    def aggregate(self, level: str | None = None) -> torch.Tensor:  # type: ignore[override]
+        return torch.tensor(super().aggregate(level or self.level)[self.name])
+
+    def aggregate_all(self, level: str | None = None) -> dict[str, Any]:
+        return CalibrationMetrics.aggregate(self, level or self.level)
+
+
+class ExpectedCalibrationErrorMetric(_SingleCalibrationMetric):
+    """Top-label ECE (Guo et al. 2017) as a MONAI metric; see :class:`CalibrationMetrics` for arguments."""
+
+    name = "ece"
+
+
+class ClasswiseCalibrationErrorMetric(_SingleCalibrationMetric):
+    """Class-wise ECE (CECE) as a MONAI metric; see :class:`CalibrationMetrics` for arguments."""
+
+    name = "cece"
+
+
+class BrierScoreMetric(_SingleCalibrationMetric):
+    """Multi-class Brier score (mean over voxels of ``sum_k (p_k - y_k)^2``); see :class:`CalibrationMetrics`."""
+
+    name = "brier"
+
+
+class StratifiedBrierScoreMetric(_SingleCalibrationMetric):
+    """Stratified Brier score (Brier+, ground-truth foreground voxels only); see :class:`CalibrationMetrics`."""
+
+    name = "brier_plus"
+
+
+class NegativeLogLikelihoodMetric(_SingleCalibrationMetric):
+    """Mean ``-log p_y`` over the selected voxels; see :class:`CalibrationMetrics`."""
+
+    name = "nll"
