@@ -1,0 +1,220 @@
+"""The embedded default task: brain-tissue segmentation (background, CSF, GM, WM) built from the MNI152 2009a
+template and its grey/white-matter probability maps shipped inside the ``nilearn`` wheel (no download).
+
+Each subject is the template after a seeded random affine + elastic warp (applied identically to the image
+and the probability maps), a bias field, a gamma change and Gaussian noise (MONAI random transforms), at
+2 mm. Labels are the argmax of the warped 4-class soft reference, which is also written, so predicted
+probabilities can be compared with true tissue probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+
+__all__ = ["CLASS_NAMES", "template_files", "prepare_mni_tissue", "load_datalist", "soft_reference"]
+
+CLASS_NAMES = ("background", "CSF", "GM", "WM")
+_FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
+_VERSION = 1
+
+
+def template_files() -> dict[str, Path]:
+    """Paths of the T1, GM and WM files inside the installed ``nilearn`` package."""
+    try:
+        import nilearn
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "the embedded MNI tissue task needs the 'nilearn' package (it ships the MNI152 template): "
+            "pip install 'calibmonai[demo]'"
+        ) from e
+    folder = Path(nilearn.__file__).parent / "datasets" / "data"
+    paths = {k: folder / v for k, v in _FILES.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the installed nilearn lacks the MNI152 2009a template files: {missing}")
+    return paths
+
+
+def soft_reference(gm: np.ndarray, wm: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """4-class reference probabilities ``(4, *spatial)`` (background, CSF, GM, WM) that sum to 1.
+
+    Outside the brain mask: background = 1. Inside: CSF = clip(1 - gm - wm, 0, 1), with gm/wm in [0, 1],
+    then normalised.
+    """
+    gm = np.clip(gm, 0, 1) * brain
+    wm = np.clip(wm, 0, 1) * brain
+    csf = np.clip(1.0 - gm - wm, 0, 1) * brain
+    inside = np.stack([np.zeros_like(gm), csf, gm, wm])
+    total = inside.sum(0, keepdims=True)
+    inside = np.where(total > 0, inside / np.maximum(total, 1e-8), 0.0)
+    bg = 1.0 - brain
+    out = inside * brain[None] + np.concatenate([bg[None], np.zeros((3,) + bg.shape)]) * 1.0
+    return (out / out.sum(0, keepdims=True)).astype(np.float32)
+
+
+def _load_template(spacing: float) -> tuple[torch.Tensor, np.ndarray]:
+    """Template as a ``(4, X, Y, Z)`` tensor [t1, gm, wm, brain] resampled to ``spacing`` mm, and its affine."""
+    from monai.transforms import Spacing
+
+    paths = template_files()
+    imgs = {k: nib.load(str(p)) for k, p in paths.items()}
+    affine = imgs["t1"].affine
+    t1 = imgs["t1"].get_fdata(dtype=np.float32)
+    gm = imgs["gm"].get_fdata(dtype=np.float32) / 255.0
+    wm = imgs["wm"].get_fdata(dtype=np.float32) / 255.0
+    brain = (t1 > 0).astype(np.float32)
+    from monai.data import MetaTensor
+
+    stack = MetaTensor(torch.from_numpy(np.stack([t1, gm, wm, brain])), affine=torch.as_tensor(affine))
+    resampled = Spacing(pixdim=(spacing,) * 3, mode="bilinear")(stack)
+    return resampled.as_tensor(), resampled.affine.numpy()
+
+
+def _subject(template: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic subject: (image, 4-class soft reference)."""
+    from monai.transforms import (
+        Rand3DElastic,
+        RandAdjustContrast,
+        RandBiasField,
+        RandGaussianNoise,
+    )
+
+    warp = Rand3DElastic(
+        sigma_range=(6, 8), magnitude_range=(40, 80), prob=1.0, rotate_range=(0.15, 0.15, 0.15),
+        scale_range=(0.08, 0.08, 0.08), translate_range=(3, 3, 3), padding_mode="zeros", mode="bilinear",
+    )  # fmt: skip
+    warp.set_random_state(seed)
+    warped = warp(template)  # one warp for image and maps alike
+    warped = torch.as_tensor(np.asarray(warped)).float()
+    t1, gm, wm, brain = warped[0:1], warped[1].numpy(), warped[2].numpy(), warped[3].numpy()
+    brain = (brain > 0.5).astype(np.float32)
+    image = t1 / 255.0
+    for i, tr in enumerate(
+        (RandBiasField(coeff_range=(0.2, 0.4), prob=1.0), RandAdjustContrast(gamma=(0.7, 1.5), prob=1.0),
+         RandGaussianNoise(std=0.03, prob=1.0))  # fmt: skip
+    ):
+        tr.set_random_state(seed * 7 + i)
+        image = torch.as_tensor(np.asarray(tr(image))).float()
+    image = image.clamp_min(0) * torch.from_numpy(brain)[None]  # skull-stripped like the template
+    return image[0].numpy().astype(np.float32), soft_reference(gm, wm, brain)
+
+
+def prepare_mni_tissue(
+    out_dir: str | os.PathLike,
+    num_subjects: int = 24,
+    split: Sequence[int] = (16, 4, 4),
+    seed: int = 0,
+    spacing: float = 2.0,
+    progress: bool = True,
+) -> Path:
+    """Write the embedded task to ``out_dir`` and return the path of its ``datalist.json``.
+
+    Files: ``images/sub-XXX_T1w.nii.gz``, ``labels/sub-XXX_seg.nii.gz`` (0 background, 1 CSF, 2 GM, 3 WM),
+    ``probs/sub-XXX_probs.nii.gz`` (4D soft reference), and a MONAI datalist with ``training``,
+    ``validation`` and ``test`` splits at subject level. Same seed and settings give the same files.
+    An existing prepared folder with the same settings is reused untouched; one prepared with other settings
+    raises an error rather than being overwritten.
+    """
+    out = Path(out_dir)
+    settings = {"version": _VERSION, "num_subjects": num_subjects, "split": list(split), "seed": seed, "spacing": spacing}
+    if sum(split) != num_subjects or len(split) != 3 or min(split) < 1:
+        raise ValueError(f"split must be three positive counts summing to num_subjects={num_subjects}, got {list(split)}.")
+    datalist = out / "datalist.json"
+    stamp = out / "prepare.json"
+    if datalist.is_file() and stamp.is_file():
+        existing = json.loads(stamp.read_text())
+        if existing != settings:
+            raise ValueError(
+                f"{out} already holds a prepared task with settings {existing}, not {settings}; "
+                "choose another folder (existing data is never overwritten)."
+            )
+        if progress:
+            print(f"[prepare] reusing {out} ({num_subjects} subjects)")
+        return datalist
+    if out.exists() and any(out.iterdir()) and not stamp.is_file():
+        raise ValueError(f"{out} exists and is not a prepared calibmonai task folder; choose an empty or new folder.")
+    for sub in ("images", "labels", "probs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    template, affine = _load_template(spacing)
+    entries = []
+    for i in range(num_subjects):
+        sid = f"sub-{i:03d}"
+        image, ref = _subject(template, seed * 100_003 + i)
+        label = ref.argmax(0).astype(np.uint8)
+        files = {
+            "image": f"images/{sid}_T1w.nii.gz",
+            "label": f"labels/{sid}_seg.nii.gz",
+            "probs": f"probs/{sid}_probs.nii.gz",
+        }
+        nib.save(nib.Nifti1Image(image, affine), str(out / files["image"]))
+        nib.save(nib.Nifti1Image(label, affine), str(out / files["label"]))
+        nib.save(nib.Nifti1Image(np.moveaxis(ref, 0, -1), affine), str(out / files["probs"]))
+        entries.append({"subject": sid, **files})
+        if progress:
+            print(f"[prepare] subject {i + 1}/{num_subjects} written ({sid}, shape {label.shape})", flush=True)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(num_subjects)
+    n_tr, n_va, _ = split
+    lists = {
+        "training": [entries[k] for k in sorted(order[:n_tr])],
+        "validation": [entries[k] for k in sorted(order[n_tr : n_tr + n_va])],
+        "test": [entries[k] for k in sorted(order[n_tr + n_va :])],
+        "labels": dict(enumerate(CLASS_NAMES)),
+    }
+    datalist.write_text(json.dumps(lists, indent=2))
+    stamp.write_text(json.dumps(settings, indent=2))
+    return datalist
+
+
+def load_datalist(
+    dataset_dir: str | os.PathLike, split: str, prepare: bool = False, **prepare_kwargs: Any
+) -> list[dict[str, str]]:
+    """Read one split of ``dataset_dir/datalist.json`` with absolute file paths, checking every file exists.
+
+    Args:
+        dataset_dir: folder holding ``datalist.json``.
+        split: ``training``, ``validation`` or ``test``.
+        prepare: prepare the embedded MNI task there first when the folder has no datalist.
+
+    Raises:
+        FileNotFoundError: a missing folder, datalist or data file, naming it.
+        ValueError: an unknown split, naming the available ones.
+    """
+    root = Path(dataset_dir)
+    datalist = root / "datalist.json"
+    if prepare and not datalist.is_file():
+        prepare_mni_tissue(root, **prepare_kwargs)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist (prepare it with `calibmonai prepare --out {root}`).")
+    if not datalist.is_file():
+        raise FileNotFoundError(f"no datalist.json in data folder {root}: prepare it with `calibmonai prepare --out {root}`.")
+    try:
+        content = json.loads(datalist.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{datalist} is not valid JSON: {e}") from e
+    splits = [k for k, v in content.items() if isinstance(v, list)]
+    if split not in splits:
+        raise ValueError(f"split {split!r} not in {datalist}; available splits: {splits}.")
+    items = []
+    missing = []
+    for entry in content[split]:
+        item = dict(entry)
+        for key in ("image", "label", "probs"):
+            if key in item:
+                path = Path(item[key])
+                item[key] = str(path if path.is_absolute() else root / path)
+                if not Path(item[key]).is_file():
+                    missing.append(item[key])
+        items.append(item)
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} file(s) named in {datalist} ({split}) do not exist, e.g. {missing[:3]}")
+    if not items:
+        raise ValueError(f"split {split!r} of {datalist} is empty.")
+    return items

@@ -1,0 +1,180 @@
+"""Whole-volume evaluation of a trained run: segmentation and calibration metrics, tables and PNGs."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from calibmonai.handlers.calibration import write_calibration_report
+from calibmonai.metrics import CalibrationMetrics, SegmentationMetrics
+
+__all__ = ["evaluate_run", "load_checkpoint", "SUMMARY_COLUMNS"]
+
+#: columns of the method-comparison table: (key in the summary, printed name)
+SUMMARY_COLUMNS = [
+    ("dsc_mean", "DSC"), ("asd_mean", "ASD"), ("hd95_mean", "HD95"), ("ece", "ECE"), ("cece", "CECE"),
+    ("brier", "Brier"), ("brier_plus", "Brier+"), ("nll", "NLL"), ("ref_mad", "|p-p_ref|"),
+]  # fmt: skip
+
+
+def load_checkpoint(network: torch.nn.Module, checkpoint: str, device: Any) -> torch.nn.Module:
+    """Load a MONAI ``CheckpointSaver`` file (a state dict, or ``{"model": state_dict}``) with ``map_location``."""
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"no trained checkpoint at {checkpoint}: run the 'training' workflow of this run first.")
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    network.load_state_dict(state)
+    return network.to(device).eval()
+
+
+def _spacing(meta_img: Any) -> list[float] | None:
+    pixdim = getattr(meta_img, "pixdim", None)
+    return None if pixdim is None else [float(v) for v in torch.as_tensor(pixdim).flatten().tolist()]
+
+
+def _load_reference(path: str, like: Any) -> torch.Tensor:
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
+
+    ref = Compose([LoadImage(image_only=True), EnsureChannelFirst(), Orientation(axcodes="RAS")])(path)
+    if tuple(ref.shape[1:]) != tuple(like.shape[1:]):
+        raise ValueError(f"reference probabilities {path} have shape {tuple(ref.shape)}, the image {tuple(like.shape)}.")
+    return torch.as_tensor(ref).float()
+
+
+def save_slice_png(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, conf: torch.Tensor, path: str, title: str = "") -> str:
+    """Image / ground truth / prediction / confidence of the middle axial slice, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = image.shape[-1] // 2
+    panels = [(image, "image", "gray", None), (label, "ground truth", "viridis", (0, 3)), (pred, "prediction", "viridis", (0, 3)), (conf, "confidence (max p)", "magma", (0, 1))]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 4))
+    for ax, (vol, name, cmap, lim) in zip(axes, panels):
+        sl = np.asarray(vol[..., z], dtype=float).T[::-1]
+        im = ax.imshow(sl, cmap=cmap, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1])
+        ax.set_title(name)
+        ax.axis("off")
+        if name.startswith("confidence"):
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _write_rows(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def evaluate_run(
+    network: torch.nn.Module,
+    checkpoint: str,
+    datalist: Sequence[dict[str, str]],
+    preprocessing: Callable,
+    inferer: Callable,
+    num_classes: int,
+    class_names: Sequence[str],
+    output_dir: str,
+    device: Any = "cpu",
+    title: str = "",
+    calibrator: Any = None,
+    num_bins: int = 15,
+) -> dict[str, Any]:
+    """Evaluate a trained network on whole volumes and write ``output_dir``:
+    ``per_case.csv``, ``summary.csv``, ``summary.md``, ``reliability.png``, ``reference_reliability.png``,
+    ``slice.png``, and the calibration CSVs.
+
+    Returns the summary: mean over cases of every column (``dsc_mean``, ``ece``, ...), with ``*_std``.
+    """
+    from calibmonai.metrics.plots import plot_reliability_diagram
+
+    load_checkpoint(network, checkpoint, device)
+    cal = CalibrationMetrics(num_bins=num_bins, foreground="label")
+    seg = SegmentationMetrics(num_classes, class_names)
+    ref_count = torch.zeros(num_bins, dtype=torch.float64)
+    ref_p = torch.zeros(num_bins, dtype=torch.float64)
+    ref_q = torch.zeros(num_bins, dtype=torch.float64)
+    rows: list[dict[str, Any]] = []
+    t0 = time.time()
+    for i, item in enumerate(datalist):
+        name = item.get("subject", os.path.basename(item["image"]))
+        d = preprocessing(item)
+        image = d["image"]
+        label = torch.as_tensor(d["label"]).long().unsqueeze(0).cpu()
+        with torch.no_grad():
+            logits = inferer(torch.as_tensor(image).unsqueeze(0).to(device), network)
+            logits = torch.as_tensor(logits).float()
+            prob = calibrator(logits, torch.as_tensor(image).unsqueeze(0).to(device)) if calibrator is not None else torch.softmax(logits, 1)
+        prob = prob.cpu()
+        conf, _ = prob.max(1)
+        pred = prob.argmax(1, keepdim=True)
+        values = cal(prob, label, case_names=[name])[0]
+        row: dict[str, Any] = {"case": name}
+        row.update(seg(pred, label, spacing=_spacing(image))[0])
+        row.update({m: float(v) for m, v in zip(cal.metric_names, values)})
+        if item.get("probs"):
+            ref = _load_reference(item["probs"], prob[0])
+            brain = ref[0] < 0.5
+            diff = (prob[0] - ref).abs().mean(0)
+            row["ref_mad"] = float(diff[brain].mean()) if bool(brain.any()) else float("nan")
+            p_b, q_b = prob[0][:, brain].flatten().double(), ref[:, brain].flatten().double()
+            bins = (p_b * num_bins).long().clamp_(0, num_bins - 1)
+            ref_count += torch.bincount(bins, minlength=num_bins)
+            ref_p += torch.bincount(bins, weights=p_b, minlength=num_bins)
+            ref_q += torch.bincount(bins, weights=q_b, minlength=num_bins)
+        rows.append(row)
+        if i == 0:
+            save_slice_png(np.asarray(image[0]), np.asarray(label[0, 0]), np.asarray(pred[0, 0]), np.asarray(conf[0]), os.path.join(output_dir, "slice.png"), f"{title} {name}")
+        print(f"[evaluate] {title} case {i + 1}/{len(datalist)} {name}: DSC {_fmt(row['dsc_mean'])}, ECE {_fmt(row['ece'])} ({time.time() - t0:.0f} s)", flush=True)
+    os.makedirs(output_dir, exist_ok=True)
+    _write_rows(os.path.join(output_dir, "per_case.csv"), rows)
+    summary: dict[str, Any] = {}
+    for key in rows[0]:
+        if key == "case":
+            continue
+        col = np.array([r.get(key, float("nan")) for r in rows], dtype=float)
+        ok = col[~np.isnan(col)]
+        summary[key] = float(ok.mean()) if ok.size else float("nan")
+        summary[f"{key}_std"] = float(ok.std()) if ok.size else float("nan")
+    report = write_calibration_report(cal, output_dir, title=f"{title} (test, foreground voxels)")
+    summary.update({f"pooled_{k}": v for k, v in report["pooled"].items()})
+    if ref_count.sum() > 0:
+        safe = ref_count.clamp_min(1)
+        nan = torch.full_like(ref_count, float("nan"))
+        stats = {
+            "edges": torch.linspace(0, 1, num_bins + 1, dtype=torch.float64), "count": ref_count,
+            "confidence": torch.where(ref_count > 0, ref_p / safe, nan), "accuracy": torch.where(ref_count > 0, ref_q / safe, nan),
+            "ece": (ref_q - ref_p).abs().sum() / ref_count.sum(),
+        }  # fmt: skip
+        summary["ref_ece"] = float(stats["ece"])
+        plot_reliability_diagram(stats, os.path.join(output_dir, "reference_reliability.png"), title=f"{title}: predicted vs reference tissue probability")
+    _write_rows(os.path.join(output_dir, "summary.csv"), [{"metric": k, "value": v} for k, v in summary.items()])
+    with open(os.path.join(output_dir, "summary.md"), "w") as f:
+        f.write(f"# {title} on {len(rows)} test case(s)\n\n| metric | mean | std |\n|---|---|---|\n")
+        for k, v in summary.items():
+            if not k.endswith("_std") and not k.startswith("pooled_"):
+                f.write(f"| {k} | {_fmt(v)} | {_fmt(summary.get(k + '_std', float('nan')))} |\n")
+    print(f"[evaluate] {title}: " + ", ".join(f"{n} {_fmt(summary.get(k, float('nan')))}" for k, n in SUMMARY_COLUMNS) + f"; written to {output_dir}", flush=True)
+    return summary
