@@ -1,0 +1,167 @@
+"""The embedded task, every method fragment of the bundle end to end, the CLI run and the export."""
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.bundle import ConfigParser
+
+from calibmonai.bundle_tools import config_files, export_bundle, method_names, run_workflow
+from calibmonai.data import load_datalist, prepare_mni_tissue
+from calibmonai.losses import METHODS
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLE = "mni_tissue_seg2d"
+SMALL = {"slices_per_volume": 2, "batch_size": 4, "network_def#channels": [4, 8, 16, 32], "epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mni")
+    prepare_mni_tissue(root, num_subjects=4, split=(2, 1, 1), seed=3, progress=False)
+    return root
+
+
+def test_prepare_is_deterministic_and_consistent(cohort, tmp_path):
+    other = tmp_path / "again"
+    prepare_mni_tissue(other, num_subjects=4, split=(2, 1, 1), seed=3, progress=False)
+    dl = json.loads((cohort / "datalist.json").read_text())
+    assert [len(dl[k]) for k in ("training", "validation", "test")] == [2, 1, 1]
+    subjects = {e["subject"] for k in ("training", "validation", "test") for e in dl[k]}
+    assert len(subjects) == 4  # a subject is in one split only
+    for entry in dl["training"] + dl["test"]:
+        img_a, img_b = nib.load(cohort / entry["image"]), nib.load(other / entry["image"])
+        np.testing.assert_array_equal(img_a.get_fdata(), img_b.get_fdata())
+        lab, ref = nib.load(cohort / entry["label"]), nib.load(cohort / entry["probs"])
+        assert img_a.shape == lab.shape == ref.shape[:3] and ref.shape[3] == 4
+        np.testing.assert_allclose(img_a.affine, lab.affine)
+        np.testing.assert_allclose(img_a.affine, ref.affine)
+        np.testing.assert_allclose(np.abs(np.diag(img_a.affine)[:3]), 2.0)
+        p = ref.get_fdata()
+        np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
+        assert p.min() >= 0
+        labels = lab.get_fdata().astype(int)
+        np.testing.assert_array_equal(labels, p.argmax(-1))
+        assert set(np.unique(labels)) == {0, 1, 2, 3}
+        assert (img_a.get_fdata()[labels == 0] == 0).mean() > 0.99  # skull-stripped background
+    a = nib.load(cohort / dl["training"][0]["image"]).get_fdata()
+    b = nib.load(cohort / dl["training"][1]["image"]).get_fdata()
+    assert np.abs(a - b).mean() > 0.01  # subjects differ
+
+
+def test_prepare_reuses_and_never_overwrites(cohort):
+    f = cohort / "datalist.json"
+    before = f.stat().st_mtime_ns
+    prepare_mni_tissue(cohort, num_subjects=4, split=(2, 1, 1), seed=3, progress=False)
+    assert f.stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="already holds a prepared task"):
+        prepare_mni_tissue(cohort, num_subjects=4, split=(2, 1, 1), seed=4, progress=False)
+
+
+def test_bad_data_messages(cohort, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_datalist(tmp_path / "nowhere", "training")
+    broken = tmp_path / "broken"
+    shutil.copytree(cohort, broken)
+    os.remove(broken / "images" / "sub-000_T1w.nii.gz")
+    with pytest.raises(FileNotFoundError, match="sub-000_T1w"):
+        [load_datalist(broken, s) for s in ("training", "validation", "test")]
+    with pytest.raises(ValueError, match="available splits"):
+        load_datalist(cohort, "train")
+    with pytest.raises(ValueError, match="available methods: .*mbls"):
+        config_files(BUNDLE, "mbls_typo")
+
+
+def test_every_method_has_a_fragment():
+    assert set(method_names(BUNDLE)) == set(METHODS)
+
+
+def _summary(run_dir):
+    return {r["metric"]: float(r["value"]) for r in csv.DictReader(open(run_dir / "eval" / "summary.csv"))}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_trains_and_evaluates(method, cohort, tmp_path):
+    overrides = {**SMALL, "dataset_dir": str(cohort), "runs_dir": str(tmp_path)}
+    run_workflow("training", config_files(BUNDLE, method), **overrides)
+    run_workflow("evaluate", config_files(BUNDLE, method, "evaluate.yaml"), **overrides)
+    (run_dir,) = (tmp_path / "mni_tissue").iterdir()
+    assert run_dir.name.startswith(method)
+    assert (run_dir / "models" / "model.pt").is_file()
+    for f in ("per_case.csv", "summary.md", "reliability.png", "slice.png", "reference_reliability.png", "calibration_per_case.csv"):
+        assert (run_dir / "eval" / f).stat().st_size > 0, f
+    s = _summary(run_dir)
+    for key in ("ece", "cece", "brier", "brier_plus", "nll", "ref_mad", "dsc_mean"):
+        assert math.isfinite(s[key]), key
+    for key in ("ece", "cece", "dsc_mean", "ref_mad"):
+        assert 0.0 <= s[key] <= 1.0, key
+    assert 0.0 <= s["brier"] <= 2.0 and s["nll"] >= 0.0
+
+
+def test_runs_do_not_overwrite_each_other(cohort, tmp_path):
+    overrides = {**SMALL, "dataset_dir": str(cohort), "runs_dir": str(tmp_path)}
+    run_workflow("training", config_files(BUNDLE, "mbls"), **overrides)
+    run_workflow("training", config_files(BUNDLE, "mbls"), **{**overrides, "loss_kwargs": {"margin": 5.0, "alpha": 0.1}})
+    names = sorted(p.name for p in (tmp_path / "mni_tissue").iterdir())
+    assert names == ["mbls_alpha0.1_margin10.0", "mbls_alpha0.1_margin5.0"]
+
+
+def test_evaluate_without_checkpoint_is_clear(cohort, tmp_path):
+    with pytest.raises(Exception, match="no trained checkpoint"):
+        run_workflow("evaluate", config_files(BUNDLE, "ce", "evaluate.yaml"), dataset_dir=str(cohort), runs_dir=str(tmp_path))
+
+
+def test_monai_bundle_cli_from_repo_root(cohort, tmp_path):
+    cfg = "['bundles/mni_tissue_seg2d/configs/train.yaml','bundles/mni_tissue_seg2d/configs/methods/meep_ce_kl.yaml']"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", cfg, "--epochs", "1",
+           "--slices_per_volume", "2", "--dataset_dir", str(cohort), "--runs_dir", str(tmp_path)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "mni_tissue" / "meep_ce_kl_lam0.3" / "models" / "model.pt").is_file()
+    # "run" is an alias of "training"
+    r = subprocess.run([*cmd[:4], "run", *cmd[5:]], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+REQUIRED_METADATA = ["version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+                     "task", "description", "authors", "copyright", "network_data_format", "changelog"]  # fmt: skip
+
+
+def test_export_runs_standalone(cohort, tmp_path):
+    out = export_bundle(BUNDLE, "mbls", str(tmp_path / "exported"))
+    for f in ("configs/train.json", "configs/evaluate.json", "configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):
+        assert (out / f).is_file(), f
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    for key in REQUIRED_METADATA:
+        assert key in meta, key
+    assert meta["calibmonai_method"] == "mbls" and "calibmonai" in meta["required_packages_version"]
+    inputs = meta["network_data_format"]["inputs"]["image"]
+    assert inputs["num_channels"] == 1 and meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 4
+    train = json.loads((out / "configs" / "train.json").read_text())
+    assert train["method"] == "mbls" and "calibmonai.losses.get_loss" in train["loss"]
+    with pytest.raises(FileExistsError):
+        export_bundle(BUNDLE, "mbls", str(out))
+    shutil.copytree(cohort, out / "data")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
+           "--epochs", "1", "--slices_per_volume", "2"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "models" / "model.pt").is_file()
+    r = subprocess.run([*cmd[:4], "evaluate", "--config_file", "configs/evaluate.json"], cwd=out, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "eval" / "summary.md").is_file()
+
+
+def test_cli_unknown_method_message(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "calibmonai.cli", "export-bundle", "--method", "nope", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "available methods" in r.stderr and "Traceback" not in r.stderr
