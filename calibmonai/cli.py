@@ -15,7 +15,7 @@ class CLI:
         n_val = max(1, subjects // 6)
         return str(prepare_mni_tissue(out, num_subjects=subjects, split=(subjects - 2 * n_val, n_val, n_val), seed=seed))
 
-    def demo(self, out: str = "results/demo", data: str = "data/mni_tissue", runs: str = "runs", methods: str = "ce,mbls,meep_ce_kl", epochs: int = 20, subjects: int = 24) -> None:
+    def demo(self, out: str = "results/demo", data: str = "data/mni_tissue", runs: str = "runs", methods: str = "ce,mbls,meep_ce_kl", epochs: int = 30, subjects: int = 24) -> None:
         """Train and evaluate CE, MbLS and MEEP on the embedded task; write the comparison to OUT."""
         from calibmonai.demo import run_demo
 

@@ -35,7 +35,7 @@ def run_demo(
     data: str = "data/mni_tissue",
     runs: str = "runs",
     methods: Sequence[str] = DEMO_METHODS,
-    epochs: int = 20,
+    epochs: int = 30,
     subjects: int = 24,
     bundle: str = "mni_tissue_seg2d",
 ) -> dict[str, dict[str, Any]]:
