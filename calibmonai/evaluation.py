@@ -14,7 +14,7 @@ import torch
 from calibmonai.handlers.calibration import write_calibration_report
 from calibmonai.metrics import CalibrationMetrics, SegmentationMetrics
 
-__all__ = ["evaluate_run", "load_checkpoint", "SUMMARY_COLUMNS"]
+__all__ = ["evaluate_run", "evaluate_posthoc", "load_checkpoint", "SUMMARY_COLUMNS"]
 
 #: columns of the method-comparison table: (key in the summary, printed name)
 SUMMARY_COLUMNS = [
@@ -126,7 +126,10 @@ def evaluate_run(
         with torch.no_grad():
             logits = inferer(torch.as_tensor(image).unsqueeze(0).to(device), network)
             logits = torch.as_tensor(logits).float()
-            prob = calibrator(logits, torch.as_tensor(image).unsqueeze(0).to(device)) if calibrator is not None else torch.softmax(logits, 1)
+            if calibrator is not None:
+                prob = calibrator(logits.cpu(), torch.as_tensor(image).unsqueeze(0).float().cpu())
+            else:
+                prob = torch.softmax(logits, 1)
         prob = prob.cpu()
         conf, _ = prob.max(1)
         pred = prob.argmax(1, keepdim=True)
@@ -178,3 +181,42 @@ def evaluate_run(
                 f.write(f"| {k} | {_fmt(v)} | {_fmt(summary.get(k + '_std', float('nan')))} |\n")
     print(f"[evaluate] {title}: " + ", ".join(f"{n} {_fmt(summary.get(k, float('nan')))}" for k, n in SUMMARY_COLUMNS) + f"; written to {output_dir}", flush=True)
     return summary
+
+
+POSTHOC_ROWS = {"ts": "TS", "lts": "LTS", "platt": "Platt", "isotonic": "Isotonic"}
+
+
+def evaluate_posthoc(
+    calibrators: Sequence[str],
+    output_dir: str,
+    num_classes: int,
+    title: str = "",
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate a run before calibration and with each fitted calibrator, and write the MbLS paper's Table 3
+    layout to ``<output_dir>/posthoc/table3.{md,csv}``: rows Pre / TS / LTS / Platt / Isotonic, columns ECE, CECE,
+    DSC. Calibrators without a fitted file are skipped with a message.
+
+    ``kwargs`` are passed to :func:`evaluate_run` (network, checkpoint, datalist, preprocessing, inferer, ...).
+    """
+    from calibmonai.calibration import calibrator_path, run_calibrator
+
+    results: dict[str, dict[str, Any]] = {"Pre": evaluate_run(num_classes=num_classes, output_dir=os.path.join(output_dir, "eval"), title=title, **kwargs)}
+    for name in calibrators:
+        if not os.path.isfile(calibrator_path(output_dir, name)):
+            print(f"[evaluate_posthoc] no fitted {name} calibrator at {calibrator_path(output_dir, name)}: skipped (run 'calibrate' with configs/calibrate/{name}.yaml)")
+            continue
+        cal = run_calibrator(name, output_dir, num_classes)
+        results[POSTHOC_ROWS.get(name, name)] = evaluate_run(
+            num_classes=num_classes, output_dir=os.path.join(output_dir, f"eval_{name}"), title=f"{title} + {name}", calibrator=cal, **kwargs
+        )
+    out = os.path.join(output_dir, "posthoc")
+    os.makedirs(out, exist_ok=True)
+    cols = [("ece", "ECE"), ("cece", "CECE"), ("dsc_mean", "DSC")]
+    with open(os.path.join(out, "table3.md"), "w") as f:
+        f.write(f"# Post-hoc calibration of {title}\n\n| | " + " | ".join(n for _, n in cols) + " |\n|---|---|---|---|\n")
+        for row, s in results.items():
+            f.write(f"| {row} | " + " | ".join(f"{s[k]:.4f} ± {s[k + '_std']:.4f}" for k, _ in cols) + " |\n")
+    _write_rows(os.path.join(out, "table3.csv"), [{"row": r, **{k: s[k] for k, _ in cols}} for r, s in results.items()])
+    print(open(os.path.join(out, "table3.md")).read())
+    return results

@@ -175,3 +175,33 @@ def test_cli_unknown_method_message(tmp_path):
     r = subprocess.run([sys.executable, "-m", "calibmonai.cli", "export-bundle", "--method", "nope", "--out", str(tmp_path / "x")],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "available methods" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_calibrate_workflows_and_posthoc_table(cohort, tmp_path):
+    overrides = {**SMALL, "dataset_dir": str(cohort), "runs_dir": str(tmp_path), "lts_epochs": 2, "lts_max_slices": 16,
+                 "calibration_sample_size": 20000}  # fmt: skip
+    with pytest.raises(Exception) as info:  # no checkpoint yet
+        run_workflow("calibrate", config_files(BUNDLE, "ce", "calibrate/ts.yaml"), **overrides)
+    assert "no trained checkpoint" in _messages(info.value)
+    run_workflow("training", config_files(BUNDLE, "ce"), **overrides)
+    run_dir = tmp_path / "mni_tissue" / "ce"
+    for name in ("ts", "platt", "isotonic", "lts"):
+        run_workflow("calibrate", config_files(BUNDLE, "ce", f"calibrate/{name}.yaml"), **overrides)
+        assert (run_dir / "models" / f"calibrator_{name}.pt").is_file()
+        assert json.loads((run_dir / "models" / f"calibrator_{name}.json").read_text())["calibrator"] == name
+    assert json.loads((run_dir / "models" / "calibrator_ts.json").read_text())["temperature"] > 0
+    run_workflow("evaluate", config_files(BUNDLE, "ce", "evaluate.yaml"), calibrator="ts", **overrides)
+    assert (run_dir / "eval_ts" / "summary.csv").is_file()
+    run_workflow("evaluate_posthoc", config_files(BUNDLE, "ce", "evaluate.yaml"), **overrides)
+    rows = {r["row"]: r for r in csv.DictReader(open(run_dir / "posthoc" / "table3.csv"))}
+    assert list(rows) == ["Pre", "TS", "LTS", "Platt", "Isotonic"]
+    assert float(rows["TS"]["dsc_mean"]) == pytest.approx(float(rows["Pre"]["dsc_mean"]), abs=1e-9)  # TS keeps the argmax
+    for r in rows.values():
+        assert 0 <= float(r["ece"]) <= 1 and 0 <= float(r["cece"]) <= 1
+    # a calibrator fitted for another number of classes is refused
+    from calibmonai.calibration import TemperatureScaling
+
+    TemperatureScaling(3).save(run_dir / "models" / "calibrator_ts.pt")
+    with pytest.raises(Exception) as info:
+        run_workflow("evaluate", config_files(BUNDLE, "ce", "evaluate.yaml"), calibrator="ts", **overrides)
+    assert "fitted for 3 classes, the network has 4" in _messages(info.value)

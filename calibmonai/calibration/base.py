@@ -1,0 +1,120 @@
+"""Base class, saving/loading and the shared NLL fitting of the post-hoc calibrators."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from calibmonai.calibration.sampling import VoxelSample
+
+__all__ = ["Calibrator", "weighted_nll", "fit_lbfgs", "CALIBRATORS", "load_calibrator"]
+
+CALIBRATORS: dict[str, type] = {}
+
+
+def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean (weighted) ``-log softmax(logits)_y`` over voxels; ``logits (N, C)``."""
+    nll = F.cross_entropy(logits, labels, reduction="none")
+    if weights is None:
+        return nll.mean()
+    w = weights.to(nll.dtype)
+    return (nll * w).sum() / w.sum()
+
+
+def fit_lbfgs(params: list[torch.Tensor], closure_loss: Callable[[], torch.Tensor], max_iter: int = 200) -> float:
+    """Minimise ``closure_loss`` over ``params`` with LBFGS (strong Wolfe line search); returns the final loss."""
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = closure_loss()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(closure_loss())
+
+
+class Calibrator(torch.nn.Module):
+    """A post-hoc calibrator: ``fit`` on validation voxels, then ``calibrator(logits, image)`` -> probabilities.
+
+    Subclasses register themselves in :data:`CALIBRATORS` under ``name``.
+    """
+
+    name = ""
+    needs_image = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            CALIBRATORS[cls.name] = cls
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        self.num_classes = int(num_classes)
+        self.fitted = False
+
+    def _check_logits(self, logits: torch.Tensor) -> None:
+        if logits.ndim < 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"{type(self).__name__} was fitted for {self.num_classes} classes, got logits of shape {tuple(logits.shape)}."
+            )
+
+    def fit(self, sample: VoxelSample) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def calibrate_flat(self, logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Probabilities ``(N, C)`` from logits ``(N, C)``."""
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated probabilities of the same shape as ``logits (B, C, *spatial)``."""
+        self._check_logits(logits)
+        flat = logits.movedim(1, -1).reshape(-1, self.num_classes)
+        probs = self.calibrate_flat(flat)
+        return probs.reshape(logits.movedim(1, -1).shape).movedim(-1, 1)
+
+    def parameters_summary(self) -> dict[str, Any]:
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def set_extra(self, extra: dict[str, Any]) -> None:
+        return None
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the calibrator (atomically: a temporary file renamed)."""
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        payload = {"kind": self.name, "num_classes": self.num_classes, "config": self.config(), "state": self.state_dict(), "extra": self.extra_state()}
+        tmp = path + ".tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+
+def load_calibrator(path: str | os.PathLike, num_classes: int | None = None, map_location: Any = "cpu") -> Calibrator:
+    """Load a saved calibrator, checking its number of classes against ``num_classes`` when given."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no calibrator file at {path}: run the 'calibrate' workflow first.")
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(payload, dict) or payload.get("kind") not in CALIBRATORS:
+        raise ValueError(f"{path} is not a calibmonai calibrator file (kinds: {list(CALIBRATORS)}).")
+    if num_classes is not None and payload["num_classes"] != num_classes:
+        raise ValueError(f"calibrator {path} was fitted for {payload['num_classes']} classes, the network has {num_classes}.")
+    cal = CALIBRATORS[payload["kind"]](payload["num_classes"], **payload.get("config", {}))
+    cal.set_extra(payload.get("extra", {}))
+    cal.load_state_dict(payload["state"])
+    cal.fitted = True
+    return cal

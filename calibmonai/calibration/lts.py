@@ -1,0 +1,152 @@
+"""Local temperature scaling (LTS)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calibmonai.calibration.base import Calibrator
+
+__all__ = ["LocalTemperatureScaling"]
+
+
+def _branch(conv: type, in_ch: int, features: int) -> nn.Sequential:
+    """Three dilated 5x5(x5) convolutions (dilation 1, 2, 4) ending in one channel, the last one zero-initialised."""
+    last = conv(features, 1, 5, padding=8, dilation=4)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(
+        conv(in_ch, features, 5, padding=2, dilation=1), nn.ReLU(inplace=True),
+        conv(features, features, 5, padding=4, dilation=2), nn.ReLU(inplace=True), last,
+    )  # fmt: skip
+
+
+class LocalTemperatureScaling(Calibrator):
+    """A small fully convolutional net predicting a positive temperature per voxel from the logits and the image.
+
+    ``t_z`` (from the logits) and ``t_x`` (from the image) come from two branches of dilated 5x5 convolutions
+    whose last layers are zero-initialised; a sigmoid gate ``g`` computed from both mixes them,
+    ``t = g t_z + (1 - g) t_x``, and ``T = ReLU(t + 1) + eps``, so the untrained model is the identity (T = 1
+    everywhere). Trained with Adam on the validation NLL; the state with the lowest NLL on a held-out part of
+    the validation data is kept.
+
+    Ding, Z., Han, X., Liu, P., Niethammer, M. "Local Temperature Scaling for Probability Calibration." ICCV 2021.
+    https://arxiv.org/abs/2008.05105
+
+    Args:
+        num_classes: number of classes.
+        spatial_dims: 2 or 3. A 2D model applied to a 3D volume runs slice by slice along the last axis.
+        image_channels: channels of the image input.
+        features: channels of the hidden layers.
+        eps: lower bound added to the temperature.
+    """
+
+    name = "lts"
+    needs_image = True
+
+    def __init__(self, num_classes: int, spatial_dims: int = 2, image_channels: int = 1, features: int = 16, eps: float = 1e-3) -> None:
+        super().__init__(num_classes)
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        self.spatial_dims, self.image_channels, self.features, self.eps = spatial_dims, image_channels, features, float(eps)
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.logit_branch = _branch(conv, num_classes, features)
+        self.image_branch = _branch(conv, image_channels, features)
+        self.gate = nn.Sequential(conv(num_classes + image_channels, features, 5, padding=2), nn.ReLU(inplace=True), conv(features, 1, 5, padding=2))
+
+    def config(self) -> dict[str, Any]:
+        return {"spatial_dims": self.spatial_dims, "image_channels": self.image_channels, "features": self.features, "eps": self.eps}
+
+    def temperature_map(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, *spatial)`` temperatures for ``logits (B, C, *spatial)`` and ``image (B, Ci, *spatial)``."""
+        if image is None:
+            raise ValueError("local temperature scaling needs the image as well as the logits.")
+        if image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:] or image.shape[1] != self.image_channels:
+            raise ValueError(f"image shape {tuple(image.shape)} does not match logits {tuple(logits.shape)} ({self.image_channels} image channel(s)).")
+        image = image.to(logits.dtype)
+        t_z = self.logit_branch(logits)
+        t_x = self.image_branch(image)
+        g = torch.sigmoid(self.gate(torch.cat([logits, image], dim=1)))
+        return F.relu(g * t_z + (1 - g) * t_x + 1.0) + self.eps
+
+    def _forward_native(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits / self.temperature_map(logits, image), dim=1)
+
+    def forward(self, logits: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_logits(logits)
+        if image is None:
+            raise ValueError("local temperature scaling needs the image as well as the logits.")
+        if logits.ndim == self.spatial_dims + 2:
+            return self._forward_native(logits, image)
+        if self.spatial_dims == 2 and logits.ndim == 5:  # 2D model over a volume: slices along the last axis
+            b, c, h, w, d = logits.shape
+            z = logits.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
+            x = image.permute(0, 4, 1, 2, 3).reshape(b * d, image.shape[1], h, w)
+            out = torch.cat([self._forward_native(z[i : i + 32], x[i : i + 32]) for i in range(0, b * d, 32)])
+            return out.reshape(b, d, c, h, w).permute(0, 2, 3, 4, 1)
+        raise ValueError(f"a {self.spatial_dims}D LTS model cannot take logits of shape {tuple(logits.shape)}.")
+
+    def fit(  # type: ignore[override]
+        self,
+        items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        epochs: int = 100,
+        lr: float = 1e-3,
+        holdout: float = 0.25,
+        batch_size: int = 16,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Train on ``items``: ``(logits (C, *spatial), image (Ci, *spatial), label (*spatial))`` of equal shapes.
+
+        A ``holdout`` fraction of the items (at least one) selects the epoch with the lowest NLL.
+        """
+        if len(items) < 2:
+            raise ValueError(f"LTS needs at least 2 validation images (one held out), got {len(items)}.")
+        rng = random.Random(seed)
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        n_hold = max(1, int(round(holdout * len(items))))
+        hold, train = order[:n_hold], order[n_hold:]
+
+        def stack(idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            z = torch.stack([items[i][0] for i in idx]).float()
+            x = torch.stack([items[i][1] for i in idx]).float()
+            y = torch.stack([items[i][2] for i in idx]).long()
+            return z, x, y
+
+        def nll(idx: Sequence[int]) -> float:
+            with torch.no_grad():
+                total, count = 0.0, 0
+                for s in range(0, len(idx), batch_size):
+                    z, x, y = stack(idx[s : s + batch_size])
+                    p = self._forward_native(z, x)
+                    total += float(F.nll_loss(torch.log(p.clamp_min(1e-12)), y, reduction="sum"))
+                    count += y.numel()
+            return total / count
+
+        torch.manual_seed(seed)
+        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        start = nll(hold)
+        best, best_state, best_epoch = start, copy.deepcopy(self.state_dict()), 0
+        for epoch in range(1, epochs + 1):
+            rng.shuffle(train)
+            for s in range(0, len(train), batch_size):
+                z, x, y = stack(train[s : s + batch_size])
+                opt.zero_grad()
+                loss = F.nll_loss(torch.log(self._forward_native(z, x).clamp_min(1e-12)), y)
+                loss.backward()
+                opt.step()
+            value = nll(hold)
+            if value < best and math.isfinite(value):
+                best, best_state, best_epoch = value, copy.deepcopy(self.state_dict()), epoch
+        self.load_state_dict(best_state)
+        self.fitted = True
+        return {"holdout_nll_before": start, "holdout_nll_after": best, "best_epoch": best_epoch, "train_items": len(train), "holdout_items": len(hold)}
+
+    def parameters_summary(self) -> dict[str, Any]:
+        return {"parameters": sum(p.numel() for p in self.parameters())}

@@ -1,0 +1,82 @@
+"""Fixed-size, class-stratified, seeded random sample of voxels from a stream of batches."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["StratifiedVoxelSampler", "VoxelSample"]
+
+
+class VoxelSample:
+    """A voxel sample: ``logits (N, C)``, ``labels (N,)`` and ``weights (N,)``.
+
+    The weights undo the class stratification: a voxel of class ``c`` weighs ``seen_c / kept_c`` so that weighted
+    sums over the sample estimate sums over every voxel seen.
+    """
+
+    def __init__(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
+        self.logits, self.labels, self.weights = logits, labels, weights
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+class StratifiedVoxelSampler:
+    """Keep at most ``sample_size / C`` voxels per class from a stream, uniformly at random (seeded).
+
+    Memory is bounded by ``sample_size`` plus one batch, whatever the number of voxels streamed: each class keeps
+    the voxels with the smallest random keys among those seen (a reservoir by random priorities).
+
+    Args:
+        num_classes: number of classes ``C``.
+        sample_size: total number of voxels kept (split evenly between classes).
+        seed: seed of the random priorities.
+    """
+
+    def __init__(self, num_classes: int, sample_size: int = 200_000, seed: int = 0) -> None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        if sample_size < num_classes:
+            raise ValueError(f"sample_size must be >= num_classes ({num_classes}), got {sample_size}.")
+        self.num_classes = num_classes
+        self.per_class = sample_size // num_classes
+        self.generator = torch.Generator().manual_seed(seed)
+        self.keys = [torch.empty(0) for _ in range(num_classes)]
+        self.logits = [torch.empty(0, num_classes) for _ in range(num_classes)]
+        self.seen = torch.zeros(num_classes, dtype=torch.float64)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add a batch: ``logits (B, C, *spatial)``, ``labels (B, 1, *spatial)`` or ``(B, *spatial)``, optional mask."""
+        if logits.ndim < 3 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be (B, {self.num_classes}, *spatial), got {tuple(logits.shape)}.")
+        flat = logits.detach().float().movedim(1, -1).reshape(-1, self.num_classes).cpu()
+        lab = labels.detach().reshape(-1).long().cpu()
+        if lab.numel() != flat.shape[0]:
+            raise ValueError(f"labels shape {tuple(labels.shape)} does not match logits shape {tuple(logits.shape)}.")
+        if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got [{int(lab.min())}, {int(lab.max())}].")
+        if mask is not None:
+            keep = mask.detach().reshape(-1).bool().cpu()
+            flat, lab = flat[keep], lab[keep]
+        for c in range(self.num_classes):
+            sel = lab == c
+            n = int(sel.sum())
+            if n == 0:
+                continue
+            self.seen[c] += n
+            keys = torch.cat([self.keys[c], torch.rand(n, generator=self.generator)])
+            vals = torch.cat([self.logits[c], flat[sel]])
+            if keys.numel() > self.per_class:
+                idx = torch.topk(keys, self.per_class, largest=False).indices
+                keys, vals = keys[idx], vals[idx]
+            self.keys[c], self.logits[c] = keys, vals
+
+    def sample(self) -> VoxelSample:
+        """The voxels kept so far, with their stratification weights."""
+        kept = [k.numel() for k in self.keys]
+        if sum(kept) == 0:
+            raise ValueError("no voxel was sampled: the stream was empty (or fully masked out).")
+        logits = torch.cat(self.logits)
+        labels = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in enumerate(kept)])
+        weights = torch.cat([torch.full((n,), float(self.seen[c]) / n if n else 0.0, dtype=torch.float64) for c, n in enumerate(kept)])
+        return VoxelSample(logits, labels, weights)

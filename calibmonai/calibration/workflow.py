@@ -1,0 +1,100 @@
+"""The bundle's ``calibrate`` workflow: run the frozen network over the validation split, fit, save."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from calibmonai.calibration.base import CALIBRATORS, Calibrator, load_calibrator
+from calibmonai.calibration.sampling import StratifiedVoxelSampler
+
+__all__ = ["calibrate_run", "calibrator_path", "run_calibrator"]
+
+
+def calibrator_path(output_dir: str, name: str) -> str:
+    """Where a run keeps its fitted calibrator ``name``: ``<output_dir>/models/calibrator_<name>.pt``."""
+    return os.path.join(output_dir, "models", f"calibrator_{name}.pt")
+
+
+def run_calibrator(name: str | None, output_dir: str, num_classes: int) -> Calibrator | None:
+    """The fitted calibrator ``name`` of a run (``None`` when ``name`` is ``None``), class count checked."""
+    if name in (None, "", "none", "None"):
+        return None
+    if name not in CALIBRATORS:
+        raise ValueError(f"Unknown calibrator {name!r}; available calibrators: {', '.join(CALIBRATORS)}.")
+    return load_calibrator(calibrator_path(output_dir, name), num_classes=num_classes).eval()
+
+
+def calibrate_run(
+    name: str,
+    network: torch.nn.Module,
+    checkpoint: str,
+    datalist: Sequence[dict[str, str]],
+    preprocessing: Callable,
+    inferer: Callable,
+    num_classes: int,
+    output_dir: str,
+    device: Any = "cpu",
+    sample_size: int = 200_000,
+    seed: int = 0,
+    lts_max_slices: int = 256,
+    lts_epochs: int = 60,
+    calibrator_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit calibrator ``name`` (``ts``, ``lts``, ``platt``, ``isotonic``) on the validation split of a trained run
+    and save it to ``<output_dir>/models/calibrator_<name>.pt`` (parameters also in ``.json`` beside it).
+
+    Voxel calibrators see a fixed-size, class-stratified, seeded voxel sample (``sample_size``); LTS sees a
+    fixed-size seeded random sample of ``lts_max_slices`` axial slices (2D) — memory does not grow with the split.
+    """
+    from calibmonai.evaluation import load_checkpoint
+
+    if name is None:
+        raise ValueError("no calibrator chosen: compose configs/calibrate/<ts|lts|platt|isotonic>.yaml after the method fragment.")
+    if name not in CALIBRATORS:
+        raise ValueError(f"Unknown calibrator {name!r}; available calibrators: {', '.join(CALIBRATORS)}.")
+    load_checkpoint(network, checkpoint, device)
+    kwargs = dict(calibrator_kwargs or {})
+    cal: Calibrator = CALIBRATORS[name](num_classes, **kwargs)
+    sampler = StratifiedVoxelSampler(num_classes, sample_size, seed) if not cal.needs_image else None
+    gen = torch.Generator().manual_seed(seed)
+    slices: list[tuple[torch.Tensor, tuple]] = []  # (priority key, item)
+    foreground = 0
+    t0 = time.time()
+    for i, item in enumerate(datalist):
+        d = preprocessing(item)
+        image = torch.as_tensor(d["image"]).unsqueeze(0)
+        label = torch.as_tensor(d["label"]).long().unsqueeze(0)
+        with torch.no_grad():
+            logits = torch.as_tensor(inferer(image.to(device), network)).float().cpu()
+        foreground += int((label > 0).sum())
+        if sampler is not None:
+            sampler.add(logits, label)
+        else:
+            spatial_dims = getattr(cal, "spatial_dims", 2)
+            if spatial_dims == 2 and logits.ndim == 5:
+                for k in range(logits.shape[-1]):
+                    if bool((label[0, 0, ..., k] > 0).any()):
+                        slices.append((torch.rand((), generator=gen), (logits[0, ..., k], image[0, ..., k].float(), label[0, 0, ..., k])))
+            else:
+                slices.append((torch.rand((), generator=gen), (logits[0], image[0].float(), label[0, 0])))
+            if len(slices) > lts_max_slices:
+                slices = sorted(slices, key=lambda s: float(s[0]))[:lts_max_slices]
+        print(f"[calibrate] {name}: validation case {i + 1}/{len(datalist)} ({time.time() - t0:.0f} s)", flush=True)
+    if foreground == 0:
+        raise ValueError("the validation split has no foreground voxel: cannot fit a calibrator on it.")
+    if sampler is not None:
+        info = cal.fit(sampler.sample())
+    else:
+        info = cal.fit([s[1] for s in slices], epochs=lts_epochs, seed=seed)
+    path = calibrator_path(output_dir, name)
+    cal.save(path)
+    summary = {"calibrator": name, **info, **cal.parameters_summary(), "path": path}
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    print(f"[calibrate] {name} fitted: " + ", ".join(f"{k}={v}" for k, v in summary.items() if k != "path") + f"; saved to {path}", flush=True)
+    return summary
