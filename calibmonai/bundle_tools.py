@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from calibmonai.losses import METHODS
 
-__all__ = ["run_name", "bundle_dir", "method_names", "config_files", "run_workflow", "export_bundle"]
+__all__ = ["run_name", "bundle_dir", "method_names", "config_files", "inference_config_files", "run_workflow", "export_bundle"]
 
 REPO_BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 
@@ -52,6 +52,16 @@ def config_files(bundle: str, method: str, *extra: str) -> list[str]:
     return [str(f) for f in files]
 
 
+def inference_config_files(bundle: str, method: str, runs_dir: str = "runs") -> tuple[list[str], dict[str, Any]]:
+    """Config files and overrides of the inference workflow, for a repository bundle (train + method +
+    inference) or an exported bundle folder (its ``configs/inference.json``, run from that folder's paths)."""
+    exported = Path(bundle) / "configs" / "inference.json"
+    if exported.is_file():
+        root = Path(bundle).resolve()
+        return [str(exported)], {"run_dir": str(root), "ckpt_path": str(root / "models" / "model.pt")}
+    return config_files(bundle, method, "inference.yaml"), {"runs_dir": runs_dir}
+
+
 def run_workflow(run_id: str, files: Sequence[str], **overrides: Any) -> None:
     """Run a bundle workflow in this process, like ``python -m monai.bundle run <run_id> --config_file ...``."""
     from monai.bundle import ConfigParser
@@ -80,7 +90,7 @@ def export_bundle(bundle: str, method: str, out: str, overwrite: bool = False) -
     (dst / "configs").mkdir(parents=True, exist_ok=True)
     (dst / "models").mkdir(exist_ok=True)
     (dst / "docs").mkdir(exist_ok=True)
-    standalone = {"runs_dir": ".", "dataset_dir": "data", "output_dir": ".", "method_tag": run_name(*_method_of(src, method))}
+    standalone = {"runs_dir": ".", "dataset_dir": "data", "run_dir": ".", "method_tag": run_name(*_method_of(src, method))}
     for name, extra in (("train", []), ("evaluate", ["evaluate.yaml"]), ("inference", ["inference.yaml"])):
         files = config_files(str(src), method, *[e for e in extra if (src / "configs" / e).is_file()])
         parser = ConfigParser()

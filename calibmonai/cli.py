@@ -27,6 +27,24 @@ class CLI:
 
         return str(export_bundle(bundle, method, out, overwrite=overwrite))
 
+    def infer(
+        self,
+        input: str,
+        output: str,
+        bundle: str = "mni_tissue_seg2d",
+        method: str = "ce",
+        calibrator: str | None = None,
+        runs_dir: str = "runs",
+        overwrite: bool = False,
+        save_probs: bool = False,
+    ) -> None:
+        """Segment the scans of INPUT (folder, glob or file) into OUTPUT with a trained run of BUNDLE x METHOD
+        (or an exported bundle folder), writing *_seg, *_conf, *_uncertainty (and *_prob) NIfTI files."""
+        from calibmonai.bundle_tools import inference_config_files, run_workflow
+
+        files, overrides = inference_config_files(bundle, method, runs_dir)
+        run_workflow("inference", files, input_dir=input, output_dir=output, calibrator=calibrator, overwrite=overwrite, save_probs=save_probs, **overrides)
+
     def methods(self) -> list:
         """List the training methods."""
         from calibmonai.losses import METHODS
@@ -40,8 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         fire.Fire(CLI, command=argv, name="calibmonai")
     except (FileNotFoundError, ValueError, FileExistsError, RuntimeError) as e:
-        print(f"calibmonai: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        root = e
+        while root.__cause__ is not None:  # MONAI's config parser wraps errors raised in expressions
+            root = root.__cause__
+        print(f"calibmonai: error: {root}", file=sys.stderr)
+        sys.exit(1 if "scan(s) failed" in str(root) else 2)
 
 
 if __name__ == "__main__":

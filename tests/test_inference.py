@@ -1,0 +1,166 @@
+"""Inference on new scans: grids and affines preserved, calibrated maps, bad scans isolated, nothing overwritten."""
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from calibmonai.bundle_tools import config_files, export_bundle, run_workflow
+from calibmonai.calibration import TemperatureScaling
+from calibmonai.data import prepare_mni_tissue
+
+BUNDLE = "mni_tissue_seg2d"
+SMALL = {"slices_per_volume": 2, "batch_size": 4, "epochs": 1}  # the bundle's own network, so the CLI can load it
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer")
+    data = root / "data"
+    prepare_mni_tissue(data, num_subjects=4, split=(2, 1, 1), seed=5, progress=False)
+    runs = root / "runs"
+    run_workflow("training", config_files(BUNDLE, "ce"), dataset_dir=str(data), runs_dir=str(runs), **SMALL)
+    run_dir = runs / "mni_tissue" / "ce"
+    ts = TemperatureScaling(4)
+    with torch.no_grad():
+        ts.log_t.fill_(float(np.log(2.5)))
+    ts.save(run_dir / "models" / "calibrator_ts.pt")
+    volume = nib.load(str(next((data / "images").iterdir()))).get_fdata().astype(np.float32)[10:74, 20:84, 30:50]
+    return {"root": root, "data": data, "runs": runs, "run_dir": run_dir, "volume": volume}
+
+
+def _infer(trained, inputs, out, **kw):
+    run_workflow("inference", config_files(BUNDLE, "ce", "inference.yaml"), input_dir=inputs, output_dir=str(out),
+                 runs_dir=str(trained["runs"]), **{**SMALL, **kw})  # fmt: skip
+
+
+def _write_scans(vol, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    a = np.eye(4) * 2.0
+    a[3, 3] = 1
+    a[:3, 3] = [-60, -80, -20]
+    nib.save(nib.Nifti1Image(vol, a), str(folder / "plain.nii.gz"))
+    # same anatomy stored with another orientation code (ARS: first two voxel axes swapped)
+    b = np.zeros((4, 4))
+    b[0, 1], b[1, 0], b[2, 2], b[3, 3] = 2.0, 2.0, 2.0, 1.0
+    b[:3, 3] = [-60, -80, -20]
+    assert nib.aff2axcodes(b) == ("A", "R", "S")
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(np.transpose(vol, (1, 0, 2))), b), str(folder / "reoriented.nii"))
+    # oblique and anisotropic
+    th = 0.3
+    rot = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]])
+    c = np.eye(4)
+    c[:3, :3] = rot @ np.diag([1.5, 2.5, 3.5])
+    c[:3, 3] = [-40, -70, -30]
+    nib.save(nib.Nifti1Image(vol[:, :, ::2].copy(), c), str(folder / "oblique.nii.gz"))
+    return ["plain", "reoriented", "oblique"]
+
+
+def test_outputs_keep_each_scans_grid_and_are_consistent(trained, tmp_path):
+    names = _write_scans(trained["volume"], tmp_path / "scans")
+    _infer(trained, str(tmp_path / "scans"), tmp_path / "out", save_probs=True)
+    _infer(trained, str(tmp_path / "scans"), tmp_path / "out_ts", save_probs=True, calibrator="ts")
+    for name in names:
+        src = nib.load(str(next((tmp_path / "scans").glob(name + ".*"))))
+        seg = nib.load(str(tmp_path / "out" / f"{name}_seg.nii.gz"))
+        conf = nib.load(str(tmp_path / "out" / f"{name}_conf.nii.gz")).get_fdata()
+        unc = nib.load(str(tmp_path / "out" / f"{name}_uncertainty.nii.gz")).get_fdata()
+        prob = nib.load(str(tmp_path / "out" / f"{name}_prob.nii.gz")).get_fdata()
+        assert seg.shape == src.shape and prob.shape == src.shape + (4,)
+        np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
+        assert nib.aff2axcodes(seg.affine) == nib.aff2axcodes(src.affine)
+        np.testing.assert_allclose(prob.sum(-1), 1.0, atol=1e-4)
+        np.testing.assert_array_equal(seg.get_fdata(), prob.argmax(-1))
+        np.testing.assert_allclose(conf, prob.max(-1), atol=1e-5)
+        assert unc.min() >= 0 and unc.max() <= 1
+        want_unc = -(prob * np.log(np.clip(prob, 1e-12, None))).sum(-1) / np.log(4)
+        np.testing.assert_allclose(unc, np.clip(want_unc, 0, 1), atol=1e-4)
+        seg_ts = nib.load(str(tmp_path / "out_ts" / f"{name}_seg.nii.gz")).get_fdata()
+        conf_ts = nib.load(str(tmp_path / "out_ts" / f"{name}_conf.nii.gz")).get_fdata()
+        assert (seg_ts == seg.get_fdata()).mean() > 0.999  # TS keeps the argmax (up to interpolation ties)
+        assert conf_ts.mean() < conf.mean()  # T = 2.5 softens the probabilities
+    # the reoriented scan is the same anatomy: its labels map back onto the plain scan's
+    plain = nib.load(str(tmp_path / "out" / "plain_seg.nii.gz")).get_fdata()
+    reo = nib.load(str(tmp_path / "out" / "reoriented_seg.nii.gz")).get_fdata()
+    assert (np.transpose(reo, (1, 0, 2)) == plain).mean() > 0.98
+    assert not any(f.startswith(".tmp") for f in os.listdir(tmp_path / "out"))
+
+
+def test_bad_scans_fail_alone(trained, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    _write_scans(trained["volume"], folder)
+    os.remove(folder / "reoriented.nii")
+    os.remove(folder / "oblique.nii.gz")
+    vol, aff = trained["volume"], np.diag([2.0, 2.0, 2.0, 1.0])
+    (folder / "corrupt.nii.gz").write_bytes(b"this is not a nifti file" * 10)
+    raw = gzip.compress(nib.Nifti1Image(vol, aff).to_bytes())
+    (folder / "truncated.nii.gz").write_bytes(raw[: len(raw) // 3])
+    nib.save(nib.Nifti1Image(vol[:, :, 5].copy(), aff), str(folder / "flat2d.nii.gz"))
+    nan = vol.copy()
+    nan[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(nan, aff), str(folder / "nanvoxel.nii.gz"))
+    nib.save(nib.Nifti1Image(np.stack([vol, vol], -1), aff), str(folder / "twomodal.nii.gz"))
+    inputs = sorted(str(p) for p in folder.iterdir()) + [str(folder / "missing.nii.gz")]
+    with pytest.raises(Exception) as info:
+        _infer(trained, inputs, tmp_path / "out")
+    text = capsys.readouterr().out
+    assert (tmp_path / "out" / "plain_seg.nii.gz").is_file()
+    assert "6 failed" in text and "1 scan(s) segmented" in text
+    for case, reason in [("corrupt", "corrupt"), ("truncated", "cannot read"), ("flat2d", "2D image"), ("nanvoxel", "non-finite"),
+                         ("twomodal", "channel"), ("missing", "file not found")]:  # fmt: skip
+        assert f"FAILED {case}:" in text and reason in text.split(f"FAILED {case}:")[1].splitlines()[0], case
+        assert not list((tmp_path / "out").glob(f"{case}_*"))
+    root = info.value
+    while root.__cause__ is not None:
+        root = root.__cause__
+    assert "6 of 7 scan(s) failed" in str(root)
+    # the CLI exits non-zero with a one-line error, no traceback
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-m", "calibmonai.cli", "infer", "--input", str(folder), "--output", str(tmp_path / "cli_out"),
+                        "--runs_dir", str(trained["runs"])], capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert r.returncode == 1 and "scan(s) failed" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "cli_out" / "plain_seg.nii.gz").is_file()
+
+
+def test_existing_outputs_are_kept_unless_overwrite(trained, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    _write_scans(trained["volume"], folder)
+    for f in ("reoriented.nii", "oblique.nii.gz"):
+        os.remove(folder / f)
+    out = tmp_path / "out"
+    _infer(trained, str(folder), out)
+    seg = out / "plain_seg.nii.gz"
+    seg.write_bytes(b"sentinel")
+    _infer(trained, str(folder), out)
+    assert seg.read_bytes() == b"sentinel"  # an existing output is never overwritten without --overwrite
+    assert "skipped" in capsys.readouterr().out
+    _infer(trained, str(folder), out, overwrite=True)
+    assert nib.load(str(seg)).shape == trained["volume"].shape
+
+
+def test_exported_bundle_runs_inference(trained, tmp_path):
+    folder = tmp_path / "scans"
+    _write_scans(trained["volume"], folder)
+    os.remove(folder / "reoriented.nii")
+    os.remove(folder / "oblique.nii.gz")
+    cfgs = config_files(BUNDLE, "ce")
+    from monai.bundle import ConfigParser
+
+    out = tmp_path / "exported"
+    export_bundle(BUNDLE, "ce", str(out))
+    import shutil
+
+    shutil.copy(trained["run_dir"] / "models" / "model.pt", out / "models" / "model.pt")
+    assert ConfigParser.load_config_files(cfgs)  # the repository configs still load
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.json",
+           "--input_dir", str(folder), "--output_dir", str(tmp_path / "pred")]  # fmt: skip
+    r = subprocess.run(cmd, cwd=out, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert nib.load(str(tmp_path / "pred" / "plain_seg.nii.gz")).shape == trained["volume"].shape
