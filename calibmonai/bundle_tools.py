@@ -110,7 +110,8 @@ def export_bundle(bundle: str, method: str, out: str, overwrite: bool = False) -
     readme = (src / "docs" / "README.md").read_text()
     (dst / "docs" / "README.md").write_text(f"{readme}\n\n## This export\n\nMethod: `{method}`. Run from this folder:\n\n"
         "```bash\npip install calibmonai\npython -m monai.bundle run training --config_file configs/train.json\n"
-        "python -m monai.bundle run evaluate --config_file configs/evaluate.json\n```\n")  # fmt: skip
+        "python -m monai.bundle run evaluate --config_file configs/evaluate.json\n"
+        "python -m monai.bundle run inference --config_file configs/inference.json --input_dir scans --output_dir out\n```\n")  # fmt: skip
     parser = ConfigParser()
     parser.read_config(config_files(str(src), method))
     trained = Path(parser.get_parsed_content("ckpt_path"))

@@ -148,7 +148,7 @@ REQUIRED_METADATA = ["version", "monai_version", "pytorch_version", "numpy_versi
 
 def test_export_runs_standalone(cohort, tmp_path):
     out = export_bundle(BUNDLE, "mbls", str(tmp_path / "exported"))
-    for f in ("configs/train.json", "configs/evaluate.json", "configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):
+    for f in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):
         assert (out / f).is_file(), f
     meta = json.loads((out / "configs" / "metadata.json").read_text())
     for key in REQUIRED_METADATA:

@@ -164,3 +164,36 @@ def test_exported_bundle_runs_inference(trained, tmp_path):
     r = subprocess.run(cmd, cwd=out, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert nib.load(str(tmp_path / "pred" / "plain_seg.nii.gz")).shape == trained["volume"].shape
+
+
+def test_itk_formats_are_read(trained, tmp_path):
+    from monai.data import ITKWriter
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-60, -80, -20]
+    writer = ITKWriter(output_dtype=np.float32)
+    writer.set_data_array(torch.as_tensor(trained["volume"]), channel_dim=None)
+    writer.set_metadata({"affine": torch.as_tensor(affine), "original_affine": torch.as_tensor(affine)}, resample=False)
+    writer.write(str(folder / "scan.mha"))
+    _infer(trained, str(folder), tmp_path / "out")
+    seg = nib.load(str(tmp_path / "out" / "scan_seg.nii.gz"))
+    assert seg.shape == trained["volume"].shape
+    np.testing.assert_allclose(seg.affine, affine, atol=1e-4)
+
+
+def test_find_scans_inputs_and_modality_pattern(tmp_path):
+    from calibmonai.inference import find_scans
+
+    for name in ("b_0000.nii.gz", "b_0001.nii.gz", "a_0000.nii.gz", "a_0001.nii.gz", "notes.txt", "c.mha"):
+        (tmp_path / name).write_bytes(b"x")
+    assert find_scans(str(tmp_path), num_modalities=2) == [
+        ("a", [str(tmp_path / "a_0000.nii.gz"), str(tmp_path / "a_0001.nii.gz")]),
+        ("b", [str(tmp_path / "b_0000.nii.gz"), str(tmp_path / "b_0001.nii.gz")]),
+        ("c", [str(tmp_path / "c.mha")]),
+    ]
+    assert [c for c, _ in find_scans(str(tmp_path / "*_0000.nii.gz"))] == ["a_0000", "b_0000"]
+    assert find_scans([str(tmp_path / "c.mha")]) == [("c", [str(tmp_path / "c.mha")])]
+    with pytest.raises(FileNotFoundError, match="no scan found"):
+        find_scans(str(tmp_path / "*.nrrd"))

@@ -44,9 +44,11 @@ def plot_reliability_diagram(
         ece = float(s["ece"])
         label = f"{name} (ECE {ece:.4f})" if name else f"accuracy (ECE {ece:.4f})"
         ax.bar(left, acc, width=w, align="edge", alpha=0.75, edgecolor="k", lw=0.5, label=label)
+        ok = ~np.isnan(conf)
         if len(series) == 1:
-            ok = ~np.isnan(conf)
-            ax.bar(left[ok], (conf - acc)[ok], bottom=acc[ok], width=w, align="edge", color="red", alpha=0.3, label="gap to confidence")
+            lo = np.minimum(conf, acc)
+            ax.bar(left[ok], np.abs(conf - acc)[ok], bottom=lo[ok], width=w, align="edge", color="red", alpha=0.3, hatch="//", label="gap to confidence")
+        ax.plot((left + w / 2)[ok], conf[ok], "k_", markersize=10, mew=2, label="mean confidence" if i == 0 else None)
         axh.bar(left, np.maximum(count, 0), width=w, align="edge", alpha=0.75)
         titles.append(f"{name + ' ' if name else ''}ECE = {ece:.4f}")
     ax.set_xlim(0, 1)
