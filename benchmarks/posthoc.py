@@ -53,24 +53,35 @@ def stream(n_voxels: int, sample_size: int, batch: int = 1_000_000, c: int = 4):
     return sampler.sample()
 
 
+def run_one(n: int, sample_size: int) -> str:
+    sample, t_stream, m_stream = measure(lambda: stream(n, sample_size))
+    cells = []
+    for cls in (TemperatureScaling, PlattScaling, IsotonicCalibration):
+        cal = cls(4)
+        _, t_fit, m_fit = measure(lambda: cal.fit(sample))
+        cells.append(f"{t_fit:>14.2f} {m_fit / 2**20:>9.1f}")
+    t = TemperatureScaling(4).fit(sample)["temperature"]
+    return f"{n / 1e6:>7.0f}M {t_stream:>16.1f} {m_stream / 2**20:>9.1f} | " + " | ".join(cells) + f" | T={t:.3f} (true 3.0)"
+
+
 def main() -> None:
+    import subprocess
+    import sys
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--voxels", type=float, nargs="+", default=[10e6, 50e6])
     parser.add_argument("--sample-size", type=int, default=200_000)
+    parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"sample size {args.sample_size}, 4 classes, threads {torch.get_num_threads()}")
+    if args.single:
+        print(run_one(int(args.voxels[0]), args.sample_size))
+        return
+    print(f"sample size {args.sample_size}, 4 classes, threads {torch.get_num_threads()}; each row in a fresh process; "
+          "peak MiB = growth of resident memory during that step")  # fmt: skip
     print(f"{'voxels':>8} {'stream+sample s':>16} {'peak MiB':>9} | " + " | ".join(f"{n:>8} fit s  peak MiB" for n in ("TS", "Platt", "isotonic")))
     for v in args.voxels:
-        n = int(v)
-        sample, t_stream, m_stream = measure(lambda: stream(n, args.sample_size))
-        cells = []
-        for cls in (TemperatureScaling, PlattScaling, IsotonicCalibration):
-            cal = cls(4)
-            _, t_fit, m_fit = measure(lambda: cal.fit(sample))
-            cells.append(f"{t_fit:>14.2f} {m_fit / 2**20:>9.1f}")
-        print(f"{n / 1e6:>7.0f}M {t_stream:>16.1f} {m_stream / 2**20:>9.1f} | " + " | ".join(cells))
-        extra = f"TS temperature {TemperatureScaling(4).fit(sample)['temperature']:.3f} (true 3.0)"
-        print(f"{'':>8} {extra}")
+        cmd = [sys.executable, __file__, "--single", "--voxels", str(v), "--sample-size", str(args.sample_size)]
+        print(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip(), flush=True)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class TemperatureScaling(Calibrator):
         method = "lbfgs"
         try:
             value = fit_lbfgs([log_t], loss)
-            ok = math.isfinite(value) and math.isfinite(float(log_t))
+            ok = math.isfinite(value) and math.isfinite(float(log_t.detach()))
         except RuntimeError:
             ok = False
         best = float(log_t.detach().clamp(lo, hi)) if ok else 0.0
