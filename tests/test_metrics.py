@@ -54,9 +54,10 @@ def _ref_case(p, y, mask, fg, nb, include_background=True):
 @pytest.mark.parametrize("foreground", ["label", "none", "label_or_pred"])
 @pytest.mark.parametrize("use_mask", [False, True])
 @pytest.mark.parametrize("num_bins", [15, 7])
-def test_per_case_metrics_match_numpy(shape, foreground, use_mask, num_bins):
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_per_case_metrics_match_numpy(shape, foreground, use_mask, num_bins, backend):
     p, y, mask = _data(shape)
-    m = CalibrationMetrics(num_bins=num_bins, foreground=foreground)
+    m = CalibrationMetrics(num_bins=num_bins, foreground=foreground, backend=backend)
     got = m(p, y, mask=mask if use_mask else None)
     for b in range(shape[0]):
         want = _ref_case(p[b], y[b], mask[b] if use_mask else None, foreground, num_bins)
@@ -177,9 +178,34 @@ def test_case_without_foreground_is_nan_and_skipped():
         (torch.full((1, 2, 3, 3), float("nan")), torch.zeros(1, 1, 3, 3), "NaN"),
     ],
 )
-def test_bad_input(p, y, match):
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_bad_input(p, y, match, backend):
     with pytest.raises(ValueError, match=match):
-        CalibrationMetrics()(p, y)
+        CalibrationMetrics(backend=backend)(p, y)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_non_finite_logits_and_fractional_labels(backend):
+    z = torch.randn(1, 3, 4, 4)
+    z[0, 1, 2, 2] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        CalibrationMetrics(softmax=True, backend=backend)(z, torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="not integers"):
+        CalibrationMetrics(backend=backend)(torch.full((1, 2, 3, 3), 0.5), torch.full((1, 1, 3, 3), 0.5))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("softmax", [False, True])
+def test_backends_agree(shape, softmax):
+    from calibmonai.metrics import compute_calibration_histograms
+
+    p, y, mask = _data(shape, seed=9)
+    x = torch.log(p) if softmax else p
+    for fg in ("label", "none", "label_or_pred"):
+        a = compute_calibration_histograms(x, y, mask=mask, foreground=fg, softmax=softmax, backend="torch")
+        b = compute_calibration_histograms(x, y.to(torch.uint8), mask=mask, foreground=fg, softmax=softmax, backend="numba")
+        for ta, tb in zip(a.tensors(), b.tensors()):
+            torch.testing.assert_close(ta, tb, atol=2e-4, rtol=1e-5)
 
 
 def test_bad_arguments():

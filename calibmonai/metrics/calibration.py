@@ -123,6 +123,55 @@ def _as_mask(mask: torch.Tensor | None, y_pred: torch.Tensor) -> torch.Tensor | 
     return mask.reshape(b, -1).bool()
 
 
+def _check_values(c: int, lab_lo: float, lab_hi: float, softmax: bool, p_lo: float, p_hi: float, s_err: float, prob_tol: float, bad: int = 0) -> None:
+    """The bad-input checks shared by both backends."""
+    if lab_lo < 0 or lab_hi >= c:
+        raise ValueError(f"labels must lie in [0, {c - 1}] for {c} classes, got values in [{int(lab_lo)}, {int(lab_hi)}].")
+    if softmax:
+        if bad:
+            raise ValueError("y_pred logits contain non-finite values (NaN or Inf).")
+        return
+    if bad or math.isnan(p_lo) or math.isnan(p_hi):
+        raise ValueError("y_pred must hold probabilities in [0, 1], got NaN values.")
+    if not (p_lo >= -prob_tol and p_hi <= 1.0 + prob_tol):
+        raise ValueError(f"y_pred must hold probabilities in [0, 1], got values in [{p_lo:.4g}, {p_hi:.4g}] (pass softmax=True for logits).")
+    if not s_err <= prob_tol:
+        raise ValueError(
+            f"y_pred probabilities must sum to 1 over classes (dim 1), max deviation {s_err:.4g} > {prob_tol} (pass softmax=True for logits)."
+        )
+
+
+def _histograms_numba(
+    probs_all: torch.Tensor, labels_all: torch.Tensor, mask_all: torch.Tensor | None, hist: CalibrationHistograms,
+    num_bins: int, foreground: str, softmax: bool, classwise: bool, background_index: int, prob_tol: float,
+) -> CalibrationHistograms:  # fmt: skip
+    from calibmonai.metrics._histogram_kernel import case_histograms
+
+    mode = FOREGROUND_MODES.index(foreground)
+    kernel_mode = {0: 1, 1: 0, 2: 2}[mode]  # label -> 1, none -> 0, label_or_pred -> 2
+    c = probs_all.shape[1]
+    for i in range(probs_all.shape[0]):
+        probs = probs_all[i]
+        if probs.dtype not in (torch.float32, torch.float64):
+            probs = probs.float()
+        labels = labels_all[i]
+        if labels.is_floating_point():
+            if not bool((labels == labels.round()).all()):
+                raise ValueError("y holds class indices, but some values are not integers (or not finite).")
+            labels = labels.long()
+        if labels.dtype == torch.bool:
+            labels = labels.to(torch.uint8)
+        mask = None if mask_all is None else mask_all[i].contiguous().numpy()
+        top, cls, sc, chk, bad = case_histograms(
+            probs.contiguous().numpy(), labels.contiguous().numpy(), mask, num_bins, kernel_mode, background_index, softmax, classwise
+        )
+        _check_values(c, chk[3], chk[4], softmax, float(chk[0]), float(chk[1]), float(chk[2]), prob_tol, bad)
+        hist.top_count[i], hist.top_conf[i], hist.top_correct[i] = (torch.from_numpy(top[j]) for j in range(3))
+        hist.cls_count[i], hist.cls_prob[i], hist.cls_hit[i] = (torch.from_numpy(cls[j]) for j in range(3))
+        hist.n[i], hist.nll_sum[i], hist.brier_sum[i], hist.brier_n[i], hist.brier_fg_sum[i], hist.brier_fg_n[i] = (float(v) for v in sc)
+    return hist
+
+
 def compute_calibration_histograms(
     y_pred: torch.Tensor,
     y: torch.Tensor,
@@ -134,6 +183,7 @@ def compute_calibration_histograms(
     background_index: int = 0,
     prob_tol: float = 1e-3,
     chunk_voxels: int = _CHUNK_VOXELS,
+    backend: str = "auto",
 ) -> CalibrationHistograms:
     """Fill the per-case calibration histograms in one chunked pass over the voxels.
 
@@ -149,7 +199,9 @@ def compute_calibration_histograms(
         classwise: fill the ``(B, C, bins)`` class-wise histograms (skip them to save time when unused).
         background_index: the background label.
         prob_tol: tolerance of the ``[0, 1]`` range and sum-to-one checks on probabilities.
-        chunk_voxels: voxels per chunk (bounds the temporary memory).
+        chunk_voxels: voxels per chunk of the torch backend (bounds the temporary memory).
+        backend: ``"numba"`` (one multi-threaded pass, CPU tensors), ``"torch"`` (chunked tensor ops, any device)
+            or ``"auto"`` (numba for CPU tensors when it is installed).
 
     Raises:
         ValueError: for mismatched shapes, labels outside ``[0, C)``, probabilities outside ``[0, 1]`` or not
@@ -170,6 +222,17 @@ def compute_calibration_histograms(
     n_vox = probs_all.shape[-1]
     dev = y_pred.device
     hist = CalibrationHistograms.zeros(b, c, num_bins, dev)
+    if backend not in ("auto", "numba", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}.")
+    if backend != "torch":
+        from calibmonai.metrics._histogram_kernel import HAVE_NUMBA
+
+        if backend == "numba" and (not HAVE_NUMBA or dev.type != "cpu"):
+            raise ValueError("backend='numba' needs the numba package and CPU tensors.")
+        if HAVE_NUMBA and dev.type == "cpu":
+            return _histograms_numba(
+                probs_all.detach(), labels_all.detach(), mask_all, hist, num_bins, foreground, softmax, classwise, background_index, prob_tol
+            )
     nb1 = num_bins + 1  # one extra "dump" bin per case for voxels outside the selection
     # int32 bin indices: bincount on int32 is faster and halves the temporary memory
     top_off = (torch.arange(b, device=dev, dtype=torch.int32) * nb1).view(b, 1)
@@ -324,6 +387,8 @@ class CalibrationMetrics(CumulativeIterationMetric):
         softmax: whether ``y_pred`` are logits to be softmaxed over dim 1.
         background_index: the background label.
         prob_tol: tolerance of the probability checks.
+        backend: ``"auto"`` (a one-pass numba kernel for CPU tensors when numba is installed), ``"numba"`` or
+            ``"torch"`` (chunked tensor operations, any device); both give the same values.
 
     ``metric(y_pred, y, mask=None, case_names=None)``: ``case_names`` (one per batch item) name the cases in
     warnings and per-case outputs.
@@ -338,8 +403,12 @@ class CalibrationMetrics(CumulativeIterationMetric):
         softmax: bool = False,
         background_index: int = 0,
         prob_tol: float = 1e-3,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
+        if backend not in ("auto", "numba", "torch"):
+            raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}.")
+        self.backend = backend
         names = (metric_names,) if isinstance(metric_names, str) else tuple(metric_names)
         unknown = [m for m in names if m not in CALIBRATION_METRICS]
         if unknown or not names:
@@ -368,6 +437,7 @@ class CalibrationMetrics(CumulativeIterationMetric):
         hist = compute_calibration_histograms(
             y_pred, y, self.num_bins, mask=mask, foreground=self.foreground, softmax=self.softmax,
             classwise="cece" in self.metric_names, background_index=self.background_index, prob_tol=self.prob_tol,
+            backend=self.backend,
         )  # fmt: skip
         pooled = hist.summed()
         self._pooled = pooled if self._pooled is None else self._pooled.add_(pooled)
