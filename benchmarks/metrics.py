@@ -80,6 +80,8 @@ def main() -> None:
         m(probs, onehot)
         return m.aggregate()
 
+    tiny = CalibrationMetrics(("ece", "cece", "brier"), foreground="none")  # compile the numba kernel outside the measures
+    tiny(probs[..., :4, :4, :4].contiguous(), labels[..., :4, :4, :4].contiguous())
     peak = peak_extra_bytes(ours)  # first, before anything else raises the process's peak
     t_sum = best_of(lambda: probs.sum(), args.repeats)
     t_ours = best_of(ours, args.repeats)

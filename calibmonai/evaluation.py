@@ -34,6 +34,13 @@ def load_checkpoint(network: torch.nn.Module, checkpoint: str, device: Any) -> t
     return network.to(device).eval()
 
 
+def predict_logits(image: Any, network: torch.nn.Module, inferer: Callable, device: Any) -> torch.Tensor:
+    """Logits ``(1, C, *spatial)`` on the CPU for one channel-first ``image``, without gradients."""
+    with torch.no_grad():
+        out = inferer(torch.as_tensor(image).unsqueeze(0).float().to(device), network)
+    return torch.as_tensor(out).float().cpu()
+
+
 def _spacing(meta_img: Any) -> list[float] | None:
     pixdim = getattr(meta_img, "pixdim", None)
     return None if pixdim is None else [float(v) for v in torch.as_tensor(pixdim).flatten().tolist()]
@@ -123,11 +130,10 @@ def evaluate_run(
         d = preprocessing(item)
         image = d["image"]
         label = torch.as_tensor(d["label"]).long().unsqueeze(0).cpu()
+        logits = predict_logits(image, network, inferer, device)
         with torch.no_grad():
-            logits = inferer(torch.as_tensor(image).unsqueeze(0).to(device), network)
-            logits = torch.as_tensor(logits).float()
             if calibrator is not None:
-                prob = calibrator(logits.cpu(), torch.as_tensor(image).unsqueeze(0).float().cpu())
+                prob = calibrator(logits, torch.as_tensor(image).unsqueeze(0).float().cpu())
             else:
                 prob = torch.softmax(logits, 1)
         prob = prob.cpu()

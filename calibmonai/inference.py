@@ -123,7 +123,7 @@ def infer_scans(
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
-    from calibmonai.evaluation import load_checkpoint
+    from calibmonai.evaluation import load_checkpoint, predict_logits
 
     load_checkpoint(network, checkpoint, device)
     os.makedirs(output_dir, exist_ok=True)
@@ -164,8 +164,8 @@ def infer_scans(
                 raise ScanError(f"expected {num_modalities} channel(s), the scan has {image.shape[0]}")
             if not bool(torch.isfinite(torch.as_tensor(image)).all()):
                 raise ScanError("the scan contains non-finite voxel values (NaN or Inf)")
+            logits = predict_logits(image, network, inferer, device)
             with torch.no_grad():
-                logits = torch.as_tensor(inferer(torch.as_tensor(image).unsqueeze(0).float().to(device), network)).float().cpu()
                 if calibrator is not None:
                     prob = calibrator(logits, torch.as_tensor(image).unsqueeze(0).float().cpu())
                 else:

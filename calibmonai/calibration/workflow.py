@@ -51,7 +51,7 @@ def calibrate_run(
     Voxel calibrators see a fixed-size, class-stratified, seeded voxel sample (``sample_size``); LTS sees a
     fixed-size seeded random sample of ``lts_max_slices`` axial slices (2D) — memory does not grow with the split.
     """
-    from calibmonai.evaluation import load_checkpoint
+    from calibmonai.evaluation import load_checkpoint, predict_logits
 
     if name is None:
         raise ValueError("no calibrator chosen: compose configs/calibrate/<ts|lts|platt|isotonic>.yaml after the method fragment.")
@@ -69,8 +69,7 @@ def calibrate_run(
         d = preprocessing(item)
         image = torch.as_tensor(d["image"]).unsqueeze(0)
         label = torch.as_tensor(d["label"]).long().unsqueeze(0)
-        with torch.no_grad():
-            logits = torch.as_tensor(inferer(image.to(device), network)).float().cpu()
+        logits = predict_logits(d["image"], network, inferer, device)
         foreground += int((label > 0).sum())
         if sampler is not None:
             sampler.add(logits, label)

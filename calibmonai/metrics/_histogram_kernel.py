@@ -26,7 +26,7 @@ SEL_ALL, SEL_LABEL, SEL_LABEL_OR_PRED = 0, 1, 2
 if HAVE_NUMBA:
 
     @njit(parallel=True, fastmath=False, cache=True)
-    def _kernel(probs, labels, mask, use_mask, num_bins, mode, bg, softmax, classwise, n_chunks):  # pragma: no cover - jitted
+    def _kernel(probs, labels, mask, use_mask, num_bins, mode, bg, softmax, classwise, with_nll, n_chunks):  # pragma: no cover - jitted
         c, n = probs.shape
         t_top = np.zeros((n_chunks, 3, num_bins))
         t_cls = np.zeros((n_chunks, 3, c, num_bins))
@@ -34,10 +34,15 @@ if HAVE_NUMBA:
         t_chk = np.zeros((n_chunks, 5))  # p_min, p_max, max |sum-1|, label_min, label_max
         t_bad = np.zeros(n_chunks, dtype=np.int64)  # non-finite values
         step = (n + n_chunks - 1) // n_chunks
+        nbf = np.float32(num_bins)
         for t in prange(n_chunks):
             lo = t * step
             hi = min(n, lo + step)
+            # chunk-local accumulators: no write to memory shared with another thread inside the loop
+            top = np.zeros((3, num_bins))
+            cls = np.zeros((3, c, num_bins))
             p = np.empty(c)
+            cnt = nll = br = br_n = fg_br = fg_n = 0.0
             pmin, pmax, serr = 1e30, -1e30, 0.0
             lmin, lmax = 1 << 62, -(1 << 62)
             bad = 0
@@ -49,38 +54,38 @@ if HAVE_NUMBA:
                     lmax = lab
                 if lab < 0 or lab >= c:
                     continue
-                keep = (not use_mask) or mask[i]
                 if softmax:
-                    m = -1e300
-                    for k in range(c):
-                        v = probs[k, i]
-                        if not np.isfinite(v):
-                            bad += 1
-                        if v > m:
-                            m = v
+                    m = probs[0, i]
+                    for k in range(1, c):
+                        if probs[k, i] > m:
+                            m = probs[k, i]
                     s = 0.0
                     for k in range(c):
                         e = np.exp(probs[k, i] - m)
                         p[k] = e
                         s += e
+                    if not np.isfinite(s) or not np.isfinite(m):
+                        bad += 1
+                        continue
                     for k in range(c):
                         p[k] /= s
                 else:
                     s = 0.0
                     for k in range(c):
                         v = probs[k, i]
-                        if not np.isfinite(v):
-                            bad += 1
                         p[k] = v
                         s += v
                         if v < pmin:
                             pmin = v
                         if v > pmax:
                             pmax = v
+                    if not np.isfinite(s):
+                        bad += 1
+                        continue
                     d = abs(s - 1.0)
                     if d > serr:
                         serr = d
-                if not keep:
+                if use_mask and not mask[i]:
                     continue
                 conf = p[0]
                 sq = 0.0
@@ -90,12 +95,12 @@ if HAVE_NUMBA:
                     sq += p[k] * p[k]
                 py = p[lab]
                 brier = sq - 2.0 * py + 1.0
-                t_sc[t, 2] += brier
-                t_sc[t, 3] += 1.0
+                br += brier
+                br_n += 1.0
                 fg = lab != bg
                 if fg:
-                    t_sc[t, 4] += brier
-                    t_sc[t, 5] += 1.0
+                    fg_br += brier
+                    fg_n += 1.0
                 if mode == 1:
                     sel = fg
                 elif mode == 2:
@@ -104,29 +109,25 @@ if HAVE_NUMBA:
                     sel = True
                 if not sel:
                     continue
-                t_sc[t, 0] += 1.0
-                t_sc[t, 1] += -np.log(max(py, 1e-12))
-                b = int(np.float32(conf) * np.float32(num_bins))
-                if b > num_bins - 1:
-                    b = num_bins - 1
-                if b < 0:
-                    b = 0
-                t_top[t, 0, b] += 1.0
-                t_top[t, 1, b] += np.float32(conf)
+                cnt += 1.0
+                if with_nll:
+                    nll += -np.log(max(py, 1e-12))
+                cf = np.float32(conf)
+                b = min(max(int(cf * nbf), 0), num_bins - 1)
+                top[0, b] += 1.0
+                top[1, b] += cf
                 if py >= conf:
-                    t_top[t, 2, b] += 1.0
+                    top[2, b] += 1.0
                 if classwise:
                     for k in range(c):
                         pk = np.float32(p[k])
-                        bk = int(pk * np.float32(num_bins))
-                        if bk > num_bins - 1:
-                            bk = num_bins - 1
-                        if bk < 0:
-                            bk = 0
-                        t_cls[t, 0, k, bk] += 1.0
-                        t_cls[t, 1, k, bk] += pk
-                        if k == lab:
-                            t_cls[t, 2, k, bk] += 1.0
+                        bk = min(max(int(pk * nbf), 0), num_bins - 1)
+                        cls[0, k, bk] += 1.0
+                        cls[1, k, bk] += pk
+                    cls[2, lab, min(max(int(np.float32(py) * nbf), 0), num_bins - 1)] += 1.0
+            t_top[t] = top
+            t_cls[t] = cls
+            t_sc[t, 0], t_sc[t, 1], t_sc[t, 2], t_sc[t, 3], t_sc[t, 4], t_sc[t, 5] = cnt, nll, br, br_n, fg_br, fg_n
             t_chk[t, 0], t_chk[t, 1], t_chk[t, 2], t_chk[t, 3], t_chk[t, 4] = pmin, pmax, serr, lmin, lmax
             t_bad[t] = bad
         chk = np.empty(5)
@@ -147,13 +148,14 @@ def case_histograms(
     background_index: int,
     softmax: bool,
     classwise: bool,
+    with_nll: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Histograms of one case. ``probs (C, N)`` float32 (or logits with ``softmax``), ``labels (N,)`` integers,
-    ``mask (N,)`` bool or ``None``. Returns ``top (3, bins)``, ``cls (3, C, bins)``, scalars
+    ``mask (N,)`` bool or ``None``; ``with_nll=False`` skips the logarithm when the NLL is not wanted. Returns ``top (3, bins)``, ``cls (3, C, bins)``, scalars
     ``[n, nll, brier, brier_n, fg_brier, fg_n]``, checks ``[p_min, p_max, max|sum-1|, label_min, label_max]``
     and the number of non-finite inputs."""
     n_chunks = max(1, min(64, numba.get_num_threads() * 4, probs.shape[1] // 4096 + 1))
     use_mask = mask is not None
     m = mask if use_mask else np.zeros(1, dtype=np.bool_)
-    top, cls, sc, chk, bad = _kernel(probs, labels, m, use_mask, num_bins, mode, background_index, softmax, classwise, n_chunks)
+    top, cls, sc, chk, bad = _kernel(probs, labels, m, use_mask, num_bins, mode, background_index, softmax, classwise, with_nll, n_chunks)
     return top, cls, sc, chk, int(bad)

@@ -143,7 +143,7 @@ def _check_values(c: int, lab_lo: float, lab_hi: float, softmax: bool, p_lo: flo
 
 def _histograms_numba(
     probs_all: torch.Tensor, labels_all: torch.Tensor, mask_all: torch.Tensor | None, hist: CalibrationHistograms,
-    num_bins: int, foreground: str, softmax: bool, classwise: bool, background_index: int, prob_tol: float,
+    num_bins: int, foreground: str, softmax: bool, classwise: bool, background_index: int, prob_tol: float, with_nll: bool = True,
 ) -> CalibrationHistograms:  # fmt: skip
     from calibmonai.metrics._histogram_kernel import case_histograms
 
@@ -163,7 +163,7 @@ def _histograms_numba(
             labels = labels.to(torch.uint8)
         mask = None if mask_all is None else mask_all[i].contiguous().numpy()
         top, cls, sc, chk, bad = case_histograms(
-            probs.contiguous().numpy(), labels.contiguous().numpy(), mask, num_bins, kernel_mode, background_index, softmax, classwise
+            probs.contiguous().numpy(), labels.contiguous().numpy(), mask, num_bins, kernel_mode, background_index, softmax, classwise, with_nll
         )
         _check_values(c, chk[3], chk[4], softmax, float(chk[0]), float(chk[1]), float(chk[2]), prob_tol, bad)
         hist.top_count[i], hist.top_conf[i], hist.top_correct[i] = (torch.from_numpy(top[j]) for j in range(3))
@@ -184,6 +184,7 @@ def compute_calibration_histograms(
     prob_tol: float = 1e-3,
     chunk_voxels: int = _CHUNK_VOXELS,
     backend: str = "auto",
+    with_nll: bool = True,
 ) -> CalibrationHistograms:
     """Fill the per-case calibration histograms in one chunked pass over the voxels.
 
@@ -202,6 +203,7 @@ def compute_calibration_histograms(
         chunk_voxels: voxels per chunk of the torch backend (bounds the temporary memory).
         backend: ``"numba"`` (one multi-threaded pass, CPU tensors), ``"torch"`` (chunked tensor ops, any device)
             or ``"auto"`` (numba for CPU tensors when it is installed).
+        with_nll: whether to fill ``nll_sum`` (one logarithm per voxel; skip it when the NLL is not reported).
 
     Raises:
         ValueError: for mismatched shapes, labels outside ``[0, C)``, probabilities outside ``[0, 1]`` or not
@@ -231,7 +233,7 @@ def compute_calibration_histograms(
             raise ValueError("backend='numba' needs the numba package and CPU tensors.")
         if HAVE_NUMBA and dev.type == "cpu":
             return _histograms_numba(
-                probs_all.detach(), labels_all.detach(), mask_all, hist, num_bins, foreground, softmax, classwise, background_index, prob_tol
+                probs_all.detach(), labels_all.detach(), mask_all, hist, num_bins, foreground, softmax, classwise, background_index, prob_tol, with_nll
             )
     nb1 = num_bins + 1  # one extra "dump" bin per case for voxels outside the selection
     # int32 bin indices: bincount on int32 is faster and halves the temporary memory
@@ -437,7 +439,7 @@ class CalibrationMetrics(CumulativeIterationMetric):
         hist = compute_calibration_histograms(
             y_pred, y, self.num_bins, mask=mask, foreground=self.foreground, softmax=self.softmax,
             classwise="cece" in self.metric_names, background_index=self.background_index, prob_tol=self.prob_tol,
-            backend=self.backend,
+            backend=self.backend, with_nll="nll" in self.metric_names,
         )  # fmt: skip
         pooled = hist.summed()
         self._pooled = pooled if self._pooled is None else self._pooled.add_(pooled)
