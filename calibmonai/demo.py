@@ -74,7 +74,7 @@ def run_demo(
     with open(os.path.join(out, "comparison.md"), "w") as f:
         f.write(f"# Embedded MNI152 tissue task: {len(methods)} methods, {epochs} epochs, {subjects} subjects\n\n")
         f.write("Mean ± std over test subjects. DSC/ASD/HD95: mean over CSF, GM, WM (ASD/HD95 in mm). ECE, CECE, NLL on ground-truth "
-                "foreground voxels (15 bins); Brier over all voxels; Brier+ over foreground; |p-p_ref|: mean absolute difference "
+                "foreground voxels (15 bins); Brier over all voxels; Brier+ over foreground; ref MAD: mean absolute difference "
                 "between predicted and reference tissue probabilities over brain voxels.\n\n")  # fmt: skip
         f.write(table)
         f.write(f"\nTotal time: {elapsed / 60:.1f} min.\n")

@@ -19,7 +19,7 @@ __all__ = ["evaluate_run", "evaluate_posthoc", "load_checkpoint", "SUMMARY_COLUM
 #: columns of the method-comparison table: (key in the summary, printed name)
 SUMMARY_COLUMNS = [
     ("dsc_mean", "DSC"), ("asd_mean", "ASD"), ("hd95_mean", "HD95"), ("ece", "ECE"), ("cece", "CECE"),
-    ("brier", "Brier"), ("brier_plus", "Brier+"), ("nll", "NLL"), ("ref_mad", "|p-p_ref|"),
+    ("brier", "Brier"), ("brier_plus", "Brier+"), ("nll", "NLL"), ("ref_mad", "ref MAD"),
 ]  # fmt: skip
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import ConfigParser
 
 from calibmonai.bundle_tools import config_files, export_bundle, method_names, run_workflow
 from calibmonai.data import load_datalist, prepare_mni_tissue

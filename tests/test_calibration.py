@@ -223,3 +223,24 @@ def test_weighted_nll_hand_computed():
     a, b = np.log(2), np.log(1 + np.exp(2))
     assert float(weighted_nll(z, y)) == pytest.approx((a + b) / 2)
     assert float(weighted_nll(z, y, torch.tensor([3.0, 1.0]))) == pytest.approx((3 * a + b) / 4)
+
+
+def test_calibrate_run_refuses_a_validation_split_without_foreground(tmp_path):
+    from monai.networks.nets import UNet
+
+    from calibmonai.calibration import calibrate_run
+
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,), num_res_units=0)
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    items = [{"image": "a", "label": "a"}, {"image": "b", "label": "b"}]
+
+    def pre(item):
+        return {"image": torch.rand(1, 8, 8), "label": torch.zeros(1, 8, 8)}
+
+    for name in ("ts", "lts"):
+        with pytest.raises(ValueError, match="no foreground voxel"):
+            calibrate_run(name, net, str(tmp_path / "model.pt"), items, pre, lambda x, n: n(x), 3, str(tmp_path), sample_size=100)
+    with pytest.raises(ValueError, match="no calibrator chosen"):
+        calibrate_run(None, net, str(tmp_path / "model.pt"), items, pre, lambda x, n: n(x), 3, str(tmp_path))
+    with pytest.raises(ValueError, match="available calibrators"):
+        calibrate_run("beta", net, str(tmp_path / "model.pt"), items, pre, lambda x, n: n(x), 3, str(tmp_path))

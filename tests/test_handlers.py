@@ -5,8 +5,8 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
-from monai.handlers import CheckpointSaver, MeanDice, StatsHandler, from_engine
-from monai.transforms import Activationsd, AsDiscreted, Compose
+from monai.handlers import CheckpointSaver, StatsHandler
+from monai.transforms import Activationsd, Compose
 
 from calibmonai.handlers import (
     BrierScore,

@@ -4,7 +4,6 @@ import gzip
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -197,3 +196,27 @@ def test_find_scans_inputs_and_modality_pattern(tmp_path):
     assert find_scans([str(tmp_path / "c.mha")]) == [("c", [str(tmp_path / "c.mha")])]
     with pytest.raises(FileNotFoundError, match="no scan found"):
         find_scans(str(tmp_path / "*.nrrd"))
+
+
+def test_3d_network_with_sliding_window(tmp_path):
+    """infer_scans with a 3D network and MONAI's SlidingWindowInferer (the path of 3D bundles)."""
+    from monai.inferers import SlidingWindowInferer
+    from monai.networks.nets import UNet
+    from monai.transforms import Compose, LoadImaged, NormalizeIntensityd, Orientationd
+
+    from calibmonai.inference import infer_scans
+
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,), num_res_units=0)
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    pre = Compose([LoadImaged(keys="image", image_only=True, ensure_channel_first=True), Orientationd(keys="image", axcodes="RAS"),
+                   NormalizeIntensityd(keys="image")])  # fmt: skip
+    aff = np.diag([1.0, 1.2, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 18, 11)).astype(np.float32), aff), str(tmp_path / "vol.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((20, 18), np.float32), aff), str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(RuntimeError, match="1 of 2 scan"):
+        infer_scans([str(tmp_path / "vol.nii.gz"), str(tmp_path / "flat.nii.gz")], str(tmp_path / "out"), net, str(tmp_path / "model.pt"),
+                    pre, SlidingWindowInferer(roi_size=(16, 16, 8), sw_batch_size=2), num_classes=3)  # fmt: skip
+    seg = nib.load(str(tmp_path / "out" / "vol_seg.nii.gz"))
+    assert seg.shape == (20, 18, 11)
+    np.testing.assert_allclose(seg.affine, aff)

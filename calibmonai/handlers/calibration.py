@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from monai.handlers import IgniteMetricHandler, from_engine

@@ -101,9 +101,9 @@ if HAVE_NUMBA:
                 if fg:
                     fg_br += brier
                     fg_n += 1.0
-                if mode == 1:
+                if mode == 1:  # SEL_LABEL
                     sel = fg
-                elif mode == 2:
+                elif mode == 2:  # SEL_LABEL_OR_PRED
                     sel = fg or (p[bg] < conf)
                 else:
                     sel = True

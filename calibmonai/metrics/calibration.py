@@ -145,10 +145,9 @@ def _histograms_numba(
     probs_all: torch.Tensor, labels_all: torch.Tensor, mask_all: torch.Tensor | None, hist: CalibrationHistograms,
     num_bins: int, foreground: str, softmax: bool, classwise: bool, background_index: int, prob_tol: float, with_nll: bool = True,
 ) -> CalibrationHistograms:  # fmt: skip
-    from calibmonai.metrics._histogram_kernel import case_histograms
+    from calibmonai.metrics._histogram_kernel import SEL_ALL, SEL_LABEL, SEL_LABEL_OR_PRED, case_histograms
 
-    mode = FOREGROUND_MODES.index(foreground)
-    kernel_mode = {0: 1, 1: 0, 2: 2}[mode]  # label -> 1, none -> 0, label_or_pred -> 2
+    kernel_mode = {"label": SEL_LABEL, "none": SEL_ALL, "label_or_pred": SEL_LABEL_OR_PRED}[foreground]
     c = probs_all.shape[1]
     for i in range(probs_all.shape[0]):
         probs = probs_all[i]
