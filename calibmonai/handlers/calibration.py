@@ -137,7 +137,7 @@ class CalibrationReport:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
-    def _names(self, engine: Any, n: int) -> list[str] | None:
+    def _names(self, engine: Any) -> list[str] | None:
         if self.name_transform is not None:
             return list(self.name_transform(engine.state.batch))
         try:
@@ -149,7 +149,7 @@ class CalibrationReport:
         y_pred, y = self.output_transform(engine.state.output)
         if isinstance(y_pred, (list, tuple)):
             y_pred, y = torch.stack(list(y_pred)), torch.stack(list(y))
-        names = self._names(engine, y_pred.shape[0])
+        names = self._names(engine)
         self.metric(y_pred, y, case_names=names)
 
     def _write(self, engine: Any) -> None:
