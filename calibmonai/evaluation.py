@@ -41,6 +41,14 @@ def predict_logits(image: Any, network: torch.nn.Module, inferer: Callable, devi
     return torch.as_tensor(out).float().cpu()
 
 
+def to_probabilities(logits: torch.Tensor, image: Any, calibrator: Callable | None = None) -> torch.Tensor:
+    """Softmax of ``logits (1, C, *spatial)``, or the calibrator's probabilities (it may use the image)."""
+    with torch.no_grad():
+        if calibrator is None:
+            return torch.softmax(logits, 1)
+        return calibrator(logits, torch.as_tensor(image).unsqueeze(0).float().cpu()).cpu()
+
+
 def _spacing(meta_img: Any) -> list[float] | None:
     pixdim = getattr(meta_img, "pixdim", None)
     return None if pixdim is None else [float(v) for v in torch.as_tensor(pixdim).flatten().tolist()]
@@ -130,13 +138,7 @@ def evaluate_run(
         d = preprocessing(item)
         image = d["image"]
         label = torch.as_tensor(d["label"]).long().unsqueeze(0).cpu()
-        logits = predict_logits(image, network, inferer, device)
-        with torch.no_grad():
-            if calibrator is not None:
-                prob = calibrator(logits, torch.as_tensor(image).unsqueeze(0).float().cpu())
-            else:
-                prob = torch.softmax(logits, 1)
-        prob = prob.cpu()
+        prob = to_probabilities(predict_logits(image, network, inferer, device), image, calibrator)
         conf, _ = prob.max(1)
         pred = prob.argmax(1, keepdim=True)
         values = cal(prob, label, case_names=[name])[0]

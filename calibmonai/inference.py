@@ -123,7 +123,7 @@ def infer_scans(
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
-    from calibmonai.evaluation import load_checkpoint, predict_logits
+    from calibmonai.evaluation import load_checkpoint, predict_logits, to_probabilities
 
     load_checkpoint(network, checkpoint, device)
     os.makedirs(output_dir, exist_ok=True)
@@ -164,12 +164,7 @@ def infer_scans(
                 raise ScanError(f"expected {num_modalities} channel(s), the scan has {image.shape[0]}")
             if not bool(torch.isfinite(torch.as_tensor(image)).all()):
                 raise ScanError("the scan contains non-finite voxel values (NaN or Inf)")
-            logits = predict_logits(image, network, inferer, device)
-            with torch.no_grad():
-                if calibrator is not None:
-                    prob = calibrator(logits, torch.as_tensor(image).unsqueeze(0).float().cpu())
-                else:
-                    prob = torch.softmax(logits, 1)
+            prob = to_probabilities(predict_logits(image, network, inferer, device), image, calibrator)
             # back to the scan's grid: interpolate log-probabilities (class-wise offsets of the calibrated logits,
             # so temperature scaling keeps the label map exactly), plus a ones channel marking the field of view
             log_p = torch.log(prob[0].clamp_min(1e-12))

@@ -255,26 +255,16 @@ def compute_calibration_histograms(
         lab = lab.long()
         lo, hi = torch.aminmax(lab)
         lab_lo, lab_hi = min(lab_lo, int(lo)), max(lab_hi, int(hi))
-        if lab_lo < 0 or lab_hi >= c:
-            raise ValueError(f"labels must lie in [0, {c - 1}] for {c} classes, got values in [{lab_lo}, {lab_hi}].")
-        if not softmax:
+        bad = 0
+        if softmax:
+            bad = int(not bool(torch.isfinite(p).all()))
+        else:
             lo, hi = torch.aminmax(p)
-            if math.isnan(float(lo)) or math.isnan(float(hi)):
-                raise ValueError("y_pred must hold probabilities in [0, 1], got NaN values.")
-            p_lo, p_hi = min(p_lo, float(lo)), max(p_hi, float(hi))
-            s_err = max(s_err, float((p.sum(1) - 1.0).abs().max()))
-            if not (p_lo >= -prob_tol and p_hi <= 1.0 + prob_tol):
-                raise ValueError(
-                    f"y_pred must hold probabilities in [0, 1], got values in [{p_lo:.4g}, {p_hi:.4g}] "
-                    "(pass softmax=True for logits)."
-                )
-            if not s_err <= prob_tol:
-                raise ValueError(
-                    f"y_pred probabilities must sum to 1 over classes (dim 1), max deviation {s_err:.4g} > {prob_tol}"
-                    " (pass softmax=True for logits)."
-                )
-        elif not bool(torch.isfinite(p).all()):
-            raise ValueError("y_pred logits contain non-finite values (NaN or Inf).")
+            bad = int(math.isnan(float(lo)) or math.isnan(float(hi)))
+            if not bad:
+                p_lo, p_hi = min(p_lo, float(lo)), max(p_hi, float(hi))
+                s_err = max(s_err, float((p.sum(1) - 1.0).abs().max()))
+        _check_values(c, lab_lo, lab_hi, softmax, p_lo, p_hi, s_err, prob_tol, bad)
 
         keep = torch.ones_like(lab, dtype=torch.bool) if mask_all is None else mask_all[:, start:stop]
         fg_gt = lab != background_index
