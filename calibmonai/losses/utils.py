@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_logits", "to_class_indices", "reduce_voxel_loss", "log_prob_floor", "REDUCTIONS"]
+__all__ = ["check_logits", "to_class_indices", "reduce_voxel_loss", "check_reduction", "nll_map", "REDUCTIONS"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -77,11 +75,6 @@ def to_class_indices(input: torch.Tensor, target: torch.Tensor, check_finite: bo
         if lo < 0 or hi >= c:
             raise ValueError(f"target labels must lie in [0, {c - 1}] for {c} classes, got values in [{lo}, {hi}].")
     return idx.long()
-
-
-def log_prob_floor(eps: float) -> float:
-    """``log(eps)``: clamping log-probabilities here is the same as clamping probabilities at ``eps``."""
-    return math.log(eps)
 
 
 def reduce_voxel_loss(voxel_loss: torch.Tensor, reduction: str) -> torch.Tensor:
