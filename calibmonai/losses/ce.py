@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
+from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
 from calibmonai.losses.utils import check_reduction, to_class_indices
 
 __all__ = ["CrossEntropyLoss", "TargetFormatAdapter"]
@@ -17,7 +18,8 @@ class CrossEntropyLoss(_Loss):
     """Multi-class cross-entropy on logits, ``-log softmax(z)_y``, accepting index or one-hot targets.
 
     This is ``torch.nn.functional.cross_entropy`` behind the same target checks as every other
-    calibmonai loss, so that ``ce`` is selected exactly like the calibration losses.
+    calibmonai loss, so that ``ce`` is selected exactly like the calibration losses. Float32 CPU logits take the
+    fused one-pass kernel of :mod:`calibmonai.losses.fused` (same value and gradient, tested against this).
     """
 
     def __init__(self, reduction: str = "mean") -> None:
@@ -33,6 +35,9 @@ class CrossEntropyLoss(_Loss):
             input: logits ``(B, C, *spatial)``.
             target: ``(B, 1, *spatial)`` / ``(B, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot.
         """
+        fused = fused_softmax_loss(input, target, FusedTerms(ce=1.0), self.reduction)
+        if fused is not None:
+            return fused
         return F.cross_entropy(input, to_class_indices(input, target), reduction=self.reduction)
 
 

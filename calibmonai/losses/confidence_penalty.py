@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
+from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
 from calibmonai.losses.utils import check_reduction, nll_map, reduce_voxel_loss, to_class_indices
 
 __all__ = ["ConfidencePenaltyLoss", "LabelSmoothingLoss"]
@@ -40,6 +41,9 @@ class ConfidencePenaltyLoss(_Loss):
             input: logits ``(B, C, *spatial)``.
             target: ``(B, 1, *spatial)`` / ``(B, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot.
         """
+        fused = fused_softmax_loss(input, target, FusedTerms(ce=1.0, neg_entropy=self.beta), self.reduction)
+        if fused is not None:
+            return fused
         idx = to_class_indices(input, target)
         log_p = F.log_softmax(input, dim=1)
         neg_plogp = -(log_p.exp() * log_p).mean(dim=1)
@@ -73,6 +77,9 @@ class LabelSmoothingLoss(_Loss):
             input: logits ``(B, C, *spatial)``.
             target: ``(B, 1, *spatial)`` / ``(B, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot.
         """
+        fused = fused_softmax_loss(input, target, FusedTerms(ce=1.0 - self.alpha, uniform=self.alpha), self.reduction)
+        if fused is not None:
+            return fused
         idx = to_class_indices(input, target)
         log_p = F.log_softmax(input, dim=1)
         voxel = (1.0 - self.alpha) * nll_map(log_p, idx) - self.alpha * log_p.mean(dim=1)

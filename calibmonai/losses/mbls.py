@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch.nn.modules.loss import _Loss
 
+from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
 from calibmonai.losses.utils import check_reduction, nll_map, reduce_voxel_loss, to_class_indices
 
 __all__ = ["MarginLabelSmoothingLoss", "margin_penalty"]
@@ -94,6 +95,16 @@ class MarginLabelSmoothingLoss(_Loss):
             input: logits ``(B, C, *spatial)``, 2D or 3D.
             target: ``(B, 1, *spatial)`` / ``(B, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot.
         """
+        terms = FusedTerms(
+            ce=1.0,
+            dice=1.0 if self.dice_ce is not None else 0.0,
+            hinge=self.alpha,
+            margin=self.margin,
+            hinge_sq=self.penalty == "l2",
+        )
+        fused = fused_softmax_loss(input, target, terms, self.reduction)
+        if fused is not None:
+            return fused
         idx = to_class_indices(input, target)
         pen = margin_penalty(input, self.margin, self.penalty)
         if self.dice_ce is not None:

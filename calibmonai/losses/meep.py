@@ -11,6 +11,7 @@ from monai.losses import DiceLoss
 from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.ce import CrossEntropyLoss
+from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
 from calibmonai.losses.utils import nll_map, to_class_indices
 
 __all__ = ["ErroneousEntropyLoss", "erroneous_regularizer"]
@@ -86,6 +87,7 @@ class ErroneousEntropyLoss(_Loss):
             raise ValueError(f"lam must be >= 0, got {lam}.")
         if regularizer not in ("entropy", "kl"):
             raise ValueError(f"regularizer must be 'entropy' or 'kl', got {regularizer!r}.")
+        self._base_kind = base_loss if base_loss in ("ce", "dice") else "callable"
         if isinstance(base_loss, str):
             if base_loss == "ce":
                 base_loss = CrossEntropyLoss()
@@ -106,6 +108,12 @@ class ErroneousEntropyLoss(_Loss):
             input: logits ``(B, C, *spatial)``.
             target: ``(B, 1, *spatial)`` / ``(B, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot.
         """
+        if self._base_kind != "callable":
+            base = {"ce": 1.0} if self._base_kind == "ce" else {"dice": 1.0}
+            terms = FusedTerms(meep=self.lam, meep_mode=self.regularizer, eps=self.eps, **base)
+            fused = fused_softmax_loss(input, target, terms, "mean")
+            if fused is not None:
+                return fused
         idx = to_class_indices(input, target)
         if isinstance(self.base_loss, CrossEntropyLoss):  # share the log-softmax with the regulariser
             log_prob = F.log_softmax(input, dim=1)

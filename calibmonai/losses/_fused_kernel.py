@@ -1,0 +1,319 @@
+"""One-pass CPU kernels (numba) for the softmax-based calibration losses: value and gradient together.
+
+Every loss of this package is a function of the log-probabilities ``l = log softmax(z)`` of each voxel (the
+MbLS hinge too: ``max_j z_j - z_k = max_j l_j - l_k``). For such a loss, with ``a_k = dL/dl_k``, the gradient
+with respect to the logits is ``dL/dz_k = a_k - p_k * sum_j a_j``. The kernel reads each voxel's logits once,
+computes the softmax with a vectorised ``exp``/``log``, accumulates the loss and writes ``dL/dz``, so that the
+backward pass costs nothing more. ``torch.nn.functional.cross_entropy`` makes five passes over the tensor for
+the same work; the torch implementations in the loss modules stay the reference (and the path for other
+devices, dtypes and ``reduction="none"``).
+
+The terms, each with its coefficient (0 switches it off), per voxel ``i`` with label ``y``:
+
+- ``c_ce * (-l_y)``                                     cross-entropy
+- ``c_unif * mean_k(-l_k)``                             uniform target (label smoothing)
+- ``c_ent * sum_k p_k l_k``                             minus entropy (confidence penalty)
+- ``c_hinge * sum_k ReLU(max_j l_j - l_k - margin)^q``  MbLS, ``q`` = 1 or 2
+- on voxels with ``z_y < max_j z_j`` only, with ``lc = max(l, log eps)``:
+  ``c_meep * sum_k exp(lc_k) lc_k`` (MEEP entropy) or ``c_meep * (-mean_k lc_k - log K)`` (MEEP KL)
+- Dice: ``a_k += p_k * g[b, k, y == k]`` with ``g = dDice/dp`` from the Dice sums of a first pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+    from numba import njit, prange
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    HAVE_NUMBA = False
+
+__all__ = ["HAVE_NUMBA", "BLOCK", "loss_kernel", "dice_prepass"]
+
+BLOCK = 512  # voxels per block: every scratch row stays in L1/L2
+# IEEE rules kept (no 'nnan'/'ninf'): the kernels must see NaN/Inf to report them
+FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
+
+if HAVE_NUMBA:
+    _LOG2E = np.float32(1.4426950408889634)
+    _LN2_HI = np.float32(0.693359375)
+    _LN2_LO = np.float32(-2.12194440e-4)
+    _LN2 = np.float32(0.6931471805599453)
+    _SQRT2 = np.float32(1.4142135623730951)
+    _F0 = np.float32(0.0)
+    _F1 = np.float32(1.0)
+
+    @njit(fastmath=FASTMATH, inline="always", cache=True)
+    def _exp_block(x, out, ibuf, fview, n):  # pragma: no cover - jitted
+        """``out[:n] = exp(x[:n])`` for ``x <= 0`` (Cephes ``expf`` polynomial, about 1 ulp), vectorised:
+        the power of two is built in the integer view ``ibuf`` of the float buffer ``fview``."""
+        for j in range(n):
+            v = max(x[j], np.float32(-87.0))
+            e = np.floor(v * _LOG2E + np.float32(0.5))
+            f = v - e * _LN2_HI - e * _LN2_LO
+            p = np.float32(1.9875691500e-4)
+            p = p * f + np.float32(1.3981999507e-3)
+            p = p * f + np.float32(8.3334519073e-3)
+            p = p * f + np.float32(4.1665795894e-2)
+            p = p * f + np.float32(1.6666665459e-1)
+            p = p * f + np.float32(5.0000001201e-1)
+            out[j] = p * f * f + f + _F1
+            ibuf[j] = (np.int32(e) + np.int32(127)) << np.int32(23)
+        for j in range(n):
+            out[j] = out[j] * fview[j]
+
+    @njit(fastmath=FASTMATH, inline="always", cache=True)
+    def _log_block(s, out, ibuf, fview, n):  # pragma: no cover - jitted
+        """``out[:n] = log(s[:n])`` for normal positive ``s`` (exponent from the bits, ``atanh`` series on the
+        mantissa in ``[sqrt(2)/2, sqrt(2))``, about 1 ulp), vectorised."""
+        for j in range(n):
+            fview[j] = s[j]
+        for j in range(n):
+            bits = ibuf[j]
+            out[j] = np.float32((bits >> np.int32(23)) - np.int32(127))
+            ibuf[j] = (bits & np.int32(0x7FFFFF)) | np.int32(0x3F800000)
+        for j in range(n):
+            m = fview[j]
+            big = m > _SQRT2
+            m = m * np.float32(0.5) if big else m
+            e = out[j] + (_F1 if big else _F0)
+            t = (m - _F1) / (m + _F1)
+            t2 = t * t
+            r = t2 * (np.float32(1.0 / 7.0) + t2 * np.float32(1.0 / 9.0))
+            r = t2 * (np.float32(1.0 / 3.0) + t2 * (np.float32(0.2) + r))
+            out[j] = e * _LN2 + np.float32(2.0) * t * (_F1 + r)
+
+    @njit(fastmath=FASTMATH, inline="always", cache=True)
+    def _softmax_block(z, b, s0, n, C, m, am, s, E, tmp, ibuf, fview):  # pragma: no cover - jitted
+        """Max ``m``, first argmax ``am``, ``E[k] = exp(z_k - m)`` and ``s = sum_k E[k]`` of one block; returns
+        the block sum of the logits (non-finite when a logit is)."""
+        z0 = z[b, 0, s0 : s0 + n]
+        chk = _F0
+        for j in range(n):
+            m[j] = z0[j]
+            am[j] = 0
+            s[j] = _F0
+            chk += z0[j]
+        for k in range(1, C):
+            zk = z[b, k, s0 : s0 + n]
+            for j in range(n):
+                v = zk[j]
+                chk += v
+                big = v > m[j]
+                am[j] = k if big else am[j]
+                m[j] = v if big else m[j]
+        for k in range(C):
+            zk = z[b, k, s0 : s0 + n]
+            for j in range(n):
+                tmp[j] = zk[j] - m[j]
+            Ek = E[k]
+            _exp_block(tmp, Ek, ibuf, fview, n)
+            for j in range(n):
+                s[j] += Ek[j]
+        return chk
+
+    @njit(fastmath=FASTMATH, inline="always", cache=True)
+    def _labels_block(y, b, s0, n, C, lab):  # pragma: no cover - jitted
+        """Copy one block of labels into ``lab`` (int32), count those outside ``[0, C)`` and map them to 0."""
+        yb = y[b, s0 : s0 + n]
+        bad = 0
+        for j in range(n):
+            v = yb[j]
+            out = (v < 0) | (v >= C)
+            bad += 1 if out else 0
+            lab[j] = 0 if out else np.int32(v)
+        return bad
+
+    @njit(cache=True)
+    def _chunks(n_blocks, n_threads):  # pragma: no cover - jitted
+        n_chunks = max(1, min(n_blocks, n_threads * 8))
+        return n_chunks, (n_blocks + n_chunks - 1) // n_chunks
+
+    @njit(parallel=True, fastmath=FASTMATH, cache=True)
+    def dice_prepass(z, y, n_threads):  # pragma: no cover - jitted
+        """First pass for Dice-based losses and MEEP: per ``(b, c)`` the sums ``[sum p y, sum p, sum y]`` of the
+        softmax, the number of misclassified voxels (``z_y < max z``), out-of-range labels and the logits'
+        checksum."""
+        B, C, S = z.shape
+        nb = (S + BLOCK - 1) // BLOCK
+        n_chunks, per = _chunks(B * nb, n_threads)
+        sums = np.zeros((n_chunks, B, C, 3))
+        stats = np.zeros((n_chunks, 3))  # wrong, bad labels, checksum
+        for ch in prange(n_chunks):
+            m = np.empty(BLOCK, np.float32)
+            s = np.empty(BLOCK, np.float32)
+            tmp = np.empty(BLOCK, np.float32)
+            E = np.empty((C, BLOCK), np.float32)
+            am = np.empty(BLOCK, np.int32)
+            lab = np.empty(BLOCK, np.int32)
+            ibuf = np.empty(BLOCK, np.int32)
+            fview = ibuf.view(np.float32)
+            for blk in range(ch * per, min(B * nb, (ch + 1) * per)):
+                b = blk // nb
+                s0 = (blk % nb) * BLOCK
+                n = min(BLOCK, S - s0)
+                stats[ch, 1] += _labels_block(y, b, s0, n, C, lab)
+                stats[ch, 2] += _softmax_block(z, b, s0, n, C, m, am, s, E, tmp, ibuf, fview)
+                for j in range(n):
+                    s[j] = _F1 / s[j]
+                    tmp[j] = _F0  # the label's logit
+                for k in range(C):
+                    Ek = E[k]
+                    zk = z[b, k, s0 : s0 + n]
+                    k32 = np.int32(k)
+                    ip = _F0
+                    sp = _F0
+                    sy = _F0
+                    for j in range(n):
+                        p = Ek[j] * s[j]
+                        yk = np.float32(lab[j] == k32)  # arithmetic, not a select: vectorises
+                        sp += p
+                        ip += p * yk
+                        sy += yk
+                        tmp[j] += zk[j] * yk
+                    sums[ch, b, k, 0] += ip
+                    sums[ch, b, k, 1] += sp
+                    sums[ch, b, k, 2] += sy
+                wrong = _F0
+                for j in range(n):
+                    wrong += np.float32(tmp[j] < m[j])
+                stats[ch, 0] += wrong
+        return sums.sum(axis=0), stats.sum(axis=0)
+
+    @njit(parallel=True, fastmath=FASTMATH, cache=True)
+    def loss_kernel(
+        z, y, grad, write_grad, n_threads, c_ce, c_unif, c_ent, c_hinge, margin, hinge_sq, c_meep, meep_mode, log_eps, dice_g, use_dice
+    ):  # pragma: no cover - jitted
+        """Loss value (sum of the terms over the voxels, float64) and, when ``write_grad``, ``grad = dL/dz``.
+
+        Args:
+            z: logits ``(B, C, S)`` float32, C-contiguous; ``y``: labels ``(B, S)`` of any integer type.
+            grad: output ``(B, C, S)`` float32 (ignored unless ``write_grad``).
+            meep_mode: 0 none, 1 entropy, 2 KL. ``dice_g``: ``(B, C, 2)`` dDice/dp for ``y != k`` and ``y == k``.
+
+        Returns:
+            ``(loss, stats)`` with ``stats = [bad labels, logits checksum]``.
+        """
+        B, C, S = z.shape
+        nb = (S + BLOCK - 1) // BLOCK
+        n_chunks, per = _chunks(B * nb, n_threads)
+        loss = np.zeros(n_chunks)
+        stats = np.zeros((n_chunks, 2))
+        cu = np.float32(c_unif / C)
+        f_ce = np.float32(c_ce)
+        f_ent = np.float32(c_ent)
+        f_h = np.float32(c_hinge)
+        f_m = np.float32(c_meep)
+        f_mk = np.float32(c_meep / C)
+        mrg = np.float32(margin)
+        leps = np.float32(log_eps)
+        eps = np.float32(np.exp(log_eps))
+        logc = np.float32(np.log(C))
+        for ch in prange(n_chunks):
+            m = np.empty(BLOCK, np.float32)
+            s = np.empty(BLOCK, np.float32)
+            lse = np.empty(BLOCK, np.float32)
+            tmp = np.empty(BLOCK, np.float32)
+            A = np.empty(BLOCK, np.float32)
+            H = np.empty(BLOCK, np.float32)
+            wr = np.empty(BLOCK, np.float32)
+            E = np.empty((C, BLOCK), np.float32)
+            am = np.empty(BLOCK, np.int32)
+            lab = np.empty(BLOCK, np.int32)
+            ibuf = np.empty(BLOCK, np.int32)
+            fview = ibuf.view(np.float32)
+            acc = 0.0
+            for blk in range(ch * per, min(B * nb, (ch + 1) * per)):
+                b = blk // nb
+                s0 = (blk % nb) * BLOCK
+                n = min(BLOCK, S - s0)
+                stats[ch, 0] += _labels_block(y, b, s0, n, C, lab)
+                stats[ch, 1] += _softmax_block(z, b, s0, n, C, m, am, s, E, tmp, ibuf, fview)
+                _log_block(s, lse, ibuf, fview, n)
+                for j in range(n):
+                    lse[j] += m[j]
+                    s[j] = _F1 / s[j]
+                    A[j] = _F0
+                    H[j] = _F0
+                if meep_mode != 0:
+                    for j in range(n):
+                        wr[j] = np.float32(z[b, lab[j], s0 + j] < m[j])
+                blk_loss = _F0
+                # a_k = dL/dl_k into E[k] (E[k] becomes p_k first); A = sum_k a_k without the hinge (which sums to 0),
+                # H = the hinge's share for the argmax class
+                for k in range(C):
+                    zk = z[b, k, s0 : s0 + n]
+                    Ek = E[k]
+                    k32 = np.int32(k)
+                    g0 = np.float32(dice_g[b, k, 0]) if use_dice else _F0
+                    g1 = np.float32(dice_g[b, k, 1]) if use_dice else _F0
+                    # arithmetic on 0/1 floats rather than selects, so that the loop vectorises
+                    for j in range(n):
+                        lp = zk[j] - lse[j]
+                        p = Ek[j] * s[j]
+                        yk = np.float32(lab[j] == k32)
+                        # cross-entropy and uniform target
+                        w = cu + f_ce * yk
+                        a = -w
+                        lv = -w * lp
+                        # minus entropy
+                        plp = p * lp
+                        lv += f_ent * plp
+                        a += f_ent * (p + plp)
+                        # MEEP on misclassified voxels (probabilities clamped at eps)
+                        if meep_mode != 0:
+                            lc = max(lp, leps)
+                            on = np.float32(lp > leps)
+                            if meep_mode == 1:
+                                pc = on * p + (_F1 - on) * eps
+                                lv += wr[j] * f_m * pc * lc
+                                a += wr[j] * f_m * on * p * (_F1 + lc)
+                            else:
+                                lv -= wr[j] * f_mk * lc
+                                a -= wr[j] * f_mk * on
+                        # Dice
+                        a += p * (g0 + (g1 - g0) * yk)
+                        A[j] += a
+                        # MbLS hinge
+                        d = m[j] - zk[j] - mrg
+                        h = max(d, _F0)
+                        if hinge_sq:
+                            lv += f_h * h * h
+                            ah = np.float32(2.0) * f_h * h
+                        else:
+                            lv += f_h * h
+                            ah = f_h * np.float32(d > _F0)
+                        H[j] += ah
+                        blk_loss += lv
+                        Ek[j] = p
+                        tmp[j] = a - ah  # a_k, finished below
+                    if write_grad:
+                        gk = grad[b, k, s0 : s0 + n]
+                        for j in range(n):
+                            gk[j] = tmp[j]
+                if meep_mode == 2:
+                    nw = _F0
+                    for j in range(n):
+                        nw += wr[j]
+                    blk_loss -= nw * f_m * logc
+                acc += blk_loss
+                if write_grad:
+                    for k in range(C):
+                        gk = grad[b, k, s0 : s0 + n]
+                        Ek = E[k]
+                        k32 = np.int32(k)
+                        for j in range(n):
+                            gk[j] = gk[j] - Ek[j] * A[j] + H[j] * np.float32(am[j] == k32)
+            loss[ch] = acc
+        return loss.sum(), stats.sum(axis=0)
+
+    @njit(cache=True)
+    def _exp_block_test(x, out, ibuf):  # pragma: no cover - jitted; test entry point
+        _exp_block(x, out, ibuf, ibuf.view(np.float32), x.size)
+
+    @njit(cache=True)
+    def _log_block_test(s, out, ibuf):  # pragma: no cover - jitted; test entry point
+        _log_block(s, out, ibuf, ibuf.view(np.float32), s.size)

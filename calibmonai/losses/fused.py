@@ -1,0 +1,196 @@
+"""CPU fast path of the calibration losses: one fused pass for value and gradient (see ``_fused_kernel``).
+
+The loss classes call :func:`fused_softmax_loss` for float32 CPU logits with ``reduction`` ``"mean"`` or
+``"sum"``; everything else (CUDA, float64, ``reduction="none"``, a custom base loss) runs the torch
+implementation, which stays the reference the fast path is tested against. The fast path's gradient is
+computed in the forward pass, so it supports one backward pass per forward (no ``retain_graph`` re-use and no
+second-order gradients): switch it off with :func:`set_fused_enabled` or ``CALIBMONAI_FUSED=0`` for that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from calibmonai.losses._fused_kernel import HAVE_NUMBA
+from calibmonai.losses.utils import check_logits, to_class_indices
+
+__all__ = ["FusedTerms", "fused_softmax_loss", "fused_enabled", "set_fused_enabled", "fused_disabled"]
+
+_STATE = {"enabled": os.environ.get("CALIBMONAI_FUSED", "1") != "0"}
+
+
+def set_fused_enabled(enabled: bool) -> None:
+    """Switch the fused CPU path of the losses on or off for this process."""
+    _STATE["enabled"] = bool(enabled)
+
+
+def fused_enabled() -> bool:
+    return _STATE["enabled"] and HAVE_NUMBA
+
+
+@contextlib.contextmanager
+def fused_disabled() -> Iterator[None]:
+    """Run the torch reference implementation of every loss inside the ``with`` block."""
+    before = _STATE["enabled"]
+    _STATE["enabled"] = False
+    try:
+        yield
+    finally:
+        _STATE["enabled"] = before
+
+
+@dataclass(frozen=True)
+class FusedTerms:
+    """Weights of the terms of a fused loss (each 0 to leave it out).
+
+    Attributes:
+        ce: cross-entropy, mean (or sum) over voxels.
+        uniform: cross-entropy against the uniform distribution, ``mean_k(-log p_k)``.
+        neg_entropy: ``sum_k p_k log p_k`` averaged over voxels *and classes* (ECP's scale).
+        hinge: MbLS ``ReLU(max_j z_j - z_k - margin)`` (``hinge_sq``: squared) averaged over voxels and classes.
+        meep: MEEP term weight; ``meep_mode`` ``"entropy"`` (minus entropy) or ``"kl"``, mean over misclassified
+            voxels, probabilities clamped at ``eps``.
+        dice: MONAI ``DiceLoss(softmax=True, to_onehot_y=True)`` with its default smoothing, mean over ``(B, C)``.
+    """
+
+    ce: float = 0.0
+    uniform: float = 0.0
+    neg_entropy: float = 0.0
+    hinge: float = 0.0
+    margin: float = 0.0
+    hinge_sq: bool = False
+    meep: float = 0.0
+    meep_mode: str = "entropy"
+    eps: float = 1e-8
+    dice: float = 0.0
+
+
+def _can_use(input: torch.Tensor, target: torch.Tensor) -> bool:
+    return (
+        fused_enabled()
+        and isinstance(input, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and input.device.type == "cpu"
+        and input.dtype == torch.float32
+        and input.ndim >= 3
+        and target.device.type == "cpu"
+    )
+
+
+def _labels(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B, S)`` integer labels, unchecked for range (the kernel counts out-of-range labels)."""
+    b, c = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    tshape = tuple(target.shape)
+    integer = not target.is_floating_point() and target.dtype != torch.bool and not target.is_complex()
+    if integer and tshape in ((b, 1) + spatial, (b,) + spatial) and not (tshape == (b, c) + spatial and c == 1):
+        return target.reshape(b, -1)
+    return to_class_indices(input, target, check_finite=False).reshape(b, -1)  # one-hot, float indices, bad shapes
+
+
+class _PrecomputedGradient(torch.autograd.Function):
+    """Returns a loss value whose gradient with respect to ``input`` was computed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, grad: torch.Tensor, value: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.grad = grad
+        return torch.tensor(value, dtype=input.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        grad = ctx.grad
+        if grad is None:
+            raise RuntimeError(
+                "the fused calibmonai loss supports one backward pass per forward; for retain_graph re-use, "
+                "run the torch implementation (calibmonai.losses.set_fused_enabled(False) or CALIBMONAI_FUSED=0)."
+            )
+        ctx.grad = None
+        scale = float(grad_output)
+        return (grad if scale == 1.0 else grad * scale), None, None
+
+
+def _dice(sums: torch.Tensor, weight: float) -> tuple[float, torch.Tensor]:
+    """MONAI ``DiceLoss`` value (smooth 1e-5, mean over batch and classes) and ``dDice/dp`` for y=0 / y=1."""
+    inter, psum, ysum = sums[..., 0], sums[..., 1], sums[..., 2]
+    num = 2.0 * inter + 1e-5
+    den = psum + ysum + 1e-5
+    value = float((1.0 - num / den).mean()) * weight
+    scale = weight / inter.numel()
+    g = torch.stack([num / den**2, (num - 2.0 * den) / den**2], dim=-1) * scale
+    return value, g
+
+
+def fused_softmax_loss(
+    input: torch.Tensor, target: torch.Tensor, terms: FusedTerms, reduction: str = "mean"
+) -> torch.Tensor | None:
+    """The loss ``terms`` of softmax(``input``) against ``target`` in one fused CPU pass, or ``None`` when the
+    fast path does not apply (the caller then runs its torch implementation).
+
+    Args:
+        input: logits ``(B, C, *spatial)``.
+        target: class indices ``(B, 1, *spatial)`` / ``(B, *spatial)`` or one-hot ``(B, C, *spatial)``.
+        terms: the weights of the terms.
+        reduction: ``"mean"`` or ``"sum"`` over voxels (MEEP and Dice terms are means in either case).
+
+    Raises:
+        ValueError: for bad logits or targets, with the same messages as the torch implementation.
+    """
+    if reduction not in ("mean", "sum") or not _can_use(input, target):
+        return None
+    from calibmonai.losses import _fused_kernel as K
+
+    check_logits(input, check_finite=False)
+    y = _labels(input, target).as_subclass(torch.Tensor)  # a MONAI MetaTensor becomes a plain tensor
+    b, c = input.shape[:2]
+    z = input.detach().as_subclass(torch.Tensor).contiguous().view(b, c, -1)
+    n = z.shape[0] * z.shape[2]
+    if n == 0:
+        return None
+    yn = y.contiguous().numpy()
+    zn = z.numpy()
+    need_grad = input.requires_grad and torch.is_grad_enabled()
+    grad = torch.empty_like(z) if need_grad else torch.empty((1, 1, 1))
+
+    c_meep, dice_value, dice_g = 0.0, 0.0, torch.zeros((b, c, 2), dtype=torch.float64)
+    bad = False
+    if terms.meep or terms.dice:
+        sums, stats = K.dice_prepass(zn, yn, K.numba.get_num_threads())
+        bad = stats[1] > 0 or not math.isfinite(stats[2])
+        wrong = float(stats[0])
+        c_meep = terms.meep / wrong if wrong > 0 else 0.0
+        if terms.dice:
+            dice_value, dice_g = _dice(torch.from_numpy(sums), terms.dice)
+    per_voxel = 1.0 / n if reduction == "mean" else 1.0
+    value, stats = K.loss_kernel(
+        zn,
+        yn,
+        grad.numpy(),
+        need_grad,
+        K.numba.get_num_threads(),
+        terms.ce * per_voxel,
+        terms.uniform * per_voxel,
+        terms.neg_entropy * per_voxel / c,
+        terms.hinge * per_voxel / c,
+        terms.margin,
+        terms.hinge_sq,
+        c_meep,
+        {"entropy": 1, "kl": 2}[terms.meep_mode] if terms.meep else 0,
+        math.log(terms.eps),
+        dice_g.numpy(),
+        bool(terms.dice),
+    )
+    if bad or stats[0] > 0 or not math.isfinite(stats[1]):
+        to_class_indices(input, target)  # raises the reference's ValueError for bad labels or non-finite logits
+        return None  # a false alarm (finite logits whose sum overflows): let the torch path decide
+    value = float(value) + dice_value
+    if not need_grad:
+        return torch.tensor(value, dtype=input.dtype)
+    return _PrecomputedGradient.apply(input, grad.view_as(input), value)
