@@ -10,9 +10,9 @@ from calibmonai.losses import get_loss
 from calibmonai.losses import _fused_kernel as K
 from calibmonai.losses.fused import fused_disabled, set_fused_enabled
 
-FUSED = ["ce", "ecp", "ls", "mbls", "mbls_l2", "mbls_dice", "meep_ce_entropy", "meep_ce_kl", "meep_dice_entropy", "meep_dice_kl"]
+FUSED = ["ce", "ecp", "ls", "svls", "mbls", "mbls_l2", "mbls_dice", "meep_ce_entropy", "meep_ce_kl", "meep_dice_entropy", "meep_dice_kl"]
 # shapes cross a block boundary (512 voxels) and a chunk boundary, 2D and 3D, 2 to 6 classes
-SHAPES = [(2, 3, 37, 29), (2, 4, 11, 13, 9), (1, 2, 40, 33), (3, 6, 9, 10, 11), (2, 5, 3, 1000)]
+SHAPES = [(2, 3, 37, 29), (2, 4, 11, 13, 9), (1, 2, 40, 33), (3, 6, 9, 10, 11), (2, 5, 3, 1000), (1, 3, 1, 7, 90)]
 PARAMS = {"mbls": {"margin": 2.0}, "mbls_l2": {"margin": 2.0}, "mbls_dice": {"margin": 2.0}}
 
 
@@ -31,6 +31,8 @@ def _numpy_value(name, z, y):
         return ref.ecp(z, y, 0.1)
     if name == "ls":
         return ref.ls(z, y, 0.1)
+    if name == "svls":
+        return ref.svls(z, y, 1.0)[0]
     if name in ("mbls", "mbls_l2"):
         return ref.mbls(z, y, 2.0, 0.1, "l1" if name == "mbls" else "l2")
     if name == "mbls_dice":
@@ -76,7 +78,7 @@ def test_fused_equals_torch_path_in_float32_for_every_target_format(name):
         np.testing.assert_allclose(g.numpy(), want_g.numpy(), atol=3e-6 * float(want_g.abs().max()))
 
 
-@pytest.mark.parametrize("name", ["ce", "ecp", "ls", "mbls", "mbls_l2"])
+@pytest.mark.parametrize("name", ["ce", "ecp", "ls", "svls", "mbls", "mbls_l2"])
 def test_fused_sum_reduction_and_no_grad(name):
     z, y = _data((2, 3, 30, 20))
     loss = get_loss(name, reduction="sum", **PARAMS.get(name, {}))
@@ -179,3 +181,15 @@ def test_vectorised_exp_and_log_accuracy():
     K._log_block_test(s, out, np.empty(s.size, np.int32))
     want = np.log(s.astype(np.float64))
     assert (np.abs(out - want) <= 2e-7 * np.maximum(1.0, np.abs(want))).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (2, 4, 5, 6, 7), (1, 2, 1, 4, 9), (1, 5, 1, 1)])
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.5])
+def test_svls_soft_labels_of_the_kernel_match_numpy(shape, sigma):
+    z, y = _data(shape)
+    _, want = ref.svls(z.double().numpy(), y.numpy(), sigma)
+    b, c = shape[:2]
+    out = np.empty((b, c, int(np.prod(shape[2:]))), np.float32)
+    y4 = y.reshape((b, 1) + shape[2:]) if len(shape) == 4 else y
+    K.svls_targets(y4.numpy(), out, float(np.exp(-1 / (2 * sigma**2))), len(shape) == 5, 2)
+    np.testing.assert_allclose(out.reshape(want.shape), want, atol=1e-6)

@@ -17,6 +17,7 @@ The terms, each with its coefficient (0 switches it off), per voxel ``i`` with l
 - on voxels with ``z_y < max_j z_j`` only, with ``lc = max(l, log eps)``:
   ``c_meep * sum_k exp(lc_k) lc_k`` (MEEP entropy) or ``c_meep * (-mean_k lc_k - log K)`` (MEEP KL)
 - Dice: ``a_k += p_k * g[b, k, y == k]`` with ``g = dDice/dp`` from the Dice sums of a first pass.
+- soft targets ``c_soft * sum_k (-q_k l_k)`` (SVLS), ``q`` from :func:`svls_targets`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ try:
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "BLOCK", "loss_kernel", "dice_prepass"]
+__all__ = ["HAVE_NUMBA", "BLOCK", "loss_kernel", "dice_prepass", "svls_targets"]
 
 BLOCK = 512  # voxels per block: every scratch row stays in L1/L2
 # IEEE rules kept (no 'nnan'/'ninf'): the kernels must see NaN/Inf to report them
@@ -185,7 +186,7 @@ if HAVE_NUMBA:
 
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
     def loss_kernel(
-        z, y, grad, write_grad, n_threads, c_ce, c_unif, c_ent, c_hinge, margin, hinge_sq, c_meep, meep_mode, log_eps, dice_g, use_dice
+        z, y, grad, write_grad, n_threads, c_ce, c_unif, c_ent, c_hinge, margin, hinge_sq, c_meep, meep_mode, log_eps, dice_g, use_dice, c_soft, soft
     ):  # pragma: no cover - jitted
         """Loss value (sum of the terms over the voxels, float64) and, when ``write_grad``, ``grad = dL/dz``.
 
@@ -193,6 +194,8 @@ if HAVE_NUMBA:
             z: logits ``(B, C, S)`` float32, C-contiguous; ``y``: labels ``(B, S)`` of any integer type.
             grad: output ``(B, C, S)`` float32 (ignored unless ``write_grad``).
             meep_mode: 0 none, 1 entropy, 2 KL. ``dice_g``: ``(B, C, 2)`` dDice/dp for ``y != k`` and ``y == k``.
+            soft: soft targets ``q (B, C, S)`` for the term ``c_soft * sum_k -q_k l_k`` (SVLS), or a dummy; it may
+                be ``grad`` itself (each block of ``q`` is read before the same block of ``grad`` is written).
 
         Returns:
             ``(loss, stats)`` with ``stats = [bad labels, logits checksum]``.
@@ -204,6 +207,8 @@ if HAVE_NUMBA:
         stats = np.zeros((n_chunks, 2))
         cu = np.float32(c_unif / C)
         f_ce = np.float32(c_ce)
+        f_soft = np.float32(c_soft)
+        use_soft = c_soft != 0.0
         f_ent = np.float32(c_ent)
         f_h = np.float32(c_hinge)
         f_m = np.float32(c_meep)
@@ -250,6 +255,7 @@ if HAVE_NUMBA:
                     k32 = np.int32(k)
                     g0 = np.float32(dice_g[b, k, 0]) if use_dice else _F0
                     g1 = np.float32(dice_g[b, k, 1]) if use_dice else _F0
+                    qk = soft[b, k, s0 : s0 + n] if use_soft else soft[0, 0, 0:1]
                     # arithmetic on 0/1 floats rather than selects, so that the loop vectorises
                     for j in range(n):
                         lp = zk[j] - lse[j]
@@ -257,6 +263,8 @@ if HAVE_NUMBA:
                         yk = np.float32(lab[j] == k32)
                         # cross-entropy and uniform target
                         w = cu + f_ce * yk
+                        if use_soft:
+                            w += f_soft * qk[j]
                         a = -w
                         lv = -w * lp
                         # minus entropy
@@ -309,6 +317,56 @@ if HAVE_NUMBA:
                             gk[j] = gk[j] - Ek[j] * A[j] + H[j] * np.float32(am[j] == k32)
             loss[ch] = acc
         return loss.sum(), stats.sum(axis=0)
+
+    @njit(parallel=True, fastmath=FASTMATH, cache=True)
+    def svls_targets(y, out, g1, three_d, n_threads):  # pragma: no cover - jitted
+        """SVLS soft labels ``out (B, C, D*H*W)`` of labels ``y (B, D, H, W)`` (2D: ``D = 1``, ``three_d`` False).
+
+        The SVLS kernel is the separable Gaussian ``G = g x g (x g)``, ``g = (g1, 1, g1)``, with its centre weight
+        1 replaced by the sum ``T - 1`` of the others (``T = (1 + 2 g1)^dims``), normalised by ``2T - 2``:
+        ``q_k = (G * onehot_k + (T - 2) onehot_k) / (2T - 2)``. Replicate padding = clamped neighbour indices.
+        Rows of ``W`` voxels: the 3 (2D) or 9 (3D) neighbouring rows are summed per class, then the row is
+        convolved with ``g``.
+        """
+        B, D, H, W = y.shape
+        C = out.shape[1]
+        f1 = np.float32(g1)
+        T = (1.0 + 2.0 * g1) ** (3 if three_d else 2)
+        extra = np.float32(T - 2.0)
+        inv = np.float32(1.0 / (2.0 * T - 2.0))
+        rows = B * D * H
+        n_chunks = max(1, min(rows, n_threads * 8))
+        per = (rows + n_chunks - 1) // n_chunks
+        dr = 1 if three_d else 0
+        for ch in prange(n_chunks):
+            R = np.empty((C, W + 2), np.float32)
+            for row in range(ch * per, min(rows, (ch + 1) * per)):
+                b = row // (D * H)
+                d = (row // H) % D
+                h = row % H
+                R[:, :] = _F0
+                for dd in range(-dr, dr + 1):
+                    d2 = min(max(d + dd, 0), D - 1)
+                    wd = f1 if dd != 0 else _F1
+                    for dh in range(-1, 2):
+                        h2 = min(max(h + dh, 0), H - 1)
+                        wt = wd * (f1 if dh != 0 else _F1)
+                        yr = y[b, d2, h2, :]
+                        for k in range(C):
+                            k32 = np.int32(k)
+                            Rk = R[k]
+                            for x in range(W):
+                                Rk[x + 1] += wt * np.float32(yr[x] == k32)
+                yc = y[b, d, h, :]
+                base = (d * H + h) * W
+                for k in range(C):
+                    k32 = np.int32(k)
+                    Rk = R[k]
+                    Rk[0] = Rk[1]
+                    Rk[W + 1] = Rk[W]
+                    o = out[b, k, base : base + W]
+                    for x in range(W):
+                        o[x] = (f1 * (Rk[x] + Rk[x + 2]) + Rk[x + 1] + extra * np.float32(yc[x] == k32)) * inv
 
     @njit(cache=True)
     def _exp_block_test(x, out, ibuf):  # pragma: no cover - jitted; test entry point

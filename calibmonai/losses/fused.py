@@ -58,6 +58,7 @@ class FusedTerms:
         meep: MEEP term weight; ``meep_mode`` ``"entropy"`` (minus entropy) or ``"kl"``, mean over misclassified
             voxels, probabilities clamped at ``eps``.
         dice: MONAI ``DiceLoss(softmax=True, to_onehot_y=True)`` with its default smoothing, mean over ``(B, C)``.
+        svls: cross-entropy against the SVLS soft labels of Gaussian width ``svls_sigma`` (2D and 3D only).
     """
 
     ce: float = 0.0
@@ -70,6 +71,8 @@ class FusedTerms:
     meep_mode: str = "entropy"
     eps: float = 1e-8
     dice: float = 0.0
+    svls: float = 0.0
+    svls_sigma: float = 1.0
 
 
 def _can_use(input: torch.Tensor, target: torch.Tensor) -> bool:
@@ -152,7 +155,7 @@ def fused_softmax_loss(
     b, c = input.shape[:2]
     z = input.detach().as_subclass(torch.Tensor).contiguous().view(b, c, -1)
     n = z.shape[0] * z.shape[2]
-    if n == 0:
+    if n == 0 or (terms.svls and input.ndim not in (4, 5)):
         return None
     yn = y.contiguous().numpy()
     zn = z.numpy()
@@ -168,13 +171,21 @@ def fused_softmax_loss(
         c_meep = terms.meep / wrong if wrong > 0 else 0.0
         if terms.dice:
             dice_value, dice_g = _dice(torch.from_numpy(sums), terms.dice)
+    n_threads = K.numba.get_num_threads()
+    soft = grad if need_grad else torch.empty((1, 1, 1))
+    if terms.svls:
+        if not need_grad:
+            soft = torch.empty_like(z)
+        y4 = y.view((b, 1) + tuple(input.shape[2:])) if input.ndim == 4 else y.view((b,) + tuple(input.shape[2:]))
+        g1 = math.exp(-1.0 / (2.0 * terms.svls_sigma**2))
+        K.svls_targets(y4.numpy(), soft.numpy(), g1, input.ndim == 5, n_threads)
     per_voxel = 1.0 / n if reduction == "mean" else 1.0
     value, stats = K.loss_kernel(
         zn,
         yn,
         grad.numpy(),
         need_grad,
-        K.numba.get_num_threads(),
+        n_threads,
         terms.ce * per_voxel,
         terms.uniform * per_voxel,
         terms.neg_entropy * per_voxel / c,
@@ -186,6 +197,8 @@ def fused_softmax_loss(
         math.log(terms.eps),
         dice_g.numpy(),
         bool(terms.dice),
+        terms.svls * per_voxel,
+        soft.numpy(),
     )
     if bad or stats[0] > 0 or not math.isfinite(stats[1]):
         to_class_indices(input, target)  # raises the reference's ValueError for bad labels or non-finite logits

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
+from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
 from calibmonai.losses.utils import check_reduction, reduce_voxel_loss, to_class_indices
 
 __all__ = ["SpatiallyVaryingLabelSmoothingLoss", "svls_kernel", "svls_soft_labels"]
@@ -77,6 +78,9 @@ class SpatiallyVaryingLabelSmoothingLoss(_Loss):
             input: logits ``(B, C, *spatial)`` with 2 or 3 spatial dimensions.
             target: ``(B, 1, *spatial)`` / ``(B, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot.
         """
+        fused = fused_softmax_loss(input, target, FusedTerms(svls=1.0, svls_sigma=self.sigma), self.reduction)
+        if fused is not None:
+            return fused
         idx = to_class_indices(input, target)
         spatial_dims = input.ndim - 2
         if spatial_dims not in (2, 3):
