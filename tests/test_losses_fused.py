@@ -14,6 +14,11 @@ FUSED = ["ce", "ecp", "ls", "svls", "mbls", "mbls_l2", "mbls_dice", "meep_ce_ent
 # shapes cross a block boundary (512 voxels) and a chunk boundary, 2D and 3D, 2 to 6 classes
 SHAPES = [(2, 3, 37, 29), (2, 4, 11, 13, 9), (1, 2, 40, 33), (3, 6, 9, 10, 11), (2, 5, 3, 1000), (1, 3, 1, 7, 90)]
 PARAMS = {"mbls": {"margin": 2.0}, "mbls_l2": {"margin": 2.0}, "mbls_dice": {"margin": 2.0}}
+MONAI_BACKED = ["ce_dice", "focal", "nacl"]  # MONAI's losses, which the kernel reproduces with the registry's settings
+
+
+def _loss(name, shape, **kw):
+    return get_loss(name, num_classes=shape[1], spatial_dims=len(shape) - 2, **PARAMS.get(name, {}), **kw)
 
 
 def _data(shape, scale=3.0, seed=0):
@@ -65,10 +70,36 @@ def test_fused_value_matches_numpy_and_gradient_matches_float64_torch(name, shap
     np.testing.assert_allclose(grad.numpy(), want.numpy(), rtol=0, atol=2e-6 * float(want.abs().max()))
 
 
-@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", MONAI_BACKED)
+def test_fused_matches_monai_losses_in_float64(name, shape):
+    z, y = _data(shape, scale=4.0)
+    loss = _loss(name, shape)
+    value, grad = _value_and_grad(loss, z, y.unsqueeze(1))
+    assert "PrecomputedGradient" in type(loss(z.clone().requires_grad_(True), y).grad_fn).__name__
+    with fused_disabled():  # MONAI's own implementation
+        want_v, want_g = _value_and_grad(loss, z.double(), y.unsqueeze(1))
+    np.testing.assert_allclose(value.item(), want_v.item(), rtol=2e-6)
+    np.testing.assert_allclose(grad.numpy(), want_g.numpy(), rtol=0, atol=2e-6 * float(want_g.abs().max()))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0, 4.0])
+def test_fused_focal_gammas_and_fallback(gamma):
+    z, y = _data((2, 3, 30, 20))
+    loss = _loss("focal", z.shape, gamma=gamma)
+    v, g = _value_and_grad(loss, z, y)
+    with fused_disabled():
+        want_v, want_g = _value_and_grad(loss, z.double(), y)
+    np.testing.assert_allclose(v.item(), want_v.item(), rtol=2e-6)
+    np.testing.assert_allclose(g.numpy(), want_g.numpy(), atol=2e-6 * float(want_g.abs().max()))
+    # a setting the kernel does not reproduce runs MONAI's implementation
+    assert _loss("focal", z.shape, gamma=2.5).fused is None and _loss("ce_dice", z.shape, lambda_dice=0.5).fused is None
+
+
+@pytest.mark.parametrize("name", FUSED + MONAI_BACKED)
 def test_fused_equals_torch_path_in_float32_for_every_target_format(name):
     z, y = _data((2, 4, 23, 17, 5), scale=6.0, seed=1)
-    loss = get_loss(name, **PARAMS.get(name, {}))
+    loss = _loss(name, z.shape)
     with fused_disabled():
         want_v, want_g = _value_and_grad(loss, z, y)
     onehot = torch.nn.functional.one_hot(y, 4).movedim(-1, 1)
@@ -136,10 +167,10 @@ def test_fused_non_contiguous_input_and_metatensor():
         np.testing.assert_allclose(g.numpy(), want_g.numpy(), atol=2e-6 * float(want_g.abs().max()))
 
 
-@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("name", FUSED + MONAI_BACKED)
 def test_fused_bad_input_raises_the_reference_messages(name):
     z, y = _data((2, 3, 20, 30))
-    loss = get_loss(name)
+    loss = _loss(name, z.shape)
     bad = y.clone()
     bad[1, 5, 7] = 3
     with pytest.raises(ValueError, match=r"target labels must lie in \[0, 2\]"):

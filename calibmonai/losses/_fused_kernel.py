@@ -32,7 +32,7 @@ try:
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "BLOCK", "loss_kernel", "dice_prepass", "svls_targets"]
+__all__ = ["HAVE_NUMBA", "BLOCK", "loss_kernel", "dice_prepass", "svls_targets", "neighbour_targets"]
 
 BLOCK = 512  # voxels per block: every scratch row stays in L1/L2
 # IEEE rules kept (no 'nnan'/'ninf'): the kernels must see NaN/Inf to report them
@@ -186,7 +186,7 @@ if HAVE_NUMBA:
 
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
     def loss_kernel(
-        z, y, grad, write_grad, n_threads, c_ce, c_unif, c_ent, c_hinge, margin, hinge_sq, c_meep, meep_mode, log_eps, dice_g, use_dice, c_soft, soft
+        z, y, grad, write_grad, n_threads, c_ce, c_unif, c_ent, c_hinge, margin, hinge_sq, c_meep, meep_mode, log_eps, dice_g, use_dice, c_soft, soft, c_dist, c_focal, focal_gamma
     ):  # pragma: no cover - jitted
         """Loss value (sum of the terms over the voxels, float64) and, when ``write_grad``, ``grad = dL/dz``.
 
@@ -194,8 +194,10 @@ if HAVE_NUMBA:
             z: logits ``(B, C, S)`` float32, C-contiguous; ``y``: labels ``(B, S)`` of any integer type.
             grad: output ``(B, C, S)`` float32 (ignored unless ``write_grad``).
             meep_mode: 0 none, 1 entropy, 2 KL. ``dice_g``: ``(B, C, 2)`` dDice/dp for ``y != k`` and ``y == k``.
-            soft: soft targets ``q (B, C, S)`` for the term ``c_soft * sum_k -q_k l_k`` (SVLS), or a dummy; it may
-                be ``grad`` itself (each block of ``q`` is read before the same block of ``grad`` is written).
+            soft: soft targets ``q (B, C, S)`` for the term ``c_soft * sum_k -q_k l_k`` (SVLS) or
+                ``c_dist * sum_k |z_k - q_k|`` (NACL, on the logits), or a dummy; it may be ``grad`` itself (each
+                block of ``q`` is read before the same block of ``grad`` is written).
+            c_focal, focal_gamma: focal term ``-c_focal (1 - p_y)^gamma l_y``, integer ``gamma`` in 0..4.
 
         Returns:
             ``(loss, stats)`` with ``stats = [bad labels, logits checksum]``.
@@ -208,7 +210,12 @@ if HAVE_NUMBA:
         cu = np.float32(c_unif / C)
         f_ce = np.float32(c_ce)
         f_soft = np.float32(c_soft)
-        use_soft = c_soft != 0.0
+        use_soft = c_soft != 0.0 or c_dist != 0.0
+        f_dist = np.float32(c_dist)
+        use_dist = c_dist != 0.0
+        f_foc = np.float32(c_focal)
+        use_focal = c_focal != 0.0
+        gam = np.float32(focal_gamma)
         f_ent = np.float32(c_ent)
         f_h = np.float32(c_hinge)
         f_m = np.float32(c_meep)
@@ -261,12 +268,33 @@ if HAVE_NUMBA:
                         lp = zk[j] - lse[j]
                         p = Ek[j] * s[j]
                         yk = np.float32(lab[j] == k32)
+                        lv = _F0
                         # cross-entropy and uniform target
                         w = cu + f_ce * yk
                         if use_soft:
                             w += f_soft * qk[j]
+                        extra = _F0  # gradient terms directly on the logits (not through the softmax)
+                        if use_dist:
+                            dz = zk[j] - qk[j]
+                            lv += f_dist * abs(dz)
+                            extra = f_dist * (np.float32(dz > _F0) - np.float32(dz < _F0))
                         a = -w
-                        lv = -w * lp
+                        lv -= w * lp
+                        if use_focal:
+                            o = _F1 - p
+                            if focal_gamma == 0:
+                                pw, pw1 = _F1, _F0
+                            elif focal_gamma == 1:
+                                pw, pw1 = o, _F1
+                            elif focal_gamma == 2:
+                                pw, pw1 = o * o, o
+                            elif focal_gamma == 3:
+                                pw, pw1 = o * o * o, o * o
+                            else:
+                                pw, pw1 = o * o * o * o, o * o * o
+                            fy = f_foc * yk
+                            lv -= fy * pw * lp
+                            a -= fy * (pw - gam * pw1 * p * lp)
                         # minus entropy
                         plp = p * lp
                         lv += f_ent * plp
@@ -297,7 +325,7 @@ if HAVE_NUMBA:
                         H[j] += ah
                         blk_loss += lv
                         Ek[j] = p
-                        tmp[j] = a - ah  # a_k, finished below
+                        tmp[j] = a - ah + extra  # a_k, finished below
                     if write_grad:
                         gk = grad[b, k, s0 : s0 + n]
                         for j in range(n):
@@ -319,21 +347,19 @@ if HAVE_NUMBA:
         return loss.sum(), stats.sum(axis=0)
 
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
-    def svls_targets(y, out, g1, three_d, n_threads):  # pragma: no cover - jitted
-        """SVLS soft labels ``out (B, C, D*H*W)`` of labels ``y (B, D, H, W)`` (2D: ``D = 1``, ``three_d`` False).
+    def neighbour_targets(y, out, g1, three_d, replicate, centre_extra, inv_norm, n_threads):  # pragma: no cover - jitted
+        """Soft labels ``out (B, C, D*H*W)`` of labels ``y (B, D, H, W)`` (2D: ``D = 1``, ``three_d`` False) under a
+        separable 3x3(x3) kernel ``G = g x g (x g)``, ``g = (g1, 1, g1)``, plus ``centre_extra`` on the centre,
+        times ``inv_norm``; neighbours outside the image are clamped (``replicate``) or zero.
 
-        The SVLS kernel is the separable Gaussian ``G = g x g (x g)``, ``g = (g1, 1, g1)``, with its centre weight
-        1 replaced by the sum ``T - 1`` of the others (``T = (1 + 2 g1)^dims``), normalised by ``2T - 2``:
-        ``q_k = (G * onehot_k + (T - 2) onehot_k) / (2T - 2)``. Replicate padding = clamped neighbour indices.
         Rows of ``W`` voxels: the 3 (2D) or 9 (3D) neighbouring rows are summed per class, then the row is
-        convolved with ``g``.
+        convolved with ``g``. :func:`svls_targets` and NACL's mean filter are the two users.
         """
         B, D, H, W = y.shape
         C = out.shape[1]
         f1 = np.float32(g1)
-        T = (1.0 + 2.0 * g1) ** (3 if three_d else 2)
-        extra = np.float32(T - 2.0)
-        inv = np.float32(1.0 / (2.0 * T - 2.0))
+        extra = np.float32(centre_extra)
+        inv = np.float32(inv_norm)
         rows = B * D * H
         n_chunks = max(1, min(rows, n_threads * 8))
         per = (rows + n_chunks - 1) // n_chunks
@@ -346,9 +372,13 @@ if HAVE_NUMBA:
                 h = row % H
                 R[:, :] = _F0
                 for dd in range(-dr, dr + 1):
+                    if not replicate and (d + dd < 0 or d + dd >= D):
+                        continue
                     d2 = min(max(d + dd, 0), D - 1)
                     wd = f1 if dd != 0 else _F1
                     for dh in range(-1, 2):
+                        if not replicate and (h + dh < 0 or h + dh >= H):
+                            continue
                         h2 = min(max(h + dh, 0), H - 1)
                         wt = wd * (f1 if dh != 0 else _F1)
                         yr = y[b, d2, h2, :]
@@ -362,11 +392,24 @@ if HAVE_NUMBA:
                 for k in range(C):
                     k32 = np.int32(k)
                     Rk = R[k]
-                    Rk[0] = Rk[1]
-                    Rk[W + 1] = Rk[W]
+                    Rk[0] = Rk[1] if replicate else _F0
+                    Rk[W + 1] = Rk[W] if replicate else _F0
                     o = out[b, k, base : base + W]
                     for x in range(W):
                         o[x] = (f1 * (Rk[x] + Rk[x + 2]) + Rk[x + 1] + extra * np.float32(yc[x] == k32)) * inv
+
+    @njit(cache=True)
+    def svls_targets(y, out, g1, three_d, n_threads):  # pragma: no cover - jitted
+        """SVLS soft labels ``out (B, C, D*H*W)`` of labels ``y (B, D, H, W)`` (2D: ``D = 1``, ``three_d`` False).
+
+        The SVLS kernel is the separable Gaussian ``G = g x g (x g)``, ``g = (g1, 1, g1)``, with its centre weight
+        1 replaced by the sum ``T - 1`` of the others (``T = (1 + 2 g1)^dims``), normalised by ``2T - 2``:
+        ``q_k = (G * onehot_k + (T - 2) onehot_k) / (2T - 2)``. Replicate padding = clamped neighbour indices.
+        Rows of ``W`` voxels: the 3 (2D) or 9 (3D) neighbouring rows are summed per class, then the row is
+        convolved with ``g``.
+        """
+        T = (1.0 + 2.0 * g1) ** (3 if three_d else 2)
+        neighbour_targets(y, out, g1, three_d, True, T - 2.0, 1.0 / (2.0 * T - 2.0), n_threads)
 
     @njit(cache=True)
     def _exp_block_test(x, out, ibuf):  # pragma: no cover - jitted; test entry point

@@ -49,19 +49,32 @@ class TargetFormatAdapter(_Loss):
     accept and hands the wrapped loss the one it expects.
     """
 
-    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target_format: str = "channel") -> None:
+    def __init__(
+        self,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        target_format: str = "channel",
+        fused: FusedTerms | None = None,
+    ) -> None:
         """
         Args:
             loss: the wrapped loss, called as ``loss(input, converted_target)``.
             target_format: ``"channel"`` for ``(B, 1, *spatial)`` indices, ``"indices"`` for ``(B, *spatial)``.
+            fused: the same loss as terms of the fused CPU kernel (:mod:`calibmonai.losses.fused`), used for
+                float32 CPU logits; the registry sets it only for the MONAI losses built with the settings the
+                kernel reproduces (tested equal to MONAI's value and gradient).
         """
         super().__init__()
         if target_format not in ("channel", "indices"):
             raise ValueError(f"target_format must be 'channel' or 'indices', got {target_format!r}.")
         self.loss = loss
         self.target_format = target_format
+        self.fused = fused
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            out = fused_softmax_loss(input, target, self.fused, "mean")
+            if out is not None:
+                return out
         idx = to_class_indices(input, target)
         return self.loss(input, idx.unsqueeze(1) if self.target_format == "channel" else idx)
 

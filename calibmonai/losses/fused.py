@@ -59,6 +59,10 @@ class FusedTerms:
             voxels, probabilities clamped at ``eps``.
         dice: MONAI ``DiceLoss(softmax=True, to_onehot_y=True)`` with its default smoothing, mean over ``(B, C)``.
         svls: cross-entropy against the SVLS soft labels of Gaussian width ``svls_sigma`` (2D and 3D only).
+        nacl: MONAI ``NACLLoss``'s penalty ``mean |meanfilter3(onehot) - z|`` over voxels and classes, on the
+            logits, zero padding (2D and 3D only).
+        focal: MONAI ``FocalLoss(use_softmax=True)``, ``-(1 - p_y)^gamma log p_y`` averaged over voxels *and
+            classes*; ``focal_gamma`` an integer 0..4 (others run MONAI's implementation).
     """
 
     ce: float = 0.0
@@ -73,6 +77,9 @@ class FusedTerms:
     dice: float = 0.0
     svls: float = 0.0
     svls_sigma: float = 1.0
+    nacl: float = 0.0
+    focal: float = 0.0
+    focal_gamma: float = 2.0
 
 
 def _can_use(input: torch.Tensor, target: torch.Tensor) -> bool:
@@ -155,7 +162,9 @@ def fused_softmax_loss(
     b, c = input.shape[:2]
     z = input.detach().as_subclass(torch.Tensor).contiguous().view(b, c, -1)
     n = z.shape[0] * z.shape[2]
-    if n == 0 or (terms.svls and input.ndim not in (4, 5)):
+    if n == 0 or ((terms.svls or terms.nacl) and input.ndim not in (4, 5)):
+        return None
+    if terms.focal and terms.focal_gamma not in (0, 1, 2, 3, 4):
         return None
     yn = y.contiguous().numpy()
     zn = z.numpy()
@@ -173,12 +182,15 @@ def fused_softmax_loss(
             dice_value, dice_g = _dice(torch.from_numpy(sums), terms.dice)
     n_threads = K.numba.get_num_threads()
     soft = grad if need_grad else torch.empty((1, 1, 1))
-    if terms.svls:
+    if terms.svls or terms.nacl:
         if not need_grad:
             soft = torch.empty_like(z)
         y4 = y.view((b, 1) + tuple(input.shape[2:])) if input.ndim == 4 else y.view((b,) + tuple(input.shape[2:]))
-        g1 = math.exp(-1.0 / (2.0 * terms.svls_sigma**2))
-        K.svls_targets(y4.numpy(), soft.numpy(), g1, input.ndim == 5, n_threads)
+        if terms.svls:
+            g1 = math.exp(-1.0 / (2.0 * terms.svls_sigma**2))
+            K.svls_targets(y4.numpy(), soft.numpy(), g1, input.ndim == 5, n_threads)
+        else:
+            K.neighbour_targets(y4.numpy(), soft.numpy(), 1.0, input.ndim == 5, False, 0.0, 3.0 ** (2 - input.ndim), n_threads)
     per_voxel = 1.0 / n if reduction == "mean" else 1.0
     value, stats = K.loss_kernel(
         zn,
@@ -199,6 +211,9 @@ def fused_softmax_loss(
         bool(terms.dice),
         terms.svls * per_voxel,
         soft.numpy(),
+        terms.nacl * per_voxel / c,
+        terms.focal * per_voxel / c,
+        int(terms.focal_gamma),
     )
     if bad or stats[0] > 0 or not math.isfinite(stats[1]):
         to_class_indices(input, target)  # raises the reference's ValueError for bad labels or non-finite logits

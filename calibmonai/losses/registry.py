@@ -9,6 +9,7 @@ from monai.losses import DiceCELoss, FocalLoss, NACLLoss
 from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.ce import CrossEntropyLoss, TargetFormatAdapter
+from calibmonai.losses.fused import FusedTerms
 from calibmonai.losses.confidence_penalty import ConfidencePenaltyLoss, LabelSmoothingLoss
 from calibmonai.losses.mbls import MarginLabelSmoothingLoss
 from calibmonai.losses.meep import ErroneousEntropyLoss
@@ -27,17 +28,25 @@ class Method:
     needs_geometry: bool = False  # whether the factory needs num_classes and spatial_dims
 
 
+# MONAI's losses run as they are; with the settings below the fused CPU kernel reproduces them (value and
+# gradient, tested against MONAI's own), so the adapter takes it for float32 CPU logits.
+
+
 def _dice_ce(**kw: Any) -> _Loss:
-    return TargetFormatAdapter(DiceCELoss(to_onehot_y=True, softmax=True, **kw), "channel")
+    fused = FusedTerms(ce=1.0, dice=1.0) if not kw else None
+    return TargetFormatAdapter(DiceCELoss(to_onehot_y=True, softmax=True, **kw), "channel", fused)
 
 
-def _focal(**kw: Any) -> _Loss:
+def _focal(gamma: float = 2.0, **kw: Any) -> _Loss:
     # MONAI's FocalLoss "mean" runs over classes as well as voxels: it is 1/C of the per-voxel focal sum.
-    return TargetFormatAdapter(FocalLoss(to_onehot_y=True, use_softmax=True, **kw), "channel")
+    fused = FusedTerms(focal=1.0, focal_gamma=gamma) if not kw and gamma in (0, 1, 2, 3, 4) else None
+    return TargetFormatAdapter(FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma, **kw), "channel", fused)
 
 
-def _nacl(num_classes: int, spatial_dims: int, **kw: Any) -> _Loss:
-    return TargetFormatAdapter(NACLLoss(classes=num_classes, dim=spatial_dims, **kw), "indices")
+def _nacl(num_classes: int, spatial_dims: int, alpha: float = 0.1, **kw: Any) -> _Loss:
+    fused = FusedTerms(ce=1.0, nacl=alpha) if not kw else None
+    loss = NACLLoss(classes=num_classes, dim=spatial_dims, alpha=alpha, **kw)
+    return TargetFormatAdapter(loss, "indices", fused)
 
 
 METHODS: dict[str, Method] = {
