@@ -283,3 +283,35 @@ def test_segmentation_regions():
     assert row["dsc_WT"] == pytest.approx(2 * 3 / 7)
     with pytest.raises(ValueError, match="label maps"):
         SegmentationMetrics(4)(pred[:, :, :5], gt)
+
+
+def test_numba_packed_histograms_are_exact_at_full_blocks():
+    # every voxel certain of class 0 and labelled 0: each packed bin field reaches its largest value per block
+    from calibmonai.metrics import compute_calibration_histograms
+
+    n = 3 * 512 + 7
+    p = torch.zeros(1, 4, n)
+    p[:, 0] = 1.0
+    y = torch.zeros(1, 1, n, dtype=torch.long)
+    h = compute_calibration_histograms(p, y, foreground="none", backend="numba")
+    assert h.top_count[0, -1].item() == n and h.top_conf[0, -1].item() == n and h.top_correct[0, -1].item() == n
+    assert h.cls_count[0, 0, -1].item() == n and h.cls_prob[0, 0, -1].item() == n and h.cls_hit[0, 0, -1].item() == n
+    assert (h.cls_count[0, 1:, 0] == n).all() and (h.cls_prob[0, 1:] == 0).all() and (h.cls_hit[0, 1:] == 0).all()
+    assert h.top_count.sum().item() == n and h.cls_count.sum().item() == 4 * n
+
+
+def test_numba_fixed_point_sums_match_float64():
+    from calibmonai.metrics import compute_calibration_histograms
+
+    g = torch.Generator().manual_seed(5)
+    p = (torch.randn(2, 3, 40, 50, generator=g) * 2).softmax(1)
+    y = torch.randint(0, 3, (2, 1, 40, 50), generator=g)
+    h = compute_calibration_histograms(p, y, foreground="none", backend="numba")
+    pn = p.double().numpy()
+    for b in range(2):
+        for k in range(3):
+            v = pn[b, k].ravel()
+            bins = np.minimum((v.astype(np.float32) * np.float32(15)).astype(int), 14)
+            want = np.bincount(bins, weights=v, minlength=15)
+            np.testing.assert_allclose(h.cls_prob[b, k].numpy(), want, rtol=0, atol=1e-7 * v.size)
+            np.testing.assert_array_equal(h.cls_count[b, k].numpy(), np.bincount(bins, minlength=15))

@@ -24,68 +24,22 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
+from calibmonai._vector_math import FASTMATH, HAVE_NUMBA
+
+if HAVE_NUMBA:
     import numba
     from numba import njit, prange
 
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover
-    HAVE_NUMBA = False
+    from calibmonai._vector_math import exp_block as _exp_block
+    from calibmonai._vector_math import log_block as _log_block
 
 __all__ = ["HAVE_NUMBA", "BLOCK", "loss_kernel", "dice_prepass", "svls_targets", "neighbour_targets"]
 
 BLOCK = 512  # voxels per block: every scratch row stays in L1/L2
-# IEEE rules kept (no 'nnan'/'ninf'): the kernels must see NaN/Inf to report them
-FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
 if HAVE_NUMBA:
-    _LOG2E = np.float32(1.4426950408889634)
-    _LN2_HI = np.float32(0.693359375)
-    _LN2_LO = np.float32(-2.12194440e-4)
-    _LN2 = np.float32(0.6931471805599453)
-    _SQRT2 = np.float32(1.4142135623730951)
     _F0 = np.float32(0.0)
     _F1 = np.float32(1.0)
-
-    @njit(fastmath=FASTMATH, inline="always", cache=True)
-    def _exp_block(x, out, ibuf, fview, n):  # pragma: no cover - jitted
-        """``out[:n] = exp(x[:n])`` for ``x <= 0`` (Cephes ``expf`` polynomial, about 1 ulp), vectorised:
-        the power of two is built in the integer view ``ibuf`` of the float buffer ``fview``."""
-        for j in range(n):
-            v = max(x[j], np.float32(-87.0))
-            e = np.floor(v * _LOG2E + np.float32(0.5))
-            f = v - e * _LN2_HI - e * _LN2_LO
-            p = np.float32(1.9875691500e-4)
-            p = p * f + np.float32(1.3981999507e-3)
-            p = p * f + np.float32(8.3334519073e-3)
-            p = p * f + np.float32(4.1665795894e-2)
-            p = p * f + np.float32(1.6666665459e-1)
-            p = p * f + np.float32(5.0000001201e-1)
-            out[j] = p * f * f + f + _F1
-            ibuf[j] = (np.int32(e) + np.int32(127)) << np.int32(23)
-        for j in range(n):
-            out[j] = out[j] * fview[j]
-
-    @njit(fastmath=FASTMATH, inline="always", cache=True)
-    def _log_block(s, out, ibuf, fview, n):  # pragma: no cover - jitted
-        """``out[:n] = log(s[:n])`` for normal positive ``s`` (exponent from the bits, ``atanh`` series on the
-        mantissa in ``[sqrt(2)/2, sqrt(2))``, about 1 ulp), vectorised."""
-        for j in range(n):
-            fview[j] = s[j]
-        for j in range(n):
-            bits = ibuf[j]
-            out[j] = np.float32((bits >> np.int32(23)) - np.int32(127))
-            ibuf[j] = (bits & np.int32(0x7FFFFF)) | np.int32(0x3F800000)
-        for j in range(n):
-            m = fview[j]
-            big = m > _SQRT2
-            m = m * np.float32(0.5) if big else m
-            e = out[j] + (_F1 if big else _F0)
-            t = (m - _F1) / (m + _F1)
-            t2 = t * t
-            r = t2 * (np.float32(1.0 / 7.0) + t2 * np.float32(1.0 / 9.0))
-            r = t2 * (np.float32(1.0 / 3.0) + t2 * (np.float32(0.2) + r))
-            out[j] = e * _LN2 + np.float32(2.0) * t * (_F1 + r)
 
     @njit(fastmath=FASTMATH, inline="always", cache=True)
     def _softmax_block(z, b, s0, n, C, m, am, s, E, tmp, ibuf, fview):  # pragma: no cover - jitted

@@ -101,7 +101,7 @@ def _labels(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     tshape = tuple(target.shape)
     integer = not target.is_floating_point() and target.dtype != torch.bool and not target.is_complex()
     if integer and tshape in ((b, 1) + spatial, (b,) + spatial) and not (tshape == (b, c) + spatial and c == 1):
-        return target.reshape(b, -1)
+        return target.reshape(b, -1).long()  # one kernel specialisation (int64) instead of one per dtype
     return to_class_indices(input, target, check_finite=False).reshape(b, -1)  # one-hot, float indices, bad shapes
 
 

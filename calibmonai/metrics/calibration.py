@@ -162,9 +162,15 @@ def _histograms_numba(
             labels = labels.to(torch.uint8)
         mask = None if mask_all is None else mask_all[i].contiguous().numpy()
         top, cls, sc, chk, bad = case_histograms(
-            probs.contiguous().numpy(), labels.contiguous().numpy(), mask, num_bins, kernel_mode, background_index, softmax, classwise, with_nll
-        )
-        _check_values(c, chk[3], chk[4], softmax, float(chk[0]), float(chk[1]), float(chk[2]), prob_tol, bad)
+            probs.contiguous().numpy(), labels.contiguous().numpy(), mask, num_bins, kernel_mode, background_index,
+            softmax, classwise, with_nll, prob_tol,
+        )  # fmt: skip
+        p_lo, p_hi, s_err = 0.0, 1.0, 0.0
+        if not softmax and not bad and (chk[0] or chk[1]):  # the kernel counts violations; measure them for the message
+            lo, hi = torch.aminmax(probs)
+            p_lo, p_hi = float(lo), float(hi)
+            s_err = float((probs.double().sum(0) - 1.0).abs().max())
+        _check_values(c, chk[3], chk[4], softmax, p_lo, p_hi, s_err, prob_tol, bad)
         hist.top_count[i], hist.top_conf[i], hist.top_correct[i] = (torch.from_numpy(top[j]) for j in range(3))
         hist.cls_count[i], hist.cls_prob[i], hist.cls_hit[i] = (torch.from_numpy(cls[j]) for j in range(3))
         hist.n[i], hist.nll_sum[i], hist.brier_sum[i], hist.brier_n[i], hist.brier_fg_sum[i], hist.brier_fg_n[i] = (float(v) for v in sc)
