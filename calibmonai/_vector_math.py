@@ -17,7 +17,7 @@ try:
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "FASTMATH", "exp_block", "log_block"]
+__all__ = ["HAVE_NUMBA", "FASTMATH", "exp_block", "log_block", "softmax_block"]
 
 # IEEE rules kept (no 'nnan'/'ninf'): the kernels must see NaN/Inf to report them
 FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
@@ -70,3 +70,47 @@ if HAVE_NUMBA:
             r = t2 * (np.float32(1.0 / 7.0) + t2 * np.float32(1.0 / 9.0))
             r = t2 * (np.float32(1.0 / 3.0) + t2 * (np.float32(0.2) + r))
             out[j] = e * _LN2 + np.float32(2.0) * t * (_F1 + r)
+
+    @njit(fastmath=FASTMATH, inline="always", cache=True)
+    def softmax_block(z, s0, n, m, am, s, E, tmp, ibuf, fview):  # pragma: no cover - jitted
+        """For the voxels ``s0 .. s0+n`` of logits ``z (C, N)``: the max ``m``, the first argmax ``am``,
+        ``E[k] = exp(z_k - m)`` and ``s = sum_k E[k]`` (float32 scratch rows); returns the block sum of the
+        logits, non-finite when a logit is."""
+        C = z.shape[0]
+        z0 = z[0, s0 : s0 + n]
+        chk = _F0
+        for j in range(n):
+            v = np.float32(z0[j])
+            m[j] = v
+            am[j] = 0
+            s[j] = _F0
+            chk += v
+        for k in range(1, C):
+            zk = z[k, s0 : s0 + n]
+            for j in range(n):
+                v = np.float32(zk[j])
+                chk += v
+                big = v > m[j]
+                am[j] = k if big else am[j]
+                m[j] = v if big else m[j]
+        for k in range(C):
+            zk = z[k, s0 : s0 + n]
+            for j in range(n):
+                tmp[j] = np.float32(zk[j]) - m[j]
+            Ek = E[k]
+            exp_block(tmp, Ek, ibuf, fview, n)
+            for j in range(n):
+                s[j] += Ek[j]
+        return chk
+
+    @njit(cache=True)
+    def exp_values(x, out):  # pragma: no cover - jitted
+        """``out = exp(x)`` for a whole float32 array ``x <= 0`` (the block function on one block; for tests)."""
+        ibuf = np.empty(x.size, np.int32)
+        exp_block(x, out, ibuf, ibuf.view(np.float32), x.size)
+
+    @njit(cache=True)
+    def log_values(s, out):  # pragma: no cover - jitted
+        """``out = log(s)`` for a whole float32 array of normal positive values (for tests)."""
+        ibuf = np.empty(s.size, np.int32)
+        log_block(s, out, ibuf, ibuf.view(np.float32), s.size)

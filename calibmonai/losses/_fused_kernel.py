@@ -27,11 +27,11 @@ import numpy as np
 from calibmonai._vector_math import FASTMATH, HAVE_NUMBA
 
 if HAVE_NUMBA:
-    import numba
+    import numba  # noqa: F401  (get_num_threads, used by fused.py)
     from numba import njit, prange
 
-    from calibmonai._vector_math import exp_block as _exp_block
     from calibmonai._vector_math import log_block as _log_block
+    from calibmonai._vector_math import softmax_block
 
 __all__ = ["HAVE_NUMBA", "BLOCK", "loss_kernel", "dice_prepass", "svls_targets", "neighbour_targets"]
 
@@ -40,35 +40,6 @@ BLOCK = 512  # voxels per block: every scratch row stays in L1/L2
 if HAVE_NUMBA:
     _F0 = np.float32(0.0)
     _F1 = np.float32(1.0)
-
-    @njit(fastmath=FASTMATH, inline="always", cache=True)
-    def _softmax_block(z, b, s0, n, C, m, am, s, E, tmp, ibuf, fview):  # pragma: no cover - jitted
-        """Max ``m``, first argmax ``am``, ``E[k] = exp(z_k - m)`` and ``s = sum_k E[k]`` of one block; returns
-        the block sum of the logits (non-finite when a logit is)."""
-        z0 = z[b, 0, s0 : s0 + n]
-        chk = _F0
-        for j in range(n):
-            m[j] = z0[j]
-            am[j] = 0
-            s[j] = _F0
-            chk += z0[j]
-        for k in range(1, C):
-            zk = z[b, k, s0 : s0 + n]
-            for j in range(n):
-                v = zk[j]
-                chk += v
-                big = v > m[j]
-                am[j] = k if big else am[j]
-                m[j] = v if big else m[j]
-        for k in range(C):
-            zk = z[b, k, s0 : s0 + n]
-            for j in range(n):
-                tmp[j] = zk[j] - m[j]
-            Ek = E[k]
-            _exp_block(tmp, Ek, ibuf, fview, n)
-            for j in range(n):
-                s[j] += Ek[j]
-        return chk
 
     @njit(fastmath=FASTMATH, inline="always", cache=True)
     def _labels_block(y, b, s0, n, C, lab):  # pragma: no cover - jitted
@@ -111,7 +82,7 @@ if HAVE_NUMBA:
                 s0 = (blk % nb) * BLOCK
                 n = min(BLOCK, S - s0)
                 stats[ch, 1] += _labels_block(y, b, s0, n, C, lab)
-                stats[ch, 2] += _softmax_block(z, b, s0, n, C, m, am, s, E, tmp, ibuf, fview)
+                stats[ch, 2] += softmax_block(z[b], s0, n, m, am, s, E, tmp, ibuf, fview)
                 for j in range(n):
                     s[j] = _F1 / s[j]
                     tmp[j] = _F0  # the label's logit
@@ -197,7 +168,7 @@ if HAVE_NUMBA:
                 s0 = (blk % nb) * BLOCK
                 n = min(BLOCK, S - s0)
                 stats[ch, 0] += _labels_block(y, b, s0, n, C, lab)
-                stats[ch, 1] += _softmax_block(z, b, s0, n, C, m, am, s, E, tmp, ibuf, fview)
+                stats[ch, 1] += softmax_block(z[b], s0, n, m, am, s, E, tmp, ibuf, fview)
                 _log_block(s, lse, ibuf, fview, n)
                 for j in range(n):
                     lse[j] += m[j]
@@ -364,11 +335,3 @@ if HAVE_NUMBA:
         """
         T = (1.0 + 2.0 * g1) ** (3 if three_d else 2)
         neighbour_targets(y, out, g1, three_d, True, T - 2.0, 1.0 / (2.0 * T - 2.0), n_threads)
-
-    @njit(cache=True)
-    def _exp_block_test(x, out, ibuf):  # pragma: no cover - jitted; test entry point
-        _exp_block(x, out, ibuf, ibuf.view(np.float32), x.size)
-
-    @njit(cache=True)
-    def _log_block_test(s, out, ibuf):  # pragma: no cover - jitted; test entry point
-        _log_block(s, out, ibuf, ibuf.view(np.float32), s.size)

@@ -27,7 +27,7 @@ if HAVE_NUMBA:
     import numba
     from numba import njit, prange
 
-    from calibmonai._vector_math import exp_block, log_block
+    from calibmonai._vector_math import log_block, softmax_block
 
     _F0 = np.float32(0.0)
     _F1 = np.float32(1.0)
@@ -105,33 +105,14 @@ if HAVE_NUMBA:
                 # probabilities of the block (softmax of the logits, or a float32 copy)
                 chk = _F0
                 if softmax:
-                    z0 = probs[0, i0 : i0 + n]
-                    for j in range(n):
-                        m[j] = np.float32(z0[j])
-                        s[j] = _F0
-                    for k in range(1, C):
-                        zk = probs[k, i0 : i0 + n]
-                        for j in range(n):
-                            m[j] = max(m[j], np.float32(zk[j]))
-                    for k in range(C):
-                        zk = probs[k, i0 : i0 + n]
-                        for j in range(n):
-                            v = np.float32(zk[j])
-                            chk += v
-                            tmp[j] = v - m[j]
-                        Pk = P[k]
-                        exp_block(tmp, Pk, ibuf, fview, n)
-                        for j in range(n):
-                            s[j] += Pk[j]
+                    chk += softmax_block(probs, i0, n, m, tb, s, P, tmp, ibuf, fview)  # tb: argmax scratch
                     for j in range(n):
                         s[j] = _F1 / s[j]
-                        m[j] = _F0
+                        m[j] = s[j]  # the confidence: exp(0) / s
                     for k in range(C):
                         Pk = P[k]
                         for j in range(n):
-                            v = Pk[j] * s[j]
-                            Pk[j] = v
-                            m[j] = max(m[j], v)
+                            Pk[j] = Pk[j] * s[j]
                 else:
                     # range and sum checks as counts (min/max reductions do not vectorise under IEEE rules);
                     # the caller measures the offending values only when a count is not 0
