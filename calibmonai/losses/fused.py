@@ -96,11 +96,11 @@ def _can_use(input: torch.Tensor, target: torch.Tensor) -> bool:
 
 def _labels(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``(B, S)`` integer labels, unchecked for range (the kernel counts out-of-range labels)."""
-    b, c = input.shape[:2]
+    b = input.shape[0]
     spatial = tuple(input.shape[2:])
     tshape = tuple(target.shape)
     integer = not target.is_floating_point() and target.dtype != torch.bool and not target.is_complex()
-    if integer and tshape in ((b, 1) + spatial, (b,) + spatial) and not (tshape == (b, c) + spatial and c == 1):
+    if integer and tshape in ((b, 1) + spatial, (b,) + spatial):  # (b, c) + spatial is one-hot: c >= 2
         return target.reshape(b, -1).long()  # one kernel specialisation (int64) instead of one per dtype
     return to_class_indices(input, target, check_finite=False).reshape(b, -1)  # one-hot, float indices, bad shapes
 
@@ -138,6 +138,13 @@ def _dice(sums: torch.Tensor, weight: float) -> tuple[float, torch.Tensor]:
     return value, g
 
 
+def _bad_input(input: torch.Tensor, target: torch.Tensor) -> None:
+    """The kernel saw an out-of-range label or a non-finite logit sum: raise the reference's ``ValueError``.
+    Returns ``None`` (run the torch path) for a false alarm: finite logits whose block sum overflows."""
+    to_class_indices(input, target)
+    return None
+
+
 def fused_softmax_loss(
     input: torch.Tensor, target: torch.Tensor, terms: FusedTerms, reduction: str = "mean"
 ) -> torch.Tensor | None:
@@ -171,16 +178,17 @@ def fused_softmax_loss(
     need_grad = input.requires_grad and torch.is_grad_enabled()
     grad = torch.empty_like(z) if need_grad else torch.empty((1, 1, 1))
 
+    n_threads = K.numba.get_num_threads()
+
     c_meep, dice_value, dice_g = 0.0, 0.0, torch.zeros((b, c, 2), dtype=torch.float64)
-    bad = False
     if terms.meep or terms.dice:
-        sums, stats = K.dice_prepass(zn, yn, K.numba.get_num_threads())
-        bad = stats[1] > 0 or not math.isfinite(stats[2])
+        sums, stats = K.dice_prepass(zn, yn, n_threads)
+        if stats[1] > 0 or not math.isfinite(stats[2]):
+            return _bad_input(input, target)
         wrong = float(stats[0])
         c_meep = terms.meep / wrong if wrong > 0 else 0.0
         if terms.dice:
             dice_value, dice_g = _dice(torch.from_numpy(sums), terms.dice)
-    n_threads = K.numba.get_num_threads()
     soft = grad if need_grad else torch.empty((1, 1, 1))
     if terms.svls or terms.nacl:
         if not need_grad:
@@ -215,9 +223,8 @@ def fused_softmax_loss(
         terms.focal * per_voxel / c,
         int(terms.focal_gamma),
     )
-    if bad or stats[0] > 0 or not math.isfinite(stats[1]):
-        to_class_indices(input, target)  # raises the reference's ValueError for bad labels or non-finite logits
-        return None  # a false alarm (finite logits whose sum overflows): let the torch path decide
+    if stats[0] > 0 or not math.isfinite(stats[1]):
+        return _bad_input(input, target)
     value = float(value) + dice_value
     if not need_grad:
         return torch.tensor(value, dtype=input.dtype)
