@@ -315,3 +315,19 @@ def test_numba_fixed_point_sums_match_float64():
             want = np.bincount(bins, weights=v, minlength=15)
             np.testing.assert_allclose(h.cls_prob[b, k].numpy(), want, rtol=0, atol=1e-7 * v.size)
             np.testing.assert_array_equal(h.cls_count[b, k].numpy(), np.bincount(bins, minlength=15))
+
+
+def test_numba_tolerates_probabilities_a_little_below_zero():
+    from calibmonai.metrics import compute_calibration_histograms
+
+    g = torch.Generator().manual_seed(6)
+    p = (torch.randn(1, 3, 20, 20, generator=g) * 4).softmax(1)
+    p[0, 0] += p[0, 1] + 5e-4  # class 1 is -5e-4 everywhere (within prob_tol of 1e-3), the sums stay 1
+    p[0, 1] = -5e-4
+    y = torch.randint(0, 3, (1, 1, 20, 20), generator=g)
+    a = compute_calibration_histograms(p, y, foreground="none", backend="torch")
+    b = compute_calibration_histograms(p, y, foreground="none", backend="numba")
+    for ta, tb in zip(a.tensors(), b.tensors()):
+        torch.testing.assert_close(ta, tb, atol=400 * 5e-4, rtol=0)
+    assert torch.equal(a.cls_count, b.cls_count) and torch.equal(a.cls_hit, b.cls_hit)
+    assert (b.cls_prob >= 0).all()

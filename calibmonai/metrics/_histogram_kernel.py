@@ -9,7 +9,8 @@ class-wise histograms, one for the top-label histogram) instead of ``3C + 3``. T
 unpacked into float64 after every block (at most 512 voxels each, so no field overflows).
 
 The fixed-point sums round each probability to ``2**-24`` (exact for float32 values >= 0.5, at most
-``3e-8`` off below), far inside the tolerance of any ECE.
+``3e-8`` off below), far inside the tolerance of any ECE; values a little below 0 (accepted within
+``prob_tol``) count as 0 in the class-wise sums.
 """
 
 from __future__ import annotations
@@ -209,7 +210,10 @@ if HAVE_NUMBA:
                         for j in range(n):
                             v = Pk[j]
                             Bk[j] = min(max(np.int32(v * nbf), np.int32(0)), np.int32(top_bin))
-                            Ik[j] = _CNT + np.int64(v * _FIX + np.float32(0.5)) + (_HIT if lab[j] == k32 else np.int64(0))
+                            # max(v, 0): a probability a little below 0 (accepted within prob_tol) must not
+                            # borrow from the count field
+                            fx = np.int64(max(v, _F0) * _FIX + np.float32(0.5))
+                            Ik[j] = _CNT + fx + (_HIT if lab[j] == k32 else np.int64(0))
                 for j in range(n):
                     if sel[j] == _F0:
                         continue
