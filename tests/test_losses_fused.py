@@ -9,7 +9,7 @@ import reference as ref
 from calibmonai import _vector_math as vector_math
 from calibmonai.losses import get_loss
 from calibmonai.losses import _fused_kernel as K
-from calibmonai.losses.fused import fused_disabled, set_fused_enabled
+from calibmonai.losses import fused_disabled, set_fused_enabled
 
 FUSED = ["ce", "ecp", "ls", "svls", "mbls", "mbls_l2", "mbls_dice", "meep_ce_entropy", "meep_ce_kl", "meep_dice_entropy", "meep_dice_kl"]
 # shapes cross a block boundary (512 voxels) and a chunk boundary, 2D and 3D, 2 to 6 classes

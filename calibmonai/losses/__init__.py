@@ -2,6 +2,7 @@
 
 from calibmonai.losses.ce import CrossEntropyLoss, TargetFormatAdapter
 from calibmonai.losses.confidence_penalty import ConfidencePenaltyLoss, LabelSmoothingLoss
+from calibmonai.losses.fused import FusedTerms, fused_disabled, fused_enabled, fused_softmax_loss, set_fused_enabled
 from calibmonai.losses.mbls import MarginLabelSmoothingLoss, margin_penalty
 from calibmonai.losses.meep import ErroneousEntropyLoss, erroneous_regularizer
 from calibmonai.losses.registry import METHODS, Method, get_loss
@@ -12,6 +13,11 @@ __all__ = [
     "TargetFormatAdapter",
     "ConfidencePenaltyLoss",
     "LabelSmoothingLoss",
+    "FusedTerms",
+    "fused_disabled",
+    "fused_enabled",
+    "fused_softmax_loss",
+    "set_fused_enabled",
     "MarginLabelSmoothingLoss",
     "margin_penalty",
     "ErroneousEntropyLoss",

@@ -57,6 +57,9 @@ class SpatiallyVaryingLabelSmoothingLoss(_Loss):
     weights and which is normalised, so ``w_centre = 0.5``; the convolution is depthwise with replicate
     padding. Voxels inside a uniform region keep their hard label; boundary voxels get soft labels.
 
+    Float32 CPU logits take the fused one-pass kernel of :mod:`calibmonai.losses.fused` (same value and
+    gradient, tested against this implementation).
+
     Islam, M., Glocker, B. "Spatially Varying Label Smoothing: Capturing Uncertainty from Expert
     Annotations." IPMI 2021. https://arxiv.org/abs/2104.05788
     """
