@@ -17,10 +17,24 @@ try:
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "FASTMATH", "exp_block", "log_block", "softmax_block"]
+__all__ = ["HAVE_NUMBA", "FASTMATH", "exp_block", "log_block", "softmax_block", "kernel_threads"]
 
 # IEEE rules kept (no 'nnan'/'ninf'): the kernels must see NaN/Inf to report them
 FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
+
+
+
+def kernel_threads() -> int:
+    """Make the numba kernels use as many threads as torch (``torch.set_num_threads``), capped at numba's pool;
+    returns that number. numba's setting is per calling thread, so this is called before each kernel."""
+    import numba
+    import torch
+
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return n
+
 
 if HAVE_NUMBA:
     _LOG2E = np.float32(1.4426950408889634)

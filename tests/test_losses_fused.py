@@ -236,3 +236,23 @@ def test_fused_false_alarm_on_huge_finite_logits_falls_back_to_torch():
         with fused_disabled():
             want = get_loss(name)(z, y)
         assert out.item() == want.item()
+
+
+def test_kernels_follow_torch_thread_count():
+    import numba
+
+    from calibmonai._vector_math import kernel_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert kernel_threads() == 1 and numba.get_num_threads() == 1
+        z, y = _data((2, 3, 40, 40))
+        one, g1 = _value_and_grad(get_loss("mbls"), z, y)
+        torch.set_num_threads(before)
+        assert kernel_threads() == min(before, numba.config.NUMBA_NUM_THREADS)
+        many, g2 = _value_and_grad(get_loss("mbls"), z, y)
+        assert one.item() == pytest.approx(many.item(), rel=1e-6)
+        np.testing.assert_array_equal(g1.numpy(), g2.numpy())  # per-voxel gradients do not depend on threads
+    finally:
+        torch.set_num_threads(before)

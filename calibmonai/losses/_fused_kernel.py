@@ -27,7 +27,6 @@ import numpy as np
 from calibmonai._vector_math import FASTMATH, HAVE_NUMBA
 
 if HAVE_NUMBA:
-    import numba  # noqa: F401  (get_num_threads, used by fused.py)
     from numba import njit, prange
 
     from calibmonai._vector_math import log_block as _log_block

@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 from torch.autograd.function import once_differentiable
 
+from calibmonai._vector_math import kernel_threads
 from calibmonai.losses._fused_kernel import HAVE_NUMBA
 from calibmonai.losses.utils import check_logits, to_class_indices
 
@@ -178,7 +179,7 @@ def fused_softmax_loss(
     need_grad = input.requires_grad and torch.is_grad_enabled()
     grad = torch.empty_like(z) if need_grad else torch.empty((1, 1, 1))
 
-    n_threads = K.numba.get_num_threads()
+    n_threads = kernel_threads()
 
     c_meep, dice_value, dice_g = 0.0, 0.0, torch.zeros((b, c, 2), dtype=torch.float64)
     if terms.meep or terms.dice:

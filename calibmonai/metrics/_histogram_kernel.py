@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibmonai._vector_math import FASTMATH, HAVE_NUMBA
+from calibmonai._vector_math import FASTMATH, HAVE_NUMBA, kernel_threads
 
 __all__ = ["HAVE_NUMBA", "case_histograms"]
 
@@ -25,7 +25,6 @@ SEL_ALL, SEL_LABEL, SEL_LABEL_OR_PRED = 0, 1, 2
 BLOCK = 512
 
 if HAVE_NUMBA:
-    import numba
     from numba import njit, prange
 
     from calibmonai._vector_math import log_block, softmax_block
@@ -258,6 +257,6 @@ def case_histograms(
     use_mask = mask is not None
     m = mask if use_mask else np.zeros(1, dtype=np.bool_)
     top, cls, sc, chk, bad = _kernel(
-        probs, labels, m, use_mask, num_bins, mode, background_index, softmax, classwise, with_nll, prob_tol, numba.get_num_threads()
+        probs, labels, m, use_mask, num_bins, mode, background_index, softmax, classwise, with_nll, prob_tol, kernel_threads()
     )
     return top, cls, sc, chk, int(bad)
