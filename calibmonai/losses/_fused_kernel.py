@@ -4,9 +4,9 @@ Every loss of this package is a function of the log-probabilities ``l = log soft
 MbLS hinge too: ``max_j z_j - z_k = max_j l_j - l_k``). For such a loss, with ``a_k = dL/dl_k``, the gradient
 with respect to the logits is ``dL/dz_k = a_k - p_k * sum_j a_j``. The kernel reads each voxel's logits once,
 computes the softmax with a vectorised ``exp``/``log``, accumulates the loss and writes ``dL/dz``, so that the
-backward pass costs nothing more. ``torch.nn.functional.cross_entropy`` makes five passes over the tensor for
-the same work; the torch implementations in the loss modules stay the reference (and the path for other
-devices, dtypes and ``reduction="none"``).
+backward pass costs nothing more (``torch.nn.functional.cross_entropy`` runs separate log-softmax, NLL and
+their backward kernels for the same work). The torch implementations in the loss modules stay the reference
+(and the path for other devices, dtypes and ``reduction="none"``).
 
 The terms, each with its coefficient (0 switches it off), per voxel ``i`` with label ``y``:
 
@@ -18,6 +18,9 @@ The terms, each with its coefficient (0 switches it off), per voxel ``i`` with l
   ``c_meep * sum_k exp(lc_k) lc_k`` (MEEP entropy) or ``c_meep * (-mean_k lc_k - log K)`` (MEEP KL)
 - Dice: ``a_k += p_k * g[b, k, y == k]`` with ``g = dDice/dp`` from the Dice sums of a first pass.
 - soft targets ``c_soft * sum_k (-q_k l_k)`` (SVLS), ``q`` from :func:`svls_targets`.
+- on the logits, not through the softmax: ``c_dist * sum_k |z_k - q_k|`` (NACL, ``q`` from
+  :func:`neighbour_targets`, mean filter, zero padding).
+- focal: ``-c_focal (1 - p_y)^gamma l_y`` (MONAI ``FocalLoss`` with softmax), integer ``gamma`` 0..4.
 """
 
 from __future__ import annotations
