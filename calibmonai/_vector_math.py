@@ -4,6 +4,10 @@ numba calls the scalar libm ``expf``/``logf`` (no vector math library is bundled
 vectorising a loop that calls them; these polynomial versions (Cephes ``expf``, and an ``atanh`` series for
 ``log``, both about 1 ulp) vectorise. The power of two is read and written through an int32 view of a float32
 scratch buffer, the one bit-cast numba offers.
+
+The kernels that inline these are cached by numba (``cache=True``), and numba's cache does not notice edits to
+this file: after changing it, delete the ``*.nbi``/``*.nbc`` files under ``calibmonai/losses/__pycache__`` and
+``calibmonai/metrics/__pycache__`` (a fresh install or clone has none).
 """
 
 from __future__ import annotations
