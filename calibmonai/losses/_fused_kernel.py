@@ -181,8 +181,8 @@ if HAVE_NUMBA:
                     for j in range(n):
                         wr[j] = np.float32(z[b, lab[j], s0 + j] < m[j])
                 blk_loss = _F0
-                # a_k = dL/dl_k into E[k] (E[k] becomes p_k first); A = sum_k a_k without the hinge (which sums to 0),
-                # H = the hinge's share for the argmax class
+                # per class: E[k] becomes p_k, a_k = dL/dl_k (less the hinge) goes to grad[k]; A = sum_k a_k without
+                # the hinge (which sums to 0); H = the hinge's share, added to the argmax class below
                 for k in range(C):
                     zk = z[b, k, s0 : s0 + n]
                     Ek = E[k]

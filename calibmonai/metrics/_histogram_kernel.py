@@ -56,7 +56,7 @@ if HAVE_NUMBA:
         t_top = np.zeros((n_chunks, 3, num_bins))
         t_cls = np.zeros((n_chunks, 3, C, num_bins))
         t_sc = np.zeros((n_chunks, 6))  # n, nll, brier, brier_n, fg_brier, fg_n
-        t_chk = np.zeros((n_chunks, 5))  # values outside [-tol, 1+tol], voxels with |sum-1| > tol, -, label_min, label_max
+        t_chk = np.zeros((n_chunks, 4))  # values outside [-tol, 1+tol], voxels with |sum-1| > tol, label_min, label_max
         ptol = np.float32(prob_tol)
         t_bad = np.zeros(n_chunks, dtype=np.int64)  # blocks with a non-finite value
         nbf = np.float32(num_bins)
@@ -226,14 +226,14 @@ if HAVE_NUMBA:
             t_top[ch] = top
             t_cls[ch] = cls
             t_sc[ch, 0], t_sc[ch, 1], t_sc[ch, 2], t_sc[ch, 3], t_sc[ch, 4], t_sc[ch, 5] = cnt, nll, br, br_n, fg_br, fg_n
-            t_chk[ch, 0], t_chk[ch, 1], t_chk[ch, 3], t_chk[ch, 4] = n_out, n_off, lmin, lmax
+            t_chk[ch, 0], t_chk[ch, 1], t_chk[ch, 2], t_chk[ch, 3] = n_out, n_off, lmin, lmax
             t_bad[ch] = bad
-        chk5 = np.zeros(5)
-        chk5[0] = t_chk[:, 0].sum()
-        chk5[1] = t_chk[:, 1].sum()
-        chk5[3] = t_chk[:, 3].min()
-        chk5[4] = t_chk[:, 4].max()
-        return t_top.sum(axis=0), t_cls.sum(axis=0), t_sc.sum(axis=0), chk5, t_bad.sum()
+        chk = np.empty(4)
+        chk[0] = t_chk[:, 0].sum()
+        chk[1] = t_chk[:, 1].sum()
+        chk[2] = t_chk[:, 2].min()
+        chk[3] = t_chk[:, 3].max()
+        return t_top.sum(axis=0), t_cls.sum(axis=0), t_sc.sum(axis=0), chk, t_bad.sum()
 
 
 def case_histograms(
@@ -251,7 +251,7 @@ def case_histograms(
     """Histograms of one case. ``probs (C, N)`` float32/float64 (or logits with ``softmax``), ``labels (N,)``
     integers, ``mask (N,)`` bool or ``None``; ``with_nll=False`` skips the logarithm when the NLL is not wanted.
     Returns ``top (3, bins)``, ``cls (3, C, bins)``, scalars ``[n, nll, brier, brier_n, fg_brier, fg_n]``,
-    checks ``[#values outside [-prob_tol, 1 + prob_tol], #voxels whose sum is off 1 by more than prob_tol, 0,
+    checks ``[#values outside [-prob_tol, 1 + prob_tol], #voxels whose sum is off 1 by more than prob_tol,
     label_min, label_max]`` (the counts only without ``softmax``) and the number of blocks holding a non-finite
     value (0 for valid input)."""
     use_mask = mask is not None

@@ -170,7 +170,7 @@ def _histograms_numba(
             lo, hi = torch.aminmax(probs)
             p_lo, p_hi = float(lo), float(hi)
             s_err = float((probs.double().sum(0) - 1.0).abs().max())
-        _check_values(c, chk[3], chk[4], softmax, p_lo, p_hi, s_err, prob_tol, bad)
+        _check_values(c, chk[2], chk[3], softmax, p_lo, p_hi, s_err, prob_tol, bad)
         hist.top_count[i], hist.top_conf[i], hist.top_correct[i] = (torch.from_numpy(top[j]) for j in range(3))
         hist.cls_count[i], hist.cls_prob[i], hist.cls_hit[i] = (torch.from_numpy(cls[j]) for j in range(3))
         hist.n[i], hist.nll_sum[i], hist.brier_sum[i], hist.brier_n[i], hist.brier_fg_sum[i], hist.brier_fg_n[i] = (float(v) for v in sc)
