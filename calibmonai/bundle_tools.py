@@ -1,24 +1,54 @@
-"""Helpers used by the bundle configs: run names, locating bundles, running workflows, exporting bundles."""
+"""Helpers used by the bundle configs: run names, locating bundles and shared fragments, running workflows.
+
+Layout of ``bundles/``: one folder per dataset bundle (model-zoo layout: ``configs/``, ``docs/``, ``models/``,
+``LICENSE``) and the fragments every bundle shares, one place per thing:
+``methods/<method>.yaml`` (the loss), ``backbones/<name>.yaml`` (the network), ``calibrate/<name>.yaml``
+(post-hoc calibrator). A run composes them: ``[<bundle>/configs/train.yaml, methods/mbls.yaml]``.
+"""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from calibmonai.losses import METHODS
 
-__all__ = ["run_name", "bundle_dir", "method_names", "config_files", "inference_config_files", "run_workflow", "export_bundle"]
+__all__ = [
+    "run_name", "bundle_dir", "method_names", "backbone_names", "fragment", "config_files", "inference_config_files",
+    "run_workflow", "as_bool", "REPO_BUNDLES",
+]  # fmt: skip
 
 REPO_BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
+#: folders of ``bundles/`` that hold shared fragments, not bundles
+FRAGMENT_KINDS = ("methods", "backbones", "calibrate")
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off", "none", ""}
 
 
-def run_name(method: str, loss_kwargs: Mapping[str, Any] | None = None) -> str:
-    """Output-folder name of a run: the method and its hyper-parameters, e.g. ``mbls_alpha0.1_margin10.0``."""
+def as_bool(value: Any, name: str = "value") -> bool:
+    """A boolean from a config or a command line: ``True``/``False``, ``1``/``0`` or the strings
+    true/false/yes/no/on/off/1/0 (any case). Anything else raises ``ValueError`` naming the flag and the value
+    (``--overwrite false`` must not be read as the non-empty, hence true, string ``'false'``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if value is None:
+        return False
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"--{name} expects a boolean (true/false), got {value!r}.")
+
+
+def run_name(method: str, loss_kwargs: Mapping[str, Any] | None = None, backbone: str | None = None) -> str:
+    """Output-folder name of a run: the method, its hyper-parameters and (when not the default UNet) the backbone,
+    e.g. ``mbls_alpha0.1_margin10.0`` or ``mbls_alpha0.1_margin10.0_attention_unet``."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; available methods: {', '.join(METHODS)}.")
     parts = [method] + [f"{k}{v}" for k, v in sorted((loss_kwargs or {}).items())]
+    if backbone not in (None, "", "unet"):
+        parts.append(str(backbone))
     return "_".join(parts)
 
 
@@ -34,94 +64,81 @@ def bundle_dir(bundle: str) -> Path:
     raise FileNotFoundError(f"bundle {bundle!r} not found; available bundles: {available}")
 
 
-def method_names(bundle: str) -> list[str]:
-    return sorted(p.stem for p in (bundle_dir(bundle) / "configs" / "methods").glob("*.yaml"))
+def _fragment_names(kind: str) -> list[str]:
+    return sorted(p.stem for p in (REPO_BUNDLES / kind).glob("*.yaml"))
 
 
-def config_files(bundle: str, method: str, *extra: str) -> list[str]:
-    """``[train.yaml, methods/<method>.yaml, *extra]`` of a bundle, checking each exists."""
-    root = bundle_dir(bundle) / "configs"
-    method_file = root / "methods" / f"{method}.yaml"
-    if not method_file.is_file():
-        raise ValueError(f"Unknown method {method!r} for bundle {bundle}; available methods: {', '.join(method_names(bundle))}.")
-    files = [root / "train.yaml", method_file] + [root / e for e in extra]
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"config file {f} does not exist")
+def method_names(bundle: str | None = None) -> list[str]:
+    """The method fragments (``bundles/methods/*.yaml``), shared by every bundle."""
+    if bundle is not None:
+        bundle_dir(bundle)  # a bad bundle name still raises
+    return _fragment_names("methods")
+
+
+def backbone_names() -> list[str]:
+    """The backbone fragments (``bundles/backbones/*.yaml``), shared by every bundle."""
+    return _fragment_names("backbones")
+
+
+def fragment(kind: str, name: str) -> Path:
+    """Path of the shared fragment ``bundles/<kind>/<name>.yaml``; an unknown name raises ``ValueError`` listing
+    the available ones."""
+    if kind not in FRAGMENT_KINDS:
+        raise ValueError(f"Unknown fragment kind {kind!r}; available: {', '.join(FRAGMENT_KINDS)}.")
+    path = REPO_BUNDLES / kind / f"{name}.yaml"
+    if not path.is_file():
+        singular = {"methods": "method", "backbones": "backbone", "calibrate": "calibrator"}[kind]
+        raise ValueError(f"Unknown {singular} {name!r}; available {kind}: {', '.join(_fragment_names(kind))}.")
+    return path
+
+
+def _config_file(root: Path, name: str) -> Path:
+    """A config file of a bundle (``configs/<name>``) or a shared fragment (``bundles/<kind>/<file>``)."""
+    local = root / "configs" / name
+    if local.is_file():
+        return local
+    kind, _, stem = name.partition("/")
+    if kind in FRAGMENT_KINDS and stem:
+        return fragment(kind, Path(stem).stem)
+    raise FileNotFoundError(f"config file {local} does not exist")
+
+
+def config_files(bundle: str, method: str, *extra: str, backbone: str | None = None, workflow: str = "train.yaml") -> list[str]:
+    """``[<bundle>/configs/train.yaml, methods/<method>.yaml, (backbones/<backbone>.yaml), *extra]``, each checked.
+
+    ``extra`` names files of the bundle's ``configs/`` (``evaluate.yaml``) or shared fragments
+    (``calibrate/ts.yaml``)."""
+    root = bundle_dir(bundle)
+    files = [_config_file(root, workflow), fragment("methods", method)]
+    if backbone not in (None, ""):
+        files.append(fragment("backbones", str(backbone)))
+    files += [_config_file(root, e) for e in extra]
     return [str(f) for f in files]
 
 
-def inference_config_files(bundle: str, method: str, runs_dir: str = "runs") -> tuple[list[str], dict[str, Any]]:
-    """Config files and overrides of the inference workflow, for a repository bundle (train + method +
-    inference) or an exported bundle folder (its ``configs/inference.json``, run from that folder's paths)."""
+def inference_config_files(bundle: str, method: str, runs_dir: str = "runs", backbone: str | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Config files and overrides of the inference workflow, for a repository bundle (its stand-alone
+    ``inference.yaml`` + the method and backbone fragments, which only locate the trained run) or an exported
+    bundle folder (its ``configs/inference.json`` with ``bundle_root`` set to that folder)."""
     exported = Path(bundle) / "configs" / "inference.json"
     if exported.is_file():
-        root = Path(bundle).resolve()
-        return [str(exported)], {"run_dir": str(root), "ckpt_path": str(root / "models" / "model.pt")}
-    return config_files(bundle, method, "inference.yaml"), {"runs_dir": runs_dir}
+        return [str(exported)], {"bundle_root": str(Path(bundle).resolve())}
+    return config_files(bundle, method, backbone=backbone, workflow="inference.yaml"), {"runs_dir": runs_dir}
 
 
-def run_workflow(run_id: str, files: Sequence[str], **overrides: Any) -> None:
-    """Run a bundle workflow in this process, like ``python -m monai.bundle run <run_id> --config_file ...``."""
+def run_workflow(run_id: str, files: Sequence[str], **overrides: Any) -> Any:
+    """Run a bundle workflow in this process, like ``python -m monai.bundle run <run_id> --config_file ...``:
+    ``initialize`` (when the config has one), ``run_id``, then ``finalize`` (when present)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(list(files))
     for k, v in overrides.items():
         parser[k] = v
-    parser.get_parsed_content(run_id)
-
-
-def export_bundle(bundle: str, method: str, out: str, overwrite: bool = False) -> Path:
-    """Write a self-contained bundle directory for one dataset x method combination.
-
-    ``out/configs/{train,evaluate,inference}.json`` (the composed configs, flattened to plain JSON),
-    ``metadata.json`` naming the method, ``logging.conf``, ``docs/README.md``, ``LICENSE`` and
-    ``models/model.pt`` when the run was trained. It runs from inside ``out`` with
-    ``python -m monai.bundle run training --config_file configs/train.json``.
-    """
-    from monai.bundle import ConfigParser
-
-    src = bundle_dir(bundle)
-    dst = Path(out)
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise FileExistsError(f"{dst} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
-    (dst / "configs").mkdir(parents=True, exist_ok=True)
-    (dst / "models").mkdir(exist_ok=True)
-    (dst / "docs").mkdir(exist_ok=True)
-    standalone = {"runs_dir": ".", "dataset_dir": "data", "run_dir": ".", "method_tag": run_name(*_method_of(src, method))}
-    for name, extra in (("train", []), ("evaluate", ["evaluate.yaml"]), ("inference", ["inference.yaml"])):
-        files = config_files(str(src), method, *[e for e in extra if (src / "configs" / e).is_file()])
-        parser = ConfigParser()
-        parser.read_config(files)
-        config = parser.get()
-        config.update(standalone)
-        (dst / "configs" / f"{name}.json").write_text(json.dumps(config, indent=2))
-    meta = json.loads((src / "configs" / "metadata.json").read_text())
-    meta["name"] = f"{meta.get('name', src.name)} ({method})"
-    meta["calibmonai_method"] = method
-    meta["calibmonai_loss_kwargs"] = _method_of(src, method)[1]
-    (dst / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2))
-    for f in ("logging.conf",):
-        if (src / "configs" / f).is_file():
-            shutil.copy(src / "configs" / f, dst / "configs" / f)
-    shutil.copy(src / "LICENSE", dst / "LICENSE")
-    readme = (src / "docs" / "README.md").read_text()
-    (dst / "docs" / "README.md").write_text(f"{readme}\n\n## This export\n\nMethod: `{method}`. Run from this folder:\n\n"
-        "```bash\npip install calibmonai\npython -m monai.bundle run training --config_file configs/train.json\n"
-        "python -m monai.bundle run evaluate --config_file configs/evaluate.json\n"
-        "python -m monai.bundle run inference --config_file configs/inference.json --input_dir scans --output_dir out\n```\n")  # fmt: skip
-    parser = ConfigParser()
-    parser.read_config(config_files(str(src), method))
-    trained = Path(parser.get_parsed_content("ckpt_path"))
-    if trained.is_file():
-        shutil.copy(trained, dst / "models" / "model.pt")
-    return dst
-
-
-def _method_of(src: Path, method: str) -> tuple[str, dict[str, Any]]:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(config_files(str(src), method))
-    return parser["method"], dict(parser["loss_kwargs"])
+    if "initialize" in parser:
+        parser.get_parsed_content("initialize")
+    try:
+        return parser.get_parsed_content(run_id)
+    finally:
+        if "finalize" in parser:
+            parser.get_parsed_content("finalize")

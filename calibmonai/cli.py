@@ -23,7 +23,7 @@ class CLI:
 
     def export_bundle(self, bundle: str = "mni_tissue_seg2d", method: str = "mbls", out: str = "exported_bundle", overwrite: bool = False) -> str:
         """Write a self-contained bundle for one dataset x method combination to OUT."""
-        from calibmonai.bundle_tools import export_bundle
+        from calibmonai.bundle_export import export_bundle
 
         return str(export_bundle(bundle, method, out, overwrite=overwrite))
 

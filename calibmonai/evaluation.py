@@ -212,7 +212,7 @@ def evaluate_posthoc(
     results: dict[str, dict[str, Any]] = {"Pre": evaluate_run(num_classes=num_classes, output_dir=os.path.join(output_dir, "eval"), title=title, **kwargs)}
     for name in calibrators:
         if not os.path.isfile(calibrator_path(output_dir, name)):
-            print(f"[evaluate_posthoc] no fitted {name} calibrator at {calibrator_path(output_dir, name)}: skipped (run 'calibrate' with configs/calibrate/{name}.yaml)")
+            print(f"[evaluate_posthoc] no fitted {name} calibrator at {calibrator_path(output_dir, name)}: skipped (run 'calibrate' with bundles/calibrate/{name}.yaml)")
             continue
         cal = run_calibrator(name, output_dir, num_classes)
         results[POSTHOC_ROWS.get(name, name)] = evaluate_run(

@@ -13,7 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from calibmonai.bundle_tools import config_files, export_bundle, method_names, run_workflow
+from calibmonai.bundle_export import export_bundle
+from calibmonai.bundle_tools import config_files, method_names, run_workflow
 from calibmonai.data import load_datalist, prepare_mni_tissue
 from calibmonai.losses import METHODS
 
@@ -129,7 +130,7 @@ def test_evaluate_without_checkpoint_is_clear(cohort, tmp_path):
 
 
 def test_monai_bundle_cli_from_repo_root(cohort, tmp_path):
-    cfg = "['bundles/mni_tissue_seg2d/configs/train.yaml','bundles/mni_tissue_seg2d/configs/methods/meep_ce_kl.yaml']"
+    cfg = "['bundles/mni_tissue_seg2d/configs/train.yaml','bundles/methods/meep_ce_kl.yaml']"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", cfg, "--epochs", "1",
            "--slices_per_volume", "2", "--dataset_dir", str(cohort), "--runs_dir", str(tmp_path)]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

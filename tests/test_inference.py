@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from calibmonai.bundle_tools import config_files, export_bundle, run_workflow
+from calibmonai.bundle_export import export_bundle
+from calibmonai.bundle_tools import config_files, run_workflow
 from calibmonai.calibration import TemperatureScaling
 from calibmonai.data import prepare_mni_tissue
 

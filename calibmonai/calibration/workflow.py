@@ -54,7 +54,7 @@ def calibrate_run(
     from calibmonai.evaluation import load_checkpoint, predict_logits
 
     if name is None:
-        raise ValueError("no calibrator chosen: compose configs/calibrate/<ts|lts|platt|isotonic>.yaml after the method fragment.")
+        raise ValueError("no calibrator chosen: compose bundles/calibrate/<ts|lts|platt|isotonic>.yaml after the method fragment.")
     if name not in CALIBRATORS:
         raise ValueError(f"Unknown calibrator {name!r}; available calibrators: {', '.join(CALIBRATORS)}.")
     load_checkpoint(network, checkpoint, device)

@@ -174,14 +174,19 @@ def prepare_mni_tissue(
 
 
 def load_datalist(
-    dataset_dir: str | os.PathLike, split: str, prepare: bool = False, **prepare_kwargs: Any
+    dataset_dir: str | os.PathLike, split: str, prepare: bool = False, prepare_if_default: str | os.PathLike | None = None,
+    **prepare_kwargs: Any,
 ) -> list[dict[str, str]]:
     """Read one split of ``dataset_dir/datalist.json`` with absolute file paths, checking every file exists.
 
     Args:
         dataset_dir: folder holding ``datalist.json``.
         split: ``training``, ``validation`` or ``test``.
-        prepare: prepare the embedded MNI task there first when the folder has no datalist.
+        prepare: prepare the embedded MNI task in ``dataset_dir`` when that folder does not exist or is empty.
+        prepare_if_default: the embedded task's own default folder (the bundles pass theirs): the task is prepared
+            automatically only when ``dataset_dir`` *is* that folder and it does not exist or is empty. Any other
+            folder without a datalist is an error and nothing is created in it (a mistyped ``--dataset_dir`` or a
+            user's own data folder is never written into).
 
     Raises:
         FileNotFoundError: a missing folder, datalist or data file, naming it.
@@ -189,8 +194,12 @@ def load_datalist(
     """
     root = Path(dataset_dir)
     datalist = root / "datalist.json"
-    if prepare and not datalist.is_file():
-        prepare_mni_tissue(root, **prepare_kwargs)
+    if not datalist.is_file():
+        allowed = prepare or (
+            prepare_if_default is not None and os.path.abspath(root) == os.path.abspath(Path(prepare_if_default))
+        )
+        if allowed and (not root.exists() or (root.is_dir() and not any(root.iterdir()))):
+            prepare_mni_tissue(root, **prepare_kwargs)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist (prepare it with `calibmonai prepare --out {root}`).")
     if not datalist.is_file():

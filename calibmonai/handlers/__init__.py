@@ -9,6 +9,7 @@ from calibmonai.handlers.calibration import (
     StratifiedBrierScore,
     write_calibration_report,
 )
+from calibmonai.handlers.progress import DisabledHandler, EpochLossLogger, tensorboard_stats_handler
 
 __all__ = [
     "BrierScore",
@@ -18,4 +19,7 @@ __all__ = [
     "NegativeLogLikelihood",
     "StratifiedBrierScore",
     "write_calibration_report",
+    "DisabledHandler",
+    "EpochLossLogger",
+    "tensorboard_stats_handler",
 ]

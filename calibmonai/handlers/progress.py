@@ -1,0 +1,68 @@
+"""Progress handlers: the mean training loss of each epoch through ``logging``, and an optional TensorBoard writer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+__all__ = ["EpochLossLogger", "tensorboard_stats_handler", "DisabledHandler"]
+
+
+class EpochLossLogger:
+    """Log the mean of ``engine.state.output[loss_key]`` over each epoch (``logging``, logger ``calibmonai``), so
+    a training run reports its loss at least once per epoch whatever the iteration-log interval.
+
+    Args:
+        loss_key: key of the loss in the engine's output dictionaries (MONAI trainers: ``"loss"``).
+        logger_name: name of the ``logging`` logger (a bundle's ``logging.conf`` routes it).
+    """
+
+    def __init__(self, loss_key: str = "loss", logger_name: str = "calibmonai") -> None:
+        self.loss_key = loss_key
+        self.logger = logging.getLogger(logger_name)
+        self._sum = 0.0
+        self._count = 0
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._log)
+
+    def _reset(self, engine: Any) -> None:
+        self._sum, self._count = 0.0, 0
+
+    def _accumulate(self, engine: Any) -> None:
+        outputs = engine.state.output
+        for out in outputs if isinstance(outputs, list) else [outputs]:
+            if isinstance(out, dict) and self.loss_key in out:
+                self._sum += float(out[self.loss_key])
+                self._count += 1
+                break
+
+    def _log(self, engine: Any) -> None:
+        mean = self._sum / self._count if self._count else float("nan")
+        self.logger.info(
+            f"epoch {engine.state.epoch}/{engine.state.max_epochs}: mean training loss {mean:.4f} over {self._count} iteration(s)"
+        )
+
+
+class DisabledHandler:
+    """A handler that attaches nothing (an optional handler switched off in a config)."""
+
+    def attach(self, engine: Any) -> None:
+        return None
+
+
+def tensorboard_stats_handler(enabled: Any, log_dir: str, **kwargs: Any) -> Any:
+    """MONAI's ``TensorBoardStatsHandler(log_dir=log_dir, **kwargs)`` when ``enabled`` (a config switch, e.g.
+    ``--tensorboard true``), otherwise a handler that does nothing; the TensorBoard writer is only created when
+    enabled, so the ``tensorboard`` package is needed only then."""
+    from calibmonai.bundle_tools import as_bool
+
+    if not as_bool(enabled, "tensorboard"):
+        return DisabledHandler()
+    from monai.handlers import TensorBoardStatsHandler
+
+    return TensorBoardStatsHandler(log_dir=log_dir, **kwargs)
