@@ -8,6 +8,10 @@ top-label prediction; bits 44-53), so each voxel costs ``C + 1`` read-modify-wri
 class-wise histograms, one for the top-label histogram) instead of ``3C + 3``. The packed histograms are
 unpacked into float64 after every block (at most 512 voxels each, so no field overflows).
 
+The prediction is the argmax of the probabilities with the first-index tie rule (``numpy.argmax``,
+``torch.argmax``, and the segmentation of the evaluation): a voxel whose probabilities tie at the maximum is
+predicted as the lowest tied class, so it is correct only when that class is its label.
+
 The fixed-point sums round each probability to ``2**-24`` (exact for float32 values >= 0.5, at most
 ``3e-8`` off below), far inside the tolerance of any ECE; values a little below 0 (accepted within
 ``prob_tol``) count as 0 in the class-wise sums.
@@ -76,6 +80,7 @@ if HAVE_NUMBA:
             sel = np.empty(BLOCK, np.float32)
             lab = np.empty(BLOCK, np.int32)
             tb = np.empty(BLOCK, np.int32)
+            pa = np.empty(BLOCK, np.int32)  # the prediction: first argmax of the probabilities
             tinc = np.empty(BLOCK, np.int64)
             ibuf = np.empty(BLOCK, np.int32)
             fview = ibuf.view(np.float32)
@@ -144,6 +149,15 @@ if HAVE_NUMBA:
                 if not np.isfinite(chk):
                     bad += 1
                     continue
+                # the prediction: the lowest class whose probability equals the max m (first-index tie rule);
+                # scanning the classes downwards leaves the first one, branch-free
+                for j in range(n):
+                    pa[j] = np.int32(C - 1)
+                for k in range(C - 2, -1, -1):
+                    Pk = P[k]
+                    k32 = np.int32(k)
+                    for j in range(n):
+                        pa[j] = k32 if Pk[j] >= m[j] else pa[j]
                 # per voxel: confidence m (the max, from the loop above), label probability, Brier, selection
                 for j in range(n):
                     py[j] = _F0
@@ -161,7 +175,6 @@ if HAVE_NUMBA:
                 fn = _F0
                 csum = _F0
                 b32 = np.int32(bg)
-                Pbg = P[min(max(bg, 0), C - 1)]
                 if use_mask:
                     mk = mask[i0 : i0 + n]
                     for j in range(n):
@@ -177,7 +190,7 @@ if HAVE_NUMBA:
                     bn += w
                     fsum += w * fg * brier
                     fn += w * fg
-                    sw = w * (a0 + a1 * fg + a2 * max(fg, np.float32(Pbg[j] < m[j])))
+                    sw = w * (a0 + a1 * fg + a2 * max(fg, np.float32(pa[j] != b32)))
                     sel[j] = sw
                     csum += sw
                 br += bsum
@@ -199,7 +212,7 @@ if HAVE_NUMBA:
                 for j in range(n):
                     c = m[j]
                     tb[j] = min(np.int32(c * nbf), np.int32(top_bin))
-                    tinc[j] = _CNT + np.int64(c * _FIX + np.float32(0.5)) + (_HIT if py[j] >= c else np.int64(0))
+                    tinc[j] = _CNT + np.int64(c * _FIX + np.float32(0.5)) + (_HIT if pa[j] == lab[j] else np.int64(0))
                 if classwise:
                     for k in range(C):
                         Pk = P[k]

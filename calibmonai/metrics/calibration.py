@@ -16,9 +16,12 @@ import torch
 import torch.distributed as dist
 from monai.metrics.metric import CumulativeIterationMetric
 
+from calibmonai.losses.utils import first_argmax
+
 __all__ = [
     "CALIBRATION_METRICS",
     "FOREGROUND_MODES",
+    "CECE_CLASS_SETS",
     "CalibrationHistograms",
     "CalibrationMetrics",
     "ExpectedCalibrationErrorMetric",
@@ -33,6 +36,7 @@ __all__ = [
 
 CALIBRATION_METRICS = ("ece", "cece", "brier", "brier_plus", "nll")
 FOREGROUND_MODES = ("label", "none", "label_or_pred")
+CECE_CLASS_SETS = ("all", "up_to_max_label")
 _CHUNK_VOXELS = 1 << 16
 
 
@@ -42,7 +46,9 @@ class CalibrationHistograms:
 
     Attributes:
         top_count, top_conf, top_correct: ``(B, bins)`` voxel count, sum of max-probability and number of
-            correct argmax predictions per confidence bin (top-label ECE, reliability diagram).
+            correct predictions per confidence bin (top-label ECE, reliability diagram). The prediction is the
+            argmax of the probabilities with the first-index tie rule: tied voxels are predicted as their lowest
+            tied class.
         cls_count, cls_prob, cls_hit: ``(B, C, bins)`` count, sum of ``p_c`` and number of voxels labelled
             ``c`` per bin of ``p_c`` (class-wise ECE).
         n: ``(B,)`` number of voxels in the ECE/CECE/NLL selection.
@@ -199,7 +205,8 @@ def compute_calibration_histograms(
         num_bins: number of equal-width bins on ``[0, 1]``; the value 1.0 falls in the last bin.
         mask: optional ``(B, 1, *spatial)`` voxel mask; only voxels where it is true are counted.
         foreground: which voxels the ECE, CECE and NLL see: ``"label"`` (ground truth not background, as in
-            the MbLS and MEEP evaluations), ``"none"`` (all voxels) or ``"label_or_pred"``. The softmax always
+            the MbLS and MEEP evaluations), ``"none"`` (all voxels) or ``"label_or_pred"`` (ground truth or
+            prediction not background; the prediction is the first-index argmax, see ``top_correct``). The softmax always
             runs over every class. Brier uses all (masked) voxels, Brier+ the ground-truth foreground ones.
         softmax: apply a softmax over dim 1 first (chunk by chunk, no full-size copy).
         classwise: fill the ``(B, C, bins)`` class-wise histograms (skip them to save time when unused).
@@ -276,6 +283,7 @@ def compute_calibration_histograms(
         fg_gt = lab != background_index
         p_y = p.gather(1, lab.unsqueeze(1)).squeeze(1)
         conf = p.amax(dim=1)
+        pred = first_argmax(p, dim=1)  # the prediction: ties go to the lowest class
         # Brier over all kept voxels; Brier+ over the ground-truth foreground
         brier = (p * p).sum(1) - 2.0 * p_y + 1.0
         keep_f = keep.double()
@@ -288,15 +296,14 @@ def compute_calibration_histograms(
         if foreground == "label":
             sel = keep & fg_gt
         elif foreground == "label_or_pred":
-            pred_bg = p[:, background_index] >= conf  # argmax is background (a tie counts as background)
-            sel = keep & (fg_gt | ~pred_bg)
+            sel = keep & (fg_gt | (pred != background_index))
         else:
             sel = keep
         sel_f = sel.double()
         hist.n += sel_f.sum(1)
         hist.nll_sum += (-torch.log(p_y.clamp_min(1e-12)).double() * sel_f).sum(1)
-        # top-label histograms: "correct" is argmax == label, i.e. p_y equals the max (ties count as correct)
-        correct = (p_y >= conf).to(p.dtype)
+        # top-label histograms: "correct" is (first-index argmax == label); a tie is correct only for the lowest class
+        correct = (pred == lab).to(p.dtype)
         bins = (conf * num_bins).to(torch.int32).clamp_(0, num_bins - 1)
         idx = torch.where(sel, bins, num_bins) + top_off
         size = b * nb1
@@ -315,21 +322,40 @@ def compute_calibration_histograms(
     return hist
 
 
-def calibration_errors(hist: CalibrationHistograms, include_background: bool = True, background_index: int = 0) -> dict[str, torch.Tensor]:
+def calibration_errors(
+    hist: CalibrationHistograms, include_background: bool = True, background_index: int = 0, cece_classes: str = "all"
+) -> dict[str, torch.Tensor]:
     """Metric values ``(B,)`` from histograms: ``ece``, ``cece``, ``brier``, ``brier_plus``, ``nll``.
 
     ECE = sum_bins |correct - conf| / n (= sum_bins n_bin/n * |acc_bin - conf_bin|); CECE = mean over classes
     of the same per class; a case with no selected voxel gets NaN.
+
+    Args:
+        hist: the histograms (per case, or pooled).
+        include_background: whether ``background_index`` enters the CECE class mean.
+        background_index: the background label.
+        cece_classes: the classes of the CECE mean: ``"all"`` (the ``C`` classes) or ``"up_to_max_label"``
+            (classes ``0 .. L``, ``L`` the highest label among the voxels the CECE sees, as the MbLS/NACL
+            reference code's ``ClasswiseECELoss``, which takes ``max(labels) + 1`` classes). For pooled histograms
+            ``L`` is the highest label over all the pooled cases.
     """
+    if cece_classes not in CECE_CLASS_SETS:
+        raise ValueError(f"cece_classes must be one of {CECE_CLASS_SETS}, got {cece_classes!r}.")
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=hist.n.device)
     n = hist.n
     valid = n > 0
     ece = torch.where(valid, (hist.top_correct - hist.top_conf).abs().sum(-1) / n.clamp_min(1), nan)
     per_class = (hist.cls_hit - hist.cls_prob).abs().sum(-1) / n.clamp_min(1).unsqueeze(-1)
-    if not include_background:
-        keep = [k for k in range(per_class.shape[1]) if k != background_index]
-        per_class = per_class[:, keep]
-    cece = torch.where(valid, per_class.mean(-1), nan)
+    classes = torch.arange(per_class.shape[1], device=per_class.device)
+    weight = torch.ones_like(per_class)
+    if not include_background and 0 <= background_index < weight.shape[1]:
+        weight[:, background_index] = 0.0
+    if cece_classes == "up_to_max_label":
+        # every selected voxel is a hit of its label's class: the highest class with a hit is the highest label
+        present = hist.cls_hit.sum(-1) > 0
+        top_label = torch.where(present, classes, -1).amax(-1, keepdim=True)
+        weight = weight * (classes <= top_label)
+    cece = torch.where(valid & (weight.sum(-1) > 0), (per_class * weight).sum(-1) / weight.sum(-1).clamp_min(1), nan)
     nll = torch.where(valid, hist.nll_sum / n.clamp_min(1), nan)
     brier = torch.where(hist.brier_n > 0, hist.brier_sum / hist.brier_n.clamp_min(1), nan)
     brier_plus = torch.where(hist.brier_fg_n > 0, hist.brier_fg_sum / hist.brier_fg_n.clamp_min(1), nan)
@@ -361,10 +387,17 @@ class CalibrationMetrics(CumulativeIterationMetric):
     and pooled, from one pass over the voxels.
 
     - ECE (Naeini et al., AAAI 2015; Guo et al., ICML 2017): confidence ``max_k p_k``, correct
-      ``argmax == label``; ``sum_b n_b / n * |acc_b - conf_b|`` over ``num_bins`` equal-width bins.
+      ``argmax == label`` with the first-index tie rule (a voxel whose probabilities tie at the maximum is
+      predicted as the lowest tied class, as ``torch.argmax``/``numpy.argmax`` and the evaluation's
+      segmentation do; ties occur with quantised stored probability maps and saturated logits);
+      ``sum_b n_b / n * |acc_b - conf_b|`` over ``num_bins`` equal-width bins.
     - CECE (class-wise ECE; Kull et al., NeurIPS 2019; the MbLS segmentation evaluation): per class ``c``,
-      bin ``p_c`` against ``1[label == c]``; the mean over classes (``include_background`` chooses whether
-      class 0 is in that mean).
+      bin ``p_c`` against ``1[label == c]``; the mean over classes. ``cece_classes="all"`` (default) averages
+      the ``C`` classes; ``"up_to_max_label"`` averages classes ``0 .. L`` with ``L`` the highest label among
+      the voxels the CECE sees, which is what the MbLS/NACL reference code computes (its ``ClasswiseECELoss``
+      takes ``max(labels) + 1`` classes), for comparing with the papers' tables: the two differ on a case that
+      lacks its highest classes. ``include_background`` chooses whether class ``background_index`` is in
+      either mean.
     - Brier (Brier 1950): mean over voxels of ``sum_k (p_k - y_k)^2``; Brier+ (stratified Brier; Wallace &
       Dahabreh 2012): the same on ground-truth foreground voxels only.
     - NLL: mean ``-log p_y`` over the ECE voxels.
@@ -380,10 +413,12 @@ class CalibrationMetrics(CumulativeIterationMetric):
         num_bins: equal-width bins on ``[0, 1]``; 1.0 is in the last bin. Defaults to 15.
         foreground: voxels of the ECE/CECE/NLL: ``"label"`` (ground-truth foreground), ``"none"``,
             ``"label_or_pred"``.
-        include_background: whether class 0 enters the CECE class mean.
+        include_background: whether class ``background_index`` enters the CECE class mean.
         softmax: whether ``y_pred`` are logits to be softmaxed over dim 1.
         background_index: the background label.
         prob_tol: tolerance of the probability checks.
+        cece_classes: ``"all"`` (the ``C`` classes, default) or ``"up_to_max_label"`` (classes up to the highest
+            label seen, as the MbLS/NACL reference code); see above.
         backend: ``"auto"`` (a one-pass numba kernel for CPU tensors when numba is installed), ``"numba"`` or
             ``"torch"`` (chunked tensor operations, any device); both give the same values.
 
@@ -401,8 +436,12 @@ class CalibrationMetrics(CumulativeIterationMetric):
         background_index: int = 0,
         prob_tol: float = 1e-3,
         backend: str = "auto",
+        cece_classes: str = "all",
     ) -> None:
         super().__init__()
+        if cece_classes not in CECE_CLASS_SETS:
+            raise ValueError(f"cece_classes must be one of {CECE_CLASS_SETS}, got {cece_classes!r}.")
+        self.cece_classes = cece_classes
         if backend not in ("auto", "numba", "torch"):
             raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}.")
         self.backend = backend
@@ -438,7 +477,7 @@ class CalibrationMetrics(CumulativeIterationMetric):
         )  # fmt: skip
         pooled = hist.summed()
         self._pooled = pooled if self._pooled is None else self._pooled.add_(pooled)
-        values = calibration_errors(hist, self.include_background, self.background_index)
+        values = calibration_errors(hist, self.include_background, self.background_index, self.cece_classes)
         start = len(self._case_names)
         names = list(case_names) if case_names is not None else [f"case {start + i}" for i in range(y_pred.shape[0])]
         self._case_names.extend(names)
@@ -473,7 +512,7 @@ class CalibrationMetrics(CumulativeIterationMetric):
             a dict ``{name: value}`` (floats); for ``level="case"`` also ``{name}_std`` and ``{name}_skipped``.
         """
         if level == "pooled":
-            values = calibration_errors(self.pooled_histograms(), self.include_background, self.background_index)
+            values = calibration_errors(self.pooled_histograms(), self.include_background, self.background_index, self.cece_classes)
             return {m: float(values[m][0]) for m in self.metric_names}
         if level != "case":
             raise ValueError(f"level must be 'case' or 'pooled', got {level!r}.")
