@@ -31,6 +31,7 @@ __all__ = [
     "expect_nifti",
     "nifti_stem",
     "find_dataset_dir",
+    "child_dir",
     "check_nifti_case",
     "check_label_values",
     "split_counts",
@@ -194,26 +195,36 @@ def expect_nifti(folder: str | Path, stem: str, strict: bool = True) -> str:
 
 
 def find_dataset_dir(
-    root: str | Path, is_match: Callable[[Path], bool], what: str, max_depth: int = 4
+    root: str | Path,
+    is_match: Callable[[Path], bool],
+    what: str,
+    max_depth: int = 4,
+    prefer: Sequence[str] = (),
 ) -> Path:
     """The first folder at or below ``root`` (breadth first, junk skipped, up to ``max_depth`` levels) for
     which ``is_match`` holds: this accepts the dataset folder itself, its parent, or the archive's nesting
-    (e.g. ``ACDC/database/training``).
+    (e.g. ``ACDC/database/training``). Among matches at the same depth, a name in ``prefer`` (ignoring case)
+    wins, e.g. ``training`` over its sibling ``testing``.
 
     Raises:
-        FileNotFoundError: naming ``root`` and ``what`` was looked for.
+        FileNotFoundError: naming ``root`` and what was looked for.
     """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"data folder does not exist: {root}")
     if not root.is_dir():
         raise FileNotFoundError(f"data path is not a folder: {root}")
+    preferred = [p.lower() for p in prefer]
     level = [root]
     for _ in range(max_depth + 1):
-        nxt = []
+        matches = [f for f in level if is_match(f)]
+        if matches:
+            ranked = sorted(
+                matches, key=lambda f: preferred.index(f.name.lower()) if f.name.lower() in preferred else len(preferred)
+            )
+            return ranked[0]
+        nxt: list[Path] = []
         for folder in level:
-            if is_match(folder):
-                return folder
             try:
                 nxt.extend(list_dir(folder, dirs=True))
             except (FileNotFoundError, PermissionError):
@@ -222,6 +233,19 @@ def find_dataset_dir(
         if not level:
             break
     raise FileNotFoundError(f"no {what} found in {root} (searched {max_depth} folder levels down)")
+
+
+def child_dir(folder: str | Path, name: str) -> Path | None:
+    """The sub-folder of ``folder`` called ``name``, ignoring case; ``None`` if absent."""
+    folder = Path(folder)
+    p = folder / name
+    if p.is_dir():
+        return p
+    if folder.is_dir():
+        for q in list_dir(folder, dirs=True):
+            if q.name.lower() == name.lower():
+                return q
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -442,8 +466,8 @@ def leave_one_out_split(case_ids: Iterable[str], fold: int, seed: int = 0, n_val
         raise ValueError(f"fold must be in [0, {len(ids) - 1}] for {len(ids)} subjects, got {fold}")
     test = [ids[int(fold)]]
     rest = [i for i in ids if i != test[0]]
-    if not 0 <= n_validation < len(rest) + (1 if not rest else 0):
-        raise ValueError(f"n_validation must be in [0, {max(len(rest) - 1, 0)}], got {n_validation}")
+    if not 0 <= n_validation <= max(len(rest) - 1, 0):
+        raise ValueError(f"n_validation must be in [0, {max(len(rest) - 1, 0)}] for {len(ids)} subjects, got {n_validation}")
     order = list(rest)
     random.Random(int(seed) + int(fold)).shuffle(order)
     val = sorted(order[:n_validation], key=natural_key)
