@@ -247,6 +247,10 @@ def compute_calibration_histograms(
             return _histograms_numba(
                 probs_all.detach(), labels_all.detach(), mask_all, hist, num_bins, foreground, softmax, classwise, background_index, prob_tol, with_nll
             )
+    if dev.type != "cpu":  # CUDA etc.: one pass with no host sync per chunk (a Triton kernel where installed)
+        from calibmonai.metrics._torch_backend import device_histograms
+
+        return device_histograms(probs_all.detach(), labels_all.detach(), mask_all, hist, num_bins, foreground, softmax, classwise, background_index, prob_tol, with_nll)
     nb1 = num_bins + 1  # one extra "dump" bin per case for voxels outside the selection
     # int32 bin indices: bincount on int32 is faster and halves the temporary memory
     top_off = (torch.arange(b, device=dev, dtype=torch.int32) * nb1).view(b, 1)

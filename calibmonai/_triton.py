@@ -1,0 +1,57 @@
+"""Optional Triton support for the CUDA kernels of the losses and metrics.
+
+Triton (https://triton-lang.org, shipped with the CUDA builds of PyTorch) compiles the GPU kernels of
+:mod:`calibmonai.losses._triton_kernel` and :mod:`calibmonai.metrics._triton_histogram`. Without it, or
+with ``CALIBMONAI_TRITON=0``, CUDA tensors run the torch implementations; CPU tensors never use Triton
+(they have the numba kernels).
+
+The kernels also run on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``triton``
+is first imported), which is how the tests check them on machines without a GPU; :func:`interpreting` says
+whether that mode is on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+__all__ = ["HAVE_TRITON", "triton_enabled", "set_triton_enabled", "interpreting", "runs_triton"]
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+_STATE = {"enabled": os.environ.get("CALIBMONAI_TRITON", "1") != "0"}
+
+
+def set_triton_enabled(enabled: bool) -> None:
+    """Switch the Triton kernels on or off for this process (off: CUDA tensors run the torch code)."""
+    _STATE["enabled"] = bool(enabled)
+
+
+def triton_enabled() -> bool:
+    """Whether the Triton kernels may run: the package is importable and the switch is on."""
+    return HAVE_TRITON and _STATE["enabled"]
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    if not HAVE_TRITON:
+        return False
+    try:
+        from triton import knobs
+
+        return bool(knobs.runtime.interpret)
+    except ImportError:  # pragma: no cover - triton < 3.3
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def runs_triton(*tensors: torch.Tensor, allow_cpu: bool = False) -> bool:
+    """Whether a Triton kernel can run on ``tensors``: the Triton path enabled and all of them on one CUDA
+    device, or (``allow_cpu``, for tests) on the CPU under the interpreter."""
+    if not triton_enabled() or not tensors:
+        return False
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        return False
+    dev = devices.pop()
+    return dev.type == "cuda" or (allow_cpu and dev.type == "cpu" and interpreting())
