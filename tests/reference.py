@@ -79,15 +79,22 @@ def meep_term(z, y, regularizer, eps=1e-8):
     return v[wrong].mean()
 
 
-def dice_loss(z, y, smooth=1e-5):
-    """MONAI DiceLoss(softmax=True, to_onehot_y=True) with its defaults: per (batch, class), then mean."""
+def dice_loss(z, y, smooth=1e-5, include_background=True):
+    """MONAI DiceLoss(softmax=True, to_onehot_y=True) with its defaults: per (batch, class), then mean;
+    ``include_background=False`` drops class 0 from the mean (the MbLS + Dice reference code)."""
     c = z.shape[1]
     p = softmax(z)
     g = np.moveaxis(np.eye(c)[y], -1, 1)
     axes = tuple(range(2, z.ndim))
     inter = (p * g).sum(axis=axes)
     denom = p.sum(axis=axes) + g.sum(axis=axes)
-    return (1.0 - (2 * inter + smooth) / (denom + smooth)).mean()
+    per = 1.0 - (2 * inter + smooth) / (denom + smooth)
+    return (per if include_background else per[:, 1:]).mean()
+
+
+def mbls_dice(z, y, margin, alpha, include_background=False):
+    d = z.max(axis=1, keepdims=True) - z
+    return ce(z, y) + dice_loss(z, y, include_background=include_background) + alpha * np.maximum(d - margin, 0).mean()
 
 
 def _bin_of(v, lo, hi, last):

@@ -51,11 +51,10 @@ def test_mbls_penalty_is_from_largest_logit_not_ground_truth():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_mbls_dice_variant_matches_numpy(shape):
     z, y = _data(shape, scale=4.0)
-    got = MarginLabelSmoothingLoss(margin=2.0, alpha=0.2, base="ce_dice")(z, y)
-    want = ref.ce(z.numpy(), y.numpy()) + ref.dice_loss(z.numpy(), y.numpy())
-    d = z.numpy().max(axis=1, keepdims=True) - z.numpy()
-    want += 0.2 * np.maximum(d - 2.0, 0).mean()
-    np.testing.assert_allclose(got.item(), want, rtol=1e-8)
+    for include_background in (False, True):
+        got = MarginLabelSmoothingLoss(margin=2.0, alpha=0.2, base="ce_dice", dice_include_background=include_background)(z, y)
+        want = ref.mbls_dice(z.numpy(), y.numpy(), 2.0, 0.2, include_background)
+        np.testing.assert_allclose(got.item(), want, rtol=1e-8)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -14,9 +14,11 @@ The terms, each with its coefficient (0 switches it off), per voxel ``i`` with l
 - ``c_unif * mean_k(-l_k)``                             uniform target (label smoothing)
 - ``c_ent * sum_k p_k l_k``                             minus entropy (confidence penalty)
 - ``c_hinge * sum_k ReLU(max_j l_j - l_k - margin)^q``  MbLS, ``q`` = 1 or 2
-- on voxels with ``z_y < max_j z_j`` only, with ``lc = max(l, log eps)``:
+- on misclassified voxels only (the first-index argmax of ``z`` is not ``y``: a voxel whose logits tie at the
+  maximum is predicted as its lowest tied class), with ``lc = max(l, log eps)``:
   ``c_meep * sum_k exp(lc_k) lc_k`` (MEEP entropy) or ``c_meep * (-mean_k lc_k - log K)`` (MEEP KL)
-- Dice: ``a_k += p_k * g[b, k, y == k]`` with ``g = dDice/dp`` from the Dice sums of a first pass.
+- Dice: ``a_k += p_k * g[b, k, y == k]`` with ``g = dDice/dp`` from the Dice sums of a first pass (``g = 0`` for
+  a class left out of the Dice mean, e.g. the background of MbLS + Dice).
 - soft targets ``c_soft * sum_k (-q_k l_k)`` (SVLS), ``q`` from :func:`svls_targets`.
 - on the logits, not through the softmax: ``c_dist * sum_k |z_k - q_k|`` (NACL, ``q`` from
   :func:`neighbour_targets`, mean filter, zero padding).
@@ -63,8 +65,8 @@ if HAVE_NUMBA:
     @njit(parallel=True, fastmath=FASTMATH, cache=True)
     def dice_prepass(z, y, n_threads):  # pragma: no cover - jitted
         """First pass for Dice-based losses and MEEP: per ``(b, c)`` the sums ``[sum p y, sum p, sum y]`` of the
-        softmax, the number of misclassified voxels (``z_y < max z``), out-of-range labels and the logits'
-        checksum."""
+        softmax, the number of misclassified voxels (first-index argmax of ``z`` not ``y``), out-of-range labels and
+        the logits' checksum."""
         B, C, S = z.shape
         nb = (S + BLOCK - 1) // BLOCK
         n_chunks, per = _chunks(B * nb, n_threads)
@@ -87,10 +89,8 @@ if HAVE_NUMBA:
                 stats[ch, 2] += softmax_block(z[b], s0, n, m, am, s, E, tmp, ibuf, fview)
                 for j in range(n):
                     s[j] = _F1 / s[j]
-                    tmp[j] = _F0  # the label's logit
                 for k in range(C):
                     Ek = E[k]
-                    zk = z[b, k, s0 : s0 + n]
                     k32 = np.int32(k)
                     ip = _F0
                     sp = _F0
@@ -101,13 +101,12 @@ if HAVE_NUMBA:
                         sp += p
                         ip += p * yk
                         sy += yk
-                        tmp[j] += zk[j] * yk
                     sums[ch, b, k, 0] += ip
                     sums[ch, b, k, 1] += sp
                     sums[ch, b, k, 2] += sy
                 wrong = _F0
                 for j in range(n):
-                    wrong += np.float32(tmp[j] < m[j])
+                    wrong += np.float32(am[j] != lab[j])  # am: the first argmax of the logits
                 stats[ch, 0] += wrong
         return sums.sum(axis=0), stats.sum(axis=0)
 
@@ -179,7 +178,7 @@ if HAVE_NUMBA:
                     H[j] = _F0
                 if meep_mode != 0:
                     for j in range(n):
-                        wr[j] = np.float32(z[b, lab[j], s0 + j] < m[j])
+                        wr[j] = np.float32(am[j] != lab[j])  # am: the first argmax of the logits
                 blk_loss = _F0
                 # per class: E[k] becomes p_k, a_k = dL/dl_k (less the hinge) goes to grad[k]; A = sum_k a_k without
                 # the hinge (which sums to 0); H = the hinge's share, added to the argmax class below

@@ -58,7 +58,8 @@ class FusedTerms:
         hinge: MbLS ``ReLU(max_j z_j - z_k - margin)`` (``hinge_sq``: squared) averaged over voxels and classes.
         meep: MEEP term weight; ``meep_mode`` ``"entropy"`` (minus entropy) or ``"kl"``, mean over misclassified
             voxels, probabilities clamped at ``eps``.
-        dice: MONAI ``DiceLoss(softmax=True, to_onehot_y=True)`` with its default smoothing, mean over ``(B, C)``.
+        dice: MONAI ``DiceLoss(softmax=True, to_onehot_y=True)`` with its default smoothing, mean over ``(B, C)``;
+            ``dice_background=False`` leaves class 0 out of that mean (``include_background=False``).
         svls: cross-entropy against the SVLS soft labels of Gaussian width ``svls_sigma`` (2D and 3D only).
         nacl: MONAI ``NACLLoss``'s penalty ``mean |meanfilter3(onehot) - z|`` over voxels and classes, on the
             logits, zero padding (2D and 3D only).
@@ -76,6 +77,7 @@ class FusedTerms:
     meep_mode: str = "entropy"
     eps: float = 1e-8
     dice: float = 0.0
+    dice_background: bool = True
     svls: float = 0.0
     svls_sigma: float = 1.0
     nacl: float = 0.0
@@ -128,13 +130,18 @@ class _PrecomputedGradient(torch.autograd.Function):
         return (grad if scale == 1.0 else grad * scale), None, None
 
 
-def _dice(sums: torch.Tensor, weight: float) -> tuple[float, torch.Tensor]:
-    """MONAI ``DiceLoss`` value (smooth 1e-5, mean over batch and classes) and ``dDice/dp`` for y=0 / y=1."""
+def _dice(sums: torch.Tensor, weight: float, include_background: bool = True) -> tuple[float, torch.Tensor]:
+    """MONAI ``DiceLoss`` value (smooth 1e-5, mean over batch and classes, class 0 left out unless
+    ``include_background``) and ``dDice/dp`` for y=0 / y=1 (0 for a class left out)."""
     inter, psum, ysum = sums[..., 0], sums[..., 1], sums[..., 2]
     num = 2.0 * inter + 1e-5
     den = psum + ysum + 1e-5
-    value = float((1.0 - num / den).mean()) * weight
-    scale = weight / inter.numel()
+    keep = torch.ones(inter.shape[1], dtype=sums.dtype)
+    if not include_background:
+        keep[0] = 0.0
+    n_terms = inter.shape[0] * float(keep.sum())
+    value = float(((1.0 - num / den) * keep).sum()) / n_terms * weight
+    scale = (weight / n_terms) * keep.view(1, -1, 1)
     g = torch.stack([num / den**2, (num - 2.0 * den) / den**2], dim=-1) * scale
     return value, g
 
@@ -189,7 +196,7 @@ def fused_softmax_loss(
         wrong = float(stats[0])
         c_meep = terms.meep / wrong if wrong > 0 else 0.0
         if terms.dice:
-            dice_value, dice_g = _dice(torch.from_numpy(sums), terms.dice)
+            dice_value, dice_g = _dice(torch.from_numpy(sums), terms.dice, terms.dice_background)
     soft = grad if need_grad else torch.empty((1, 1, 1))
     if terms.svls or terms.nacl:
         if not need_grad:

@@ -52,7 +52,11 @@ class MarginLabelSmoothingLoss(_Loss):
     one-sided form that matches the inequality constraint of the paper.
 
     ``base="ce_dice"`` adds MONAI's ``DiceCELoss`` in place of the CE term (the MbLS + Dice variant of the
-    segmentation paper, section 5.2.9); this variant supports ``reduction="mean"`` only.
+    segmentation paper, section 5.2.9); this variant supports ``reduction="mean"`` only. Its Dice term leaves the
+    background (class 0) out by default, as the reference code's MbLS + Dice loss (``LogitMarginDICEL1``,
+    https://github.com/Bala93/MarginLoss) does; the cross-entropy and the margin penalty still run over every
+    class. ``dice_include_background=True`` keeps it in, as the reference's plain CE + Dice baseline
+    (``get_loss("ce_dice")``) does.
 
     Float32 CPU logits take the fused one-pass kernel of :mod:`calibmonai.losses.fused` (same value and
     gradient, tested against this implementation).
@@ -65,6 +69,7 @@ class MarginLabelSmoothingLoss(_Loss):
         penalty: str = "l1",
         base: str = "ce",
         reduction: str = "mean",
+        dice_include_background: bool = False,
     ) -> None:
         """
         Args:
@@ -73,6 +78,8 @@ class MarginLabelSmoothingLoss(_Loss):
             penalty: ``"l1"`` (hinge) or ``"l2"`` (one-sided squared hinge).
             base: ``"ce"`` or ``"ce_dice"`` (MONAI ``DiceCELoss`` with softmax and one-hot labels).
             reduction: ``"mean"`` over voxels, ``"sum"``, or ``"none"`` for a ``(B, *spatial)`` map.
+            dice_include_background: with ``base="ce_dice"``, whether class 0 enters the Dice term's mean over
+                classes. Defaults to False (the reference MbLS + Dice code); ignored with ``base="ce"``.
 
         Raises:
             ValueError: for a negative margin or weight, or an unknown penalty, base or reduction.
@@ -90,7 +97,10 @@ class MarginLabelSmoothingLoss(_Loss):
         self.alpha = float(alpha)
         self.penalty = penalty
         self.base = base
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True) if base == "ce_dice" else None
+        self.dice_include_background = bool(dice_include_background)
+        self.dice_ce = (
+            DiceCELoss(to_onehot_y=True, softmax=True, include_background=self.dice_include_background) if base == "ce_dice" else None
+        )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """
@@ -101,6 +111,7 @@ class MarginLabelSmoothingLoss(_Loss):
         terms = FusedTerms(
             ce=1.0,
             dice=1.0 if self.dice_ce is not None else 0.0,
+            dice_background=self.dice_include_background,
             hinge=self.alpha,
             margin=self.margin,
             hinge_sq=self.penalty == "l2",

@@ -12,7 +12,7 @@ from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.ce import CrossEntropyLoss
 from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
-from calibmonai.losses.utils import nll_map, to_class_indices
+from calibmonai.losses.utils import first_argmax, nll_map, to_class_indices
 
 __all__ = ["ErroneousEntropyLoss", "erroneous_regularizer"]
 
@@ -26,8 +26,11 @@ def erroneous_regularizer(
     eps: float = 1e-8,
     log_prob: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over misclassified voxels (``argmax_k z_k != y``; a tie with the maximum counts as correct) of the entropy ``-sum_k p_k log p_k``
-    (``regularizer="entropy"``) or of ``KL(u || p) = -mean_k log p_k - log K`` (``"kl"``).
+    """Mean over misclassified voxels of the entropy ``-sum_k p_k log p_k`` (``regularizer="entropy"``) or of
+    ``KL(u || p) = -mean_k log p_k - log K`` (``"kl"``).
+
+    A voxel is misclassified when its prediction, the argmax of the logits with the first-index tie rule
+    (:func:`calibmonai.losses.utils.first_argmax`: a tie goes to the lowest tied class), differs from ``y``.
 
     Probabilities are clamped at ``eps`` before the logarithm. Returns exactly 0 when no voxel is
     misclassified.
@@ -37,9 +40,7 @@ def erroneous_regularizer(
         target: ``(B, *spatial)`` int64 class indices.
         log_prob: ``log_softmax(input, 1)`` when the caller already has it.
     """
-    # argmax != label, written as "the label's logit is below the largest one" (torch's argmax over the
-    # channel dim of a (B, C, *spatial) tensor is ~50x slower than amax); a tie with the max counts as correct
-    wrong = (input.detach().gather(1, target.unsqueeze(1)).squeeze(1) < input.detach().amax(dim=1)).to(input.dtype)
+    wrong = (first_argmax(input.detach(), dim=1) != target).to(input.dtype)
     if log_prob is None:
         log_prob = F.log_softmax(input, dim=1)
     # log(clamp(p, eps)) == clamp(log p, log eps), values and gradients alike
@@ -61,12 +62,25 @@ class ErroneousEntropyLoss(_Loss):
         \\quad\\text{or}\\quad
         \\mathcal{L}_{seg} + \\lambda \\, \\frac{1}{|E|}\\sum_{i \\in E} \\mathrm{KL}(u \\,\\|\\, p_i),
 
-    where ``E`` is the set of voxels whose argmax prediction differs from the ground truth, ``u`` the
-    uniform distribution and ``KL(u || p) = -1/K sum_k log p_k - log K``. When ``E`` is empty the term is 0.
+    where ``E`` is the set of voxels whose argmax prediction (first-index tie rule: a tie goes to the lowest tied
+    class) differs from the ground truth, ``u`` the uniform distribution and
+    ``KL(u || p) = -1/K sum_k log p_k - log K``. When ``E`` is empty the term is 0.
 
     Larrazabal, A. J., Martinez, C., Dolz, J., Ferrante, E. "Maximum Entropy on Erroneous Predictions
     (MEEP): Improving Model Calibration for Medical Image Segmentation." MICCAI 2023.
-    https://arxiv.org/abs/2112.12218
+    https://arxiv.org/abs/2112.12218 ; reference code
+    https://github.com/agosl/Maximum-Entropy-on-Erroneous-Predictions
+
+    **More than two classes.** The reference code is written for binary tasks: its entropy is the mean over
+    classes of per-class *binary* entropies ``1/K sum_k h(p_k)``, ``h(q) = -q log q - (1 - q) log(1 - q)``, and
+    its CE base is the per-class binary cross-entropy ``-1/K sum_k [y_k log p_k + (1 - y_k) log(1 - p_k)]``.
+    calibmonai uses the multi-class Shannon forms, ``H(p) = -sum_k p_k log p_k`` and ``-log p_y``. For
+    ``K = 2`` they are equal (``p_1 = 1 - p_0``, so ``h(p_0) = h(p_1) = H(p)`` and both binary cross-entropies
+    are ``-log p_y``); for ``K > 2`` they differ, and calibmonai's are the multi-class losses of the paper's
+    formulas. Other constants: the reference's KL term is ``mean_k(-log p_k)`` without the ``- log K`` (same
+    gradient) with ``p`` clipped at ``1e-7`` (calibmonai: ``eps=1e-8``); its Dice base is the foreground-class
+    Dice of a binary task over the whole batch (``base_loss="dice"`` here: MONAI's ``DiceLoss``, mean over
+    images and every class).
 
     Only ``reduction="mean"`` is defined (the term is a mean over a data-dependent voxel set).
 

@@ -58,7 +58,7 @@ METHODS: dict[str, Method] = {
     "svls": Method(SpatiallyVaryingLabelSmoothingLoss, {"sigma": 1.0}, "spatially-varying label smoothing (Islam & Glocker 2021)"),
     "mbls": Method(MarginLabelSmoothingLoss, {"margin": 10.0, "alpha": 0.1, "penalty": "l1"}, "margin-based label smoothing, L1 hinge (Liu et al. 2022)"),
     "mbls_l2": Method(MarginLabelSmoothingLoss, {"margin": 10.0, "alpha": 0.1, "penalty": "l2"}, "margin-based label smoothing, one-sided squared hinge"),
-    "mbls_dice": Method(MarginLabelSmoothingLoss, {"margin": 10.0, "alpha": 0.1, "penalty": "l1", "base": "ce_dice"}, "MbLS on top of CE + Dice (Murugesan et al. 2023, sec. 5.2.9)"),
+    "mbls_dice": Method(MarginLabelSmoothingLoss, {"margin": 10.0, "alpha": 0.1, "penalty": "l1", "base": "ce_dice", "dice_include_background": False}, "MbLS on top of CE + Dice without background in the Dice term, as the reference code (Murugesan et al. 2023, sec. 5.2.9)"),
     "meep_ce_entropy": Method(ErroneousEntropyLoss, {"base_loss": "ce", "lam": 0.3, "regularizer": "entropy"}, "MEEP: CE - lambda * entropy on misclassified voxels"),
     "meep_ce_kl": Method(ErroneousEntropyLoss, {"base_loss": "ce", "lam": 0.3, "regularizer": "kl"}, "MEEP: CE + lambda * KL(uniform || p) on misclassified voxels"),
     "meep_dice_entropy": Method(ErroneousEntropyLoss, {"base_loss": "dice", "lam": 0.3, "regularizer": "entropy"}, "MEEP: Dice - lambda * entropy on misclassified voxels"),
