@@ -8,6 +8,7 @@ to a temporary name and renamed, and existing outputs are kept unless ``overwrit
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import os
 import re
@@ -18,8 +19,14 @@ from typing import Any, Callable, Sequence
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import NibabelWriter
+from monai.transforms import MapTransform
 
-__all__ = ["find_scans", "infer_scans", "InferenceSummary", "SCAN_EXTENSIONS", "MODALITY_PATTERN"]
+__all__ = [
+    "find_scans", "scan_datalist", "case_name", "scan_name_formatter", "infer_scans", "save_transforms", "InferenceSummary",
+    "ScanInferenceEngine", "CalibratedLogProbabilitiesd", "ProbabilityMapsd", "AtomicNibabelWriter", "SCAN_EXTENSIONS",
+    "MODALITY_PATTERN",
+]  # fmt: skip
 
 SCAN_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 #: several files per scan (multi-modal bundles): ``<case>_<4-digit modality index>.<ext>``, e.g. ``brain_0000.nii.gz``
@@ -75,20 +82,267 @@ class ScanError(ValueError):
     """A scan that cannot be processed, with a one-line reason."""
 
 
-def _save_atomic(array: np.ndarray, affine: np.ndarray, header: Any, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    img = nib.Nifti1Image(array, affine, header=header)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+def scan_datalist(inputs: str | Sequence[str], num_modalities: int = 1) -> list[dict[str, Any]]:
+    """The inference dataset's items: ``{"case": name, "image": file or [file per modality]}`` of ``inputs``
+    (a folder, a glob or a list of files; see :func:`find_scans`)."""
+    return [{"case": case, "image": files if num_modalities > 1 else files[0], "files": files} for case, files in find_scans(inputs, num_modalities)]
 
 
-def _reference_header(path: str) -> tuple[np.ndarray | None, Any]:
-    if path.lower().endswith((".nii", ".nii.gz")):
-        img = nib.load(path)
-        return img.affine, img.header.copy()
-    return None, None
+def case_name(path: str) -> str:
+    """Case name of a scan file: its name without extension and without a ``_0000`` modality suffix."""
+    stem = _strip_ext(str(path))
+    m = MODALITY_PATTERN.match(stem)
+    return m.group("case") if m else stem
+
+
+def scan_name_formatter(metadict: dict, saver: Any) -> dict:
+    """``output_name_formatter`` of the bundles' ``SaveImaged``: outputs are named after the case
+    (``<case>_seg.nii.gz``), not after the first modality's file (``<case>_0000``)."""
+    from monai.utils import ImageMetaKey
+
+    source = metadict.get(ImageMetaKey.FILENAME_OR_OBJ, "") if metadict else ""
+    if isinstance(source, (list, tuple)):
+        source = source[0]
+    # FolderLayout strips one extension (two for .gz) from the subject: give it one, so dots in a case name stay
+    return {"subject": f"{case_name(str(source))}.nii.gz", "idx": None}
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's ``NibabelWriter`` writing to a temporary name in the same folder, then renaming: an interrupted run
+    never leaves a truncated output under the final name."""
+
+    def write(self, filename: Any, verbose: bool = False, **obj_kwargs: Any) -> Any:
+        filename = str(filename)
+        tmp = os.path.join(os.path.dirname(filename), f".tmp-{os.getpid()}-{os.path.basename(filename)}")
+        try:
+            super().write(tmp, verbose=verbose, **obj_kwargs)
+            os.replace(tmp, filename)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+class CalibratedLogProbabilitiesd(MapTransform):
+    """Turn the network's logits ``pred`` (``(C, *spatial)``) into log-probabilities (softmax, or a fitted
+    calibrator's probabilities) with an extra all-ones channel marking the field of view, ready for MONAI's
+    ``Invertd``: log-probabilities are interpolated back to the scan's grid (class-wise offsets of the calibrated
+    logits, so temperature scaling keeps the label map exactly) and the last channel tells which voxels the
+    network saw.
+
+    Args:
+        keys: the prediction key (``pred``).
+        calibrator: optional ``calibrator(logits (1, C, ...), image (1, M, ...))`` -> probabilities.
+        image_key: the input image (an image-dependent calibrator such as LTS reads it).
+    """
+
+    def __init__(self, keys: Any = "pred", calibrator: Callable | None = None, image_key: str = "image") -> None:
+        super().__init__(keys)
+        self.calibrator = calibrator
+        self.image_key = image_key
+
+    def __call__(self, data: dict) -> dict:
+        from monai.data import MetaTensor
+
+        from calibmonai.evaluation import to_probabilities
+
+        d = dict(data)
+        image = d[self.image_key]
+        for key in self.key_iterator(d):
+            logits = torch.as_tensor(d[key]).float().cpu()
+            prob = to_probabilities(logits[None], torch.as_tensor(image), self.calibrator)[0]
+            log_p = torch.log(prob.clamp_min(1e-12))
+            stacked = torch.cat([log_p, torch.ones_like(log_p[:1])])
+            d[key] = MetaTensor(stacked, affine=image.affine, meta=dict(image.meta), applied_operations=list(image.applied_operations))
+        return d
+
+
+class ProbabilityMapsd(MapTransform):
+    """From inverted log-probabilities with a field-of-view channel (:class:`CalibratedLogProbabilitiesd` then
+    ``Invertd``), write the maps a clinician reads, each a channel-first ``MetaTensor`` in the scan's grid:
+    ``seg`` (argmax, first index on ties), ``conf`` (max probability), ``uncertainty`` (entropy / log C in [0, 1])
+    and ``prob`` (per-class probabilities). Voxels outside the network's field of view are background.
+
+    Args:
+        keys: the inverted prediction key (``pred``).
+        num_classes: number of classes C (the last input channel is the field of view).
+    """
+
+    def __init__(self, keys: Any = "pred", num_classes: int = 2) -> None:
+        super().__init__(keys)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        self.num_classes = num_classes
+
+    def __call__(self, data: dict) -> dict:
+        from monai.data import MetaTensor
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            inverted = d[key]
+            values = torch.as_tensor(inverted).float()
+            if values.shape[0] != self.num_classes + 1:
+                raise ValueError(f"{key} has {values.shape[0]} channels, expected {self.num_classes} classes + 1 field-of-view channel.")
+            prob = torch.softmax(values[:-1], dim=0)
+            outside = values[-1:] < 0.5
+            background = torch.zeros_like(prob)
+            background[0] = 1.0
+            prob = torch.where(outside, background, prob)
+            conf, seg = prob.max(0, keepdim=True)
+            entropy = (-(prob * torch.log(prob.clamp_min(1e-12))).sum(0, keepdim=True) / math.log(self.num_classes)).clamp(0, 1)
+            meta = dict(getattr(inverted, "meta", {}))
+            affine = getattr(inverted, "affine", None)
+            for name, arr in (("seg", seg.to(torch.uint8)), ("conf", conf), ("uncertainty", entropy), ("prob", prob)):
+                d[name] = MetaTensor(arr, affine=affine, meta=dict(meta))
+        return d
+
+
+def _root_message(error: BaseException) -> str:
+    """The innermost error's message (MONAI wraps a reader's error in 'applying transform <repr>' errors)."""
+    root = error
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    text = str(root).strip()
+    return (text.splitlines()[-1] if text else type(root).__name__)[:200]
+
+
+class ScanInferenceEngine:
+    """The inference bundles' ``evaluator``: runs ``preprocessing`` -> ``inferer`` -> ``postprocessing`` (which
+    saves the outputs with MONAI's ``SaveImaged``) over every scan of ``dataset``, one scan at a time.
+
+    A scan that fails (missing, unreadable, wrong modalities or dimensionality, non-finite values) is reported
+    with a one-line reason naming the file and the reader's own error, and the others go on; existing outputs are
+    kept unless ``overwrite``. The same ``preprocessing``/``inferer``/``postprocessing`` objects are what a
+    MONAI Deploy bundle operator reads from the config.
+
+    Args:
+        dataset: a MONAI ``Dataset`` of :func:`scan_datalist` items whose ``transform`` is the preprocessing.
+        network: the trained network (weights loaded by the config's ``checkpointloader``).
+        inferer: ``inferer(image, network)`` -> logits (``SliceInferer`` for a 2D network on volumes).
+        postprocessing: dictionary transform on ``{"image", "pred"}`` that writes the outputs.
+        output_dir, output_ext, postfixes: where the outputs go and which ones a finished scan has
+            (``<case>_<postfix><ext>``), to skip finished scans.
+        num_modalities, spatial_dims: what a valid scan has.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        network: torch.nn.Module,
+        inferer: Callable,
+        postprocessing: Callable,
+        output_dir: str,
+        postfixes: Sequence[str] = ("seg", "conf", "uncertainty"),
+        output_ext: str = ".nii.gz",
+        overwrite: Any = False,
+        num_modalities: int = 1,
+        spatial_dims: int = 3,
+        device: Any = "cpu",
+        amp: bool = False,
+    ) -> None:
+        from calibmonai.bundle_tools import as_bool
+
+        self.dataset = dataset
+        self.network = network
+        self.inferer = inferer
+        self.postprocessing = postprocessing
+        self.output_dir = str(output_dir)
+        self.postfixes = list(postfixes)
+        self.output_ext = output_ext if output_ext.startswith(".") else f".{output_ext}"
+        self.overwrite = as_bool(overwrite, "overwrite")
+        self.num_modalities = int(num_modalities)
+        self.spatial_dims = int(spatial_dims)
+        self.device = torch.device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.summary = InferenceSummary()
+
+    def _check_files(self, files: Sequence[str]) -> None:
+        for f in files:
+            if not os.path.isfile(f):
+                raise ScanError(f"file not found: {f}")
+        if len(files) != self.num_modalities:
+            raise ScanError(f"expected {self.num_modalities} modality file(s) per scan, got {len(files)}: {[os.path.basename(f) for f in files]}")
+        for f in files:
+            if f.lower().endswith((".nii", ".nii.gz")):
+                try:
+                    ndim = len(nib.load(f).shape)
+                except Exception as e:  # noqa: BLE001
+                    raise ScanError(f"cannot read the NIfTI header of {f} (corrupt?): {_root_message(e)}") from e
+                if ndim < self.spatial_dims:
+                    raise ScanError(f"a {ndim}D image given to a model that segments {self.spatial_dims}D scans ({os.path.basename(f)})")
+
+    def _check_image(self, image: Any) -> None:
+        if image.ndim - 1 != self.spatial_dims:
+            raise ScanError(f"a {image.ndim - 1}D image given to a model that segments {self.spatial_dims}D scans (shape {tuple(image.shape[1:])})")
+        if image.shape[0] != self.num_modalities:
+            raise ScanError(f"expected {self.num_modalities} channel(s), the scan has {image.shape[0]}")
+        if not bool(torch.isfinite(torch.as_tensor(image)).all()):
+            raise ScanError("the scan contains non-finite voxel values (NaN or Inf)")
+
+    def run(self) -> InferenceSummary:
+        """Segment every scan; raises ``RuntimeError`` listing the failures after all scans were tried."""
+        os.makedirs(self.output_dir, exist_ok=True)
+        items = list(self.dataset.data)
+        transform = self.dataset.transform
+        self.network.eval()
+        summary = self.summary = InferenceSummary()
+        t0 = time.time()
+        for i, item in enumerate(items):
+            case = item["case"]
+            files = list(item.get("files") or ([item["image"]] if isinstance(item["image"], str) else item["image"]))
+            prefix = f"[inference] {i + 1}/{len(items)} {case}"
+            outputs = [os.path.join(self.output_dir, f"{case}_{p}{self.output_ext}") for p in self.postfixes]
+            if not self.overwrite and all(os.path.isfile(p) for p in outputs):
+                summary.skipped.append(case)
+                _log(f"{prefix}: outputs exist, skipped (use --overwrite)")
+                continue
+            try:
+                self._check_files(files)
+                try:
+                    data = transform(dict(item))
+                except Exception as e:  # noqa: BLE001 - any reader error is this scan's failure
+                    raise ScanError(f"cannot read or preprocess {files[0] if len(files) == 1 else files} (corrupt, truncated or unsupported?): {_root_message(e)}") from e
+                image = data["image"]
+                self._check_image(image)
+                with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
+                    logits = self.inferer(torch.as_tensor(image)[None].float().to(self.device), self.network)
+                data["pred"] = torch.as_tensor(logits)[0].float().cpu()
+                data = self.postprocessing(data)
+                summary.done.append(case)
+                conf = data.get("conf")
+                extra = f", mean confidence {float(torch.as_tensor(conf).float().mean()):.3f}" if conf is not None else ""
+                _log(f"{prefix}: done, shape {tuple(torch.as_tensor(data.get('seg', image)).shape[1:])}{extra} ({time.time() - t0:.0f} s)")
+            except ScanError as e:
+                summary.failed[case] = str(e)
+                _log(f"{prefix}: FAILED: {e}")
+        for line in summary.lines():
+            _log(f"[inference] {line}")
+        if summary.failed:
+            raise RuntimeError(f"{len(summary.failed)} of {len(items)} scan(s) failed: " + "; ".join(f"{c}: {w}" for c, w in summary.failed.items()))
+        return summary
+
+
+def _log(message: str) -> None:
+    """Progress line: printed (the CLI's user reads it) and sent to ``logging`` (a bundle's logging.conf routes it)."""
+    print(message, flush=True)
+    logging.getLogger("calibmonai.inference").debug(message)
+
+
+def save_transforms(output_dir: str, save_probs: Any = False, output_ext: str = ".nii.gz", separate_folder: bool = False) -> list:
+    """The ``SaveImaged`` transforms of the inference outputs, MONAI's conventions: ``<case>_seg`` (uint8),
+    ``<case>_conf``, ``<case>_uncertainty`` and with ``save_probs`` ``<case>_prob`` (float32; 4D, class last)."""
+    from monai.transforms import SaveImaged
+
+    from calibmonai.bundle_tools import as_bool
+
+    keys = [("seg", np.uint8), ("conf", np.float32), ("uncertainty", np.float32)]
+    if as_bool(save_probs, "save_probs"):
+        keys.append(("prob", np.float32))
+    return [
+        SaveImaged(keys=k, output_dir=output_dir, output_postfix=k, output_ext=output_ext, separate_folder=separate_folder,
+                   output_dtype=dtype, resample=False, writer=AtomicNibabelWriter, output_name_formatter=scan_name_formatter,
+                   print_log=False)  # fmt: skip
+        for k, dtype in keys
+    ]
 
 
 def infer_scans(
@@ -101,112 +355,35 @@ def infer_scans(
     num_classes: int,
     calibrator: Callable | None = None,
     device: Any = "cpu",
-    overwrite: bool = False,
-    save_probs: bool = False,
+    overwrite: Any = False,
+    save_probs: Any = False,
     num_modalities: int = 1,
     spatial_dims: int = 3,
 ) -> InferenceSummary:
-    """Segment every scan of ``inputs`` and write, in the scan's own grid, affine and orientation:
-    ``<case>_seg.nii.gz`` (labels), ``<case>_conf.nii.gz`` (max probability), ``<case>_uncertainty.nii.gz``
-    (entropy / log C in [0, 1]) and, with ``save_probs``, ``<case>_prob.nii.gz`` (4D, one volume per class).
-
-    Args:
-        preprocessing: the bundle's dictionary transform on ``{"image": [files]}`` (loading, orientation,
-            spacing, intensity); it is inverted (MONAI ``Invertd``) to return to the scan's grid.
-        inferer: ``inferer(image, network)`` -> logits (e.g. ``SliceInferer`` for a 2D network on a volume).
-        calibrator: optional ``calibrator(logits, image)`` -> probabilities (TS, LTS, Platt, isotonic).
-        spatial_dims: dimensionality of the scans the bundle segments (a scan of another one fails).
+    """Segment every scan of ``inputs`` (Python entry point; the bundles build the same pipeline in
+    ``inference.yaml``) and write, in the scan's own grid, affine and orientation: ``<case>_seg.nii.gz``,
+    ``<case>_conf.nii.gz``, ``<case>_uncertainty.nii.gz`` and, with ``save_probs``, ``<case>_prob.nii.gz``.
 
     Raises:
         RuntimeError: after every scan was tried, when any failed (the message lists them).
     """
-    from monai.data import MetaTensor
-    from monai.transforms import Invertd
+    from monai.data import Dataset
+    from monai.transforms import Compose, Invertd
 
-    from calibmonai.evaluation import load_checkpoint, predict_logits, to_probabilities
+    from calibmonai.bundle_tools import as_bool
+    from calibmonai.evaluation import load_checkpoint
 
     load_checkpoint(network, checkpoint, device)
-    os.makedirs(output_dir, exist_ok=True)
-    scans = find_scans(inputs, num_modalities)
-    summary = InferenceSummary()
-    invert = Invertd(keys="prob", transform=preprocessing, orig_keys="image", nearest_interp=False, to_tensor=True)
-    t0 = time.time()
-    for i, (case, files) in enumerate(scans):
-        prefix = f"[inference] {i + 1}/{len(scans)} {case}"
-        outputs = {s: os.path.join(output_dir, f"{case}_{s}.nii.gz") for s in OUTPUT_SUFFIXES if s != "prob" or save_probs}
-        if not overwrite and all(os.path.isfile(p) for p in outputs.values()):
-            summary.skipped.append(case)
-            print(f"{prefix}: outputs exist, skipped (use --overwrite)", flush=True)
-            continue
-        try:
-            for f in files:
-                if not os.path.isfile(f):
-                    raise ScanError(f"file not found: {f}")
-            if len(files) != num_modalities:
-                raise ScanError(f"expected {num_modalities} modality file(s) per scan, got {len(files)}: {[os.path.basename(f) for f in files]}")
-            for f in files:
-                if f.lower().endswith((".nii", ".nii.gz")):
-                    try:
-                        ndim = len(nib.load(f).shape)
-                    except Exception as e:  # noqa: BLE001
-                        raise ScanError(f"cannot read the NIfTI header of {os.path.basename(f)} (corrupt?): {str(e)[:200]}") from e
-                    if ndim < spatial_dims:
-                        raise ScanError(f"a {ndim}D image given to a model that segments {spatial_dims}D scans ({os.path.basename(f)})")
-            try:
-                data = preprocessing({"image": files if num_modalities > 1 else files[0]})
-            except Exception as e:  # noqa: BLE001 - any reader error is this scan's failure
-                msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-                raise ScanError(f"cannot read or preprocess the scan (corrupt, truncated or unsupported?): {msg[:200]}") from e
-            image = data["image"]
-            if image.ndim - 1 != spatial_dims:
-                raise ScanError(f"a {image.ndim - 1}D image given to a model that segments {spatial_dims}D scans (shape {tuple(image.shape[1:])})")
-            if image.shape[0] != num_modalities:
-                raise ScanError(f"expected {num_modalities} channel(s), the scan has {image.shape[0]}")
-            if not bool(torch.isfinite(torch.as_tensor(image)).all()):
-                raise ScanError("the scan contains non-finite voxel values (NaN or Inf)")
-            prob = to_probabilities(predict_logits(image, network, inferer, device), image, calibrator)
-            # back to the scan's grid: interpolate log-probabilities (class-wise offsets of the calibrated logits,
-            # so temperature scaling keeps the label map exactly), plus a ones channel marking the field of view
-            log_p = torch.log(prob[0].clamp_min(1e-12))
-            stacked = torch.cat([log_p, torch.ones_like(log_p[:1])])
-            data["prob"] = MetaTensor(stacked, affine=image.affine, meta=dict(image.meta))
-            inverted = torch.as_tensor(invert(data)["prob"]).float()
-            prob_orig = torch.softmax(inverted[:-1], dim=0)
-            outside = inverted[-1:] < 0.5
-            background = torch.zeros_like(prob_orig)
-            background[0] = 1.0
-            prob_orig = torch.where(outside, background, prob_orig)
-            conf, seg = prob_orig.max(0)
-            entropy = -(prob_orig * torch.log(prob_orig.clamp_min(1e-12))).sum(0) / math.log(num_classes)
-            affine, header = _reference_header(files[0])
-            if affine is None:
-                affine = np.asarray(image.meta.get("original_affine", image.affine))
-            if tuple(seg.shape) != tuple(_original_shape(files[0], image)):
-                raise ScanError(f"internal error: output shape {tuple(seg.shape)} differs from the scan's {_original_shape(files[0], image)}")
-            arrays = {"seg": seg.numpy().astype(np.uint8), "conf": conf.numpy().astype(np.float32), "uncertainty": entropy.clamp(0, 1).numpy().astype(np.float32)}
-            if save_probs:
-                arrays["prob"] = np.moveaxis(prob_orig.numpy().astype(np.float32), 0, -1)
-            for key, path in outputs.items():
-                hdr = None
-                if header is not None:
-                    hdr = header.copy()
-                    hdr.set_data_dtype(arrays[key].dtype)
-                _save_atomic(arrays[key], affine, hdr, path)
-            summary.done.append(case)
-            print(f"{prefix}: done, shape {tuple(seg.shape)}, mean confidence {float(conf.mean()):.3f} ({time.time() - t0:.0f} s)", flush=True)
-        except ScanError as e:
-            summary.failed[case] = str(e)
-            print(f"{prefix}: FAILED: {e}", flush=True)
-    for line in summary.lines():
-        print(f"[inference] {line}", flush=True)
-    if summary.failed:
-        raise RuntimeError(f"{len(summary.failed)} of {len(scans)} scan(s) failed: " + "; ".join(f"{c}: {w}" for c, w in summary.failed.items()))
-    return summary
-
-
-def _original_shape(path: str, image: Any) -> tuple[int, ...]:
-    meta = getattr(image, "meta", {})
-    shape = meta.get("spatial_shape")
-    if shape is not None:
-        return tuple(int(s) for s in np.asarray(shape).tolist())
-    return tuple(nib.load(path).shape[:3])
+    postprocessing = Compose([
+        CalibratedLogProbabilitiesd(keys="pred", calibrator=calibrator),
+        Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False, to_tensor=True),
+        ProbabilityMapsd(keys="pred", num_classes=num_classes),
+        *save_transforms(output_dir, save_probs),
+    ])  # fmt: skip
+    postfixes = list(OUTPUT_SUFFIXES if as_bool(save_probs, "save_probs") else OUTPUT_SUFFIXES[:3])
+    engine = ScanInferenceEngine(
+        Dataset(scan_datalist(inputs, num_modalities), transform=preprocessing), network, inferer, postprocessing,
+        output_dir, postfixes=postfixes, overwrite=overwrite, num_modalities=num_modalities, spatial_dims=spatial_dims,
+        device=device,
+    )  # fmt: skip
+    return engine.run()

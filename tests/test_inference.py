@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
 
 
 def _infer(trained, inputs, out, **kw):
-    run_workflow("inference", config_files(BUNDLE, "ce", "inference.yaml"), input_dir=inputs, output_dir=str(out),
+    run_workflow("inference", config_files(BUNDLE, "ce", workflow="inference.yaml"), input_dir=inputs, output_dir=str(out),
                  runs_dir=str(trained["runs"]), **{**SMALL, **kw})  # fmt: skip
 
 
