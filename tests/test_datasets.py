@@ -422,3 +422,14 @@ def test_busi_bad_layouts(tmp_path):
     ]
     (benign / "benign (2).png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(10))  # corrupt image
     assert D.check_folder("busi", parent).problems["benign (2)"][0].startswith(f"unreadable or corrupt file: {benign / 'benign (2).png'}")
+
+
+def test_acdc_split_of_case_ids_is_patient_level(acdc_root):
+    ids = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 101) for f in (1, 12)]
+    s = acdc.make_split(ids, seed=2)
+    by_patient = acdc.make_split(acdc.KNOWN_IDS, seed=2)
+    assert {k: len(v) for k, v in s.items()} == {"training": 140, "validation": 20, "test": 40}
+    assert {k: sorted({acdc.patient_of(i) for i in v}) for k, v in s.items()} == by_patient
+    # a split listing case ids gives the same datalist as one listing their patients
+    cases = [c.id for c in acdc.find_cases(acdc_root)]
+    assert acdc.datalist(acdc_root, split=acdc.make_split(cases, seed=2)) == acdc.datalist(acdc_root, seed=2)

@@ -29,7 +29,8 @@ The API of a dataset module
     label, image/label shape or affine mismatch, label values outside ``LABEL_VALUES`` (helpers in
     :mod:`calibmonai.datasets.common`).
 ``make_split(case_ids, seed=0, **kwargs) -> dict``
-    ``{"training", "validation", "test"}`` lists of *subject* ids (patient-level: ``Case.subject``), with
+    ``{"training", "validation", "test"}`` lists of *subject* ids (patient-level: ``Case.subject``; a reader
+    may also accept sample ids and keep each subject's samples together, as ACDC does), with
     ``SPLIT_COUNTS`` for the full dataset and the same fractions otherwise, deterministic for a seed
     (dataset-specific keywords, e.g. MRBrainS18's ``fold``).
 ``datalist(root, split=None, seed=0, **kwargs) -> dict``
@@ -130,7 +131,10 @@ def check_folder(name: str, root: str | Path) -> CheckReport:
         report.data_dir = os.path.commonpath([str(Path(p).parent) for c in cases for p in c.paths()])
     for case in cases:
         report.cases.append(case.id)
-        problems = module.check_case(case)
+        try:
+            problems = module.check_case(case)
+        except Exception as e:  # a reader bug or an OS error must not hide the other cases
+            problems = [f"could not check {case.id}: {type(e).__name__}: {e}"]
         if problems:
             report.problems[case.id] = list(problems)
     return report

@@ -40,6 +40,7 @@ __all__ = [
     "SPLIT_COUNTS",
     "KNOWN_IDS",
     "read_info",
+    "patient_of",
     "find_cases",
     "check_case",
     "make_split",
@@ -55,6 +56,7 @@ SPLIT_COUNTS = (70, 10, 20)
 KNOWN_IDS = tuple(f"patient{i:03d}" for i in range(1, 101))
 
 _PATIENT = re.compile(r"^patient\d+$", re.IGNORECASE)
+_PATIENT_PREFIX = re.compile(r"^(patient\d+)", re.IGNORECASE)
 _FRAME_GT = re.compile(r"^(?P<pid>patient\d+)_frame(?P<frame>\d+)_gt$", re.IGNORECASE)
 
 
@@ -198,9 +200,16 @@ def check_case(case: Case) -> list[str]:
     return problems + common.check_nifti_case(case, LABEL_VALUES)
 
 
+def patient_of(case_id: str) -> str:
+    """``patient001_frame01`` -> ``patient001`` (ids that are not ACDC names are their own patient)."""
+    m = _PATIENT_PREFIX.match(str(case_id))
+    return m.group(1) if m else str(case_id)
+
+
 def make_split(case_ids: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
-    """Patient-level 70/10/20 split of patient ids (``patient001``...; the same fractions for a subset)."""
-    return common.seeded_split(case_ids, SPLIT_COUNTS, seed)
+    """Patient-level 70/10/20 split (the same fractions for a subset) of patient ids (``patient001``...) or
+    of case ids (``patient001_frame01``...: counted in patients, both frames of a patient in one part)."""
+    return common.seeded_split(case_ids, SPLIT_COUNTS, seed, group_of=patient_of)
 
 
 def datalist(root: str | Path, split: Any = None, seed: int = 0) -> dict[str, list[dict[str, Any]]]:

@@ -86,6 +86,11 @@ class Case:
     label: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def image(self) -> str | list[str]:
+        """The datalist's ``image``: the one path, or the list of modality paths."""
+        return self.images[0] if len(self.images) == 1 else list(self.images)
+
     def paths(self) -> list[str]:
         """Every file of the case: images then label (and extra ``masks`` when present)."""
         out = list(self.images)
@@ -101,7 +106,7 @@ class Case:
     def entry(self) -> dict[str, Any]:
         """The MONAI datalist entry: ``image`` (one path or a list of modality paths), ``label``, ``case``,
         ``subject`` and the extra fields."""
-        out: dict[str, Any] = {"image": self.images[0] if len(self.images) == 1 else list(self.images)}
+        out: dict[str, Any] = {"image": self.image}
         if self.label is not None:
             out["label"] = self.label
         out["case"] = self.id
@@ -443,19 +448,39 @@ def _unique_sorted(ids: Iterable[str]) -> list[str]:
     return sorted(ids, key=natural_key)
 
 
-def seeded_split(case_ids: Iterable[str], full_counts: Sequence[int], seed: int = 0) -> dict[str, list[str]]:
-    """Deterministic random split of subject ids into ``training``/``validation``/``test``.
+def seeded_split(
+    case_ids: Iterable[str],
+    full_counts: Sequence[int],
+    seed: int = 0,
+    group_of: Callable[[str], str] | None = None,
+) -> dict[str, list[str]]:
+    """Deterministic random split of ids into ``training``/``validation``/``test``.
 
-    The ids are sorted (natural order), shuffled with ``random.Random(seed)`` (the same on every platform
-    and Python version) and cut at :func:`split_counts`; each part is returned naturally sorted. The result
-    depends only on the set of ids and the seed, not on their order or on the file system.
+    The subjects are sorted (natural order), shuffled with ``random.Random(seed)`` (the same on every
+    platform and Python version) and cut at :func:`split_counts`; each part is returned naturally sorted.
+    The result depends only on the set of ids and the seed, not on their order or on the file system.
+
+    Args:
+        case_ids: subject ids, or sample ids when ``group_of`` maps each to its subject.
+        full_counts: ``(training, validation, test)`` subject counts of the full dataset.
+        seed: the seed.
+        group_of: sample id -> subject id (e.g. ``patient001_frame01`` -> ``patient001``); the counts are
+            then counted in subjects and every sample follows its subject, and the parts list the given ids.
     """
-    ids = _unique_sorted(case_ids)
-    n_train, n_val, _ = split_counts(len(ids), full_counts)
-    order = list(ids)
+    ids = [str(i) for i in case_ids]
+    if group_of is None:
+        ids = _unique_sorted(ids)
+        groups = {i: [i] for i in ids}
+    else:
+        groups = {}
+        for i in _unique_sorted(ids):
+            groups.setdefault(group_of(i), []).append(i)
+    subjects = sorted(groups, key=natural_key)
+    n_train, n_val, _ = split_counts(len(subjects), full_counts)
+    order = list(subjects)
     random.Random(int(seed)).shuffle(order)
     parts = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
-    return {k: sorted(p, key=natural_key) for k, p in zip(SPLIT_KEYS, parts)}
+    return {k: sorted((i for g in p for i in groups[g]), key=natural_key) for k, p in zip(SPLIT_KEYS, parts)}
 
 
 def leave_one_out_split(case_ids: Iterable[str], fold: int, seed: int = 0, n_validation: int = 1) -> dict[str, list[str]]:
@@ -517,22 +542,34 @@ def load_split(split: str | Path | Mapping[str, Sequence[str]]) -> dict[str, lis
 
 
 def make_datalist(cases: Sequence[Case], split: Mapping[str, Sequence[str]]) -> dict[str, list[dict[str, Any]]]:
-    """MONAI datalist ``{"training": [...], "validation": [...], "test": [...]}`` of the cases whose
-    subject is in each part of ``split`` (every sample of a subject goes to that subject's part).
+    """MONAI datalist ``{"training": [...], "validation": [...], "test": [...]}``: for each part, the cases
+    of the subjects it names (every sample of a subject goes to that subject's part); a part may also name
+    single cases by ``Case.id``.
 
     Raises:
-        FileNotFoundError: when the split names subjects that have no case in ``cases``.
+        FileNotFoundError: when the split names ids that match no subject nor case in ``cases``.
     """
     split = load_split(split)
     by_subject: dict[str, list[Case]] = {}
+    by_id: dict[str, Case] = {}
     for c in cases:
         by_subject.setdefault(c.subject, []).append(c)
-    absent = [i for k in SPLIT_KEYS for i in split[k] if i not in by_subject]
+        by_id[c.id] = c
+    absent = [i for k in SPLIT_KEYS for i in split[k] if i not in by_subject and i not in by_id]
     if absent:
         raise FileNotFoundError(
             f"the split names {len(absent)} subjects that are not in the data folder, e.g. {absent[:5]}"
         )
-    return {k: [c.entry() for i in split[k] for c in by_subject[i]] for k in SPLIT_KEYS}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for k in SPLIT_KEYS:
+        entries, seen = [], set()
+        for i in split[k]:
+            for c in by_subject.get(i) or [by_id[i]]:
+                if c.id not in seen:
+                    seen.add(c.id)
+                    entries.append(c.entry())
+        out[k] = entries
+    return out
 
 
 def build_datalist(
