@@ -84,6 +84,11 @@ DATASETS: dict[str, str] = {
     "mrbrains18": "calibmonai.datasets.mrbrains18",
     "brats19": "calibmonai.datasets.brats",
     "busi": "calibmonai.datasets.busi",
+    "flare21": "calibmonai.datasets.flare",
+    "promise12": "calibmonai.datasets.promise12",
+    "msd_hippocampus": "calibmonai.datasets.msd_hippocampus",
+    "left_atrium": "calibmonai.datasets.left_atrium",
+    "wmh": "calibmonai.datasets.wmh",
 }
 
 #: other spellings accepted by :func:`get_dataset`
