@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -433,3 +434,17 @@ def test_acdc_split_of_case_ids_is_patient_level(acdc_root):
     # a split listing case ids gives the same datalist as one listing their patients
     cases = [c.id for c in acdc.find_cases(acdc_root)]
     assert acdc.datalist(acdc_root, split=acdc.make_split(cases, seed=2)) == acdc.datalist(acdc_root, seed=2)
+
+
+def test_brats_training_preferred_over_validation_and_flat(tmp_path):
+    root = L.write_brats2019(tmp_path / "downloads", hgg=("BraTS19_X_1",), lgg=())
+    # the validation release: flat case folders with no seg, beside the training folder (sorts before it here)
+    val = tmp_path / "downloads" / "A_MICCAI_BraTS_2019_Data_Validation" / "BraTS19_V_1"
+    for c, suffix in enumerate(("flair", "t1", "t1ce", "t2")):
+        L.write_nifti(val / f"BraTS19_V_1_{suffix}.nii.gz", L.modality_volume(c))
+    assert [c.id for c in brats.find_cases(root)] == ["BraTS19_X_1"]
+    # a flat folder of case folders (BraTS 2020/2021 style) is read too
+    flat = tmp_path / "flat"
+    shutil.copytree(root / "MICCAI_BraTS_2019_Data_Training" / "HGG", flat)
+    cases = brats.find_cases(flat)
+    assert [c.id for c in cases] == ["BraTS19_X_1"] and "grade" not in cases[0].extra

@@ -168,9 +168,11 @@ def find_cases(root: str | Path, strict: bool = True) -> list[Case]:
             modality or label file.
         ValueError: an MSD ``dataset.json`` listing other modalities.
     """
-    folder = common.find_dataset_dir(
-        root, lambda f: _layout(f) is not None, "BraTS layout (HGG/LGG case folders) or MSD layout (imagesTr, labelsTr)"
-    )
+    what = "BraTS layout (HGG/LGG case folders) or MSD layout (imagesTr, labelsTr)"
+    try:  # a labelled layout first, so that a sibling validation folder of flat case folders is not taken
+        folder = common.find_dataset_dir(root, lambda f: _layout(f) in ("msd", "brats"), what)
+    except FileNotFoundError:
+        folder = common.find_dataset_dir(root, lambda f: _layout(f) is not None, what)
     layout = _layout(folder)
     if layout == "msd":
         return _msd_cases(folder, strict)
