@@ -153,7 +153,9 @@ def write_mrbrains18(root: str | Path, ids: Sequence[str] = ("1", "4", "070"), n
 
 
 def write_brats2019(
-    root: str | Path, hgg: Sequence[str] = ("BraTS19_2013_10_1", "BraTS19_CBICA_AAB_1"), lgg: Sequence[str] = ("BraTS19_2013_0_1",)
+    root: str | Path,
+    hgg: Sequence[str] = ("BraTS19_2013_10_1", "BraTS19_CBICA_AAB_1"),
+    lgg: Sequence[str] = ("BraTS19_2013_0_1",),
 ) -> Path:
     """``root/MICCAI_BraTS_2019_Data_Training/{HGG,LGG}/<id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz`` with
     ``name_mapping.csv`` and ``survival_data.csv``; returns ``root``. Modality ``flair, t1, t1ce, t2`` is
@@ -175,7 +177,9 @@ def write_brats2019(
     return root
 
 
-def write_msd_brats(root: str | Path, n: int = 3, n_test: int = 1, modality: Sequence[str] = ("FLAIR", "T1w", "t1gd", "T2w")) -> Path:
+def write_msd_brats(
+    root: str | Path, n: int = 3, n_test: int = 1, modality: Sequence[str] = ("FLAIR", "T1w", "t1gd", "T2w")
+) -> Path:
     """``root/Task01_BrainTumour/`` as released by the Medical Segmentation Decathlon: ``dataset.json``,
     ``imagesTr/BRATS_NNN.nii.gz`` 4D (channel ``c`` = :func:`modality_volume` ``c`` in the last axis),
     ``labelsTr/`` with :func:`label_volume` of ``(0, 1, 2, 3)``, ``imagesTs/``, and the ``._BRATS_*`` twins
@@ -234,7 +238,9 @@ def busi_mask(rows: slice, cols: slice, size: tuple[int, int] = (20, 24), rgb: b
     return np.repeat(m[..., None], 3, axis=-1) if rgb else m
 
 
-def write_busi(root: str | Path, n_benign: int = 3, n_malignant: int = 2, n_normal: int = 1, nested: bool = True) -> Path:
+def write_busi(
+    root: str | Path, n_benign: int = 3, n_malignant: int = 2, n_normal: int = 1, nested: bool = True
+) -> Path:
     """``root/archive/Dataset_BUSI_with_GT/{benign,malignant,normal}/`` (``nested``) or
     ``root/Dataset_BUSI_with_GT``; returns the folder holding ``Dataset_BUSI_with_GT``.
 
@@ -250,7 +256,14 @@ def write_busi(root: str | Path, n_benign: int = 3, n_malignant: int = 2, n_norm
             stem = f"{cat} ({i})"
             _png(folder / f"{stem}.png", busi_image(i))
             rgb = cat == "malignant" and i == 1
-            _png(folder / f"{stem}_mask.png", busi_mask(slice(2, 6), slice(3, 8), rgb=rgb) if cat != "normal" else busi_mask(slice(0, 0), slice(0, 0)))
+            _png(
+                folder / f"{stem}_mask.png",
+                (
+                    busi_mask(slice(2, 6), slice(3, 8), rgb=rgb)
+                    if cat != "normal"
+                    else busi_mask(slice(0, 0), slice(0, 0))
+                ),
+            )
             if cat == "benign" and i == 2:
                 _png(folder / f"{stem}_mask_1.png", busi_mask(slice(10, 12), slice(15, 20)))
                 _png(folder / f"{stem}_mask_2.png", busi_mask(slice(14, 16), slice(1, 3)))

@@ -38,7 +38,11 @@ def test_junk_and_natural_order():
         assert common.is_junk(junk), junk
     for real in ("patient001_frame01.nii.gz", "benign (12).png", "070", "Info.cfg"):
         assert not common.is_junk(real), real
-    assert sorted(["benign (10)", "benign (2)", "benign (1)"], key=common.natural_key) == ["benign (1)", "benign (2)", "benign (10)"]
+    assert sorted(["benign (10)", "benign (2)", "benign (1)"], key=common.natural_key) == [
+        "benign (1)",
+        "benign (2)",
+        "benign (10)",
+    ]
     assert sorted(["148", "070", "14", "7", "1"], key=common.natural_key) == ["1", "7", "14", "070", "148"]
 
 
@@ -162,7 +166,11 @@ def test_acdc_known_ids_split_and_file(tmp_path):
     assert acdc.make_split(acdc.KNOWN_IDS, seed=0) == split and acdc.make_split(acdc.KNOWN_IDS, seed=1) != split
     path = D.write_split("acdc", None, tmp_path / "split.json", seed=0)
     doc = json.loads(path.read_text())
-    assert doc["dataset"] == "acdc" and doc["seed"] == 0 and doc["counts"] == {"training": 70, "validation": 10, "test": 20}
+    assert (
+        doc["dataset"] == "acdc"
+        and doc["seed"] == 0
+        and doc["counts"] == {"training": 70, "validation": 10, "test": 20}
+    )
     assert {k: doc[k] for k in common.SPLIT_KEYS} == split
 
 
@@ -210,7 +218,9 @@ def test_mrbrains_cases_and_channels(mrb_root):
     cases = mrbrains18.find_cases(mrb_root)
     assert [c.id for c in cases] == ["1", "4", "070"]
     assert _names(cases[0].images) == ["reg_T1.nii.gz", "reg_IR.nii.gz", "FLAIR.nii.gz"]
-    assert _names(cases[1].images) == ["reg_T1.nii", "reg_IR.nii", "FLAIR.nii"] and Path(cases[1].label).name == "segm.nii"
+    assert (
+        _names(cases[1].images) == ["reg_T1.nii", "reg_IR.nii", "FLAIR.nii"] and Path(cases[1].label).name == "segm.nii"
+    )
     assert all(Path(c.label).parent.name == c.id and Path(c.images[0]).parent.name == "pre" for c in cases)
     assert [c.id for c in mrbrains18.find_cases(mrb_root / "training")] == ["1", "4", "070"]
     assert D.check_folder("mrbrains18", mrb_root).ok
@@ -264,7 +274,9 @@ def test_mrbrains_bad_layouts(tmp_path):
     report = D.check_folder("mrbrains18", root)
     assert report.n_cases == 3 and report.n_usable == 0
     assert report.problems["1"] == [f"missing file: {t1}"]
-    assert report.problems["5"] == [f"shape mismatch: {flair} is (16, 16, 5) but {flair.parent / 'reg_T1.nii.gz'} is (16, 16, 4)"]
+    assert report.problems["5"] == [
+        f"shape mismatch: {flair} is (16, 16, 5) but {flair.parent / 'reg_T1.nii.gz'} is (16, 16, 4)"
+    ]
     assert report.problems["7"] == [f"label values outside {list(range(11))} in {segm}: [11]"]
 
 
@@ -312,7 +324,9 @@ def test_brats_both_layouts_same_channels_and_labels(brats_roots):
     assert r.shape == (3, *L.SHAPE)
     # rows 0..3 hold classes 0 (bg), 1 (NCR), 2 (ED), 3 (ET); TC = {1,3}, WT = {1,2,3}, ET = {3}
     assert r[:, :4, 0, 0].tolist() == [[0, 1, 0, 1], [0, 1, 1, 1], [0, 0, 0, 1]]
-    assert np.array_equal(brats.regions(np.array([0, 1, 2, 3])), np.array([[0, 1, 0, 1], [0, 1, 1, 1], [0, 0, 0, 1]], np.float32))
+    assert np.array_equal(
+        brats.regions(np.array([0, 1, 2, 3])), np.array([[0, 1, 0, 1], [0, 1, 1, 1], [0, 0, 0, 1]], np.float32)
+    )
 
 
 def test_brats_split_counts():
@@ -383,7 +397,11 @@ def test_busi_load_grey_and_union(busi_root):
     entry = next(e for part in busi.datalist(busi_root).values() for e in part if e["case"] == "benign (2)")
     d = busi.LoadBUSId()(entry)
     expected_grey = L.busi_image(2)[..., 0].astype(np.float32)
-    expected_mask = ((L.busi_mask(slice(2, 6), slice(3, 8)) | L.busi_mask(slice(10, 12), slice(15, 20)) | L.busi_mask(slice(14, 16), slice(1, 3))) > 0)
+    expected_mask = (
+        L.busi_mask(slice(2, 6), slice(3, 8))
+        | L.busi_mask(slice(10, 12), slice(15, 20))
+        | L.busi_mask(slice(14, 16), slice(1, 3))
+    ) > 0
     # MONAI's 2D convention: (channel, width, height)
     assert d["image"].shape == (1, 24, 20) and d["label"].shape == (1, 24, 20)
     assert np.array_equal(d["image"][0].numpy(), expected_grey.T)
@@ -417,12 +435,18 @@ def test_busi_bad_layouts(tmp_path):
     report = D.check_folder("busi", parent)
     assert report.n_cases == 4 and report.n_usable == 1
     assert report.problems["benign (1)"] == [f"missing file: {benign / 'benign (1)_mask.png'}"]
-    assert report.problems["benign (2)"] == [f"label values outside [0, 255] in {benign / 'benign (2)_mask_1.png'}: [128]"]
+    assert report.problems["benign (2)"] == [
+        f"label values outside [0, 255] in {benign / 'benign (2)_mask_1.png'}: [128]"
+    ]
     assert report.problems["benign (3)"] == [
         f"shape mismatch: {benign / 'benign (3)_mask.png'} is (24, 10) (width, height) but {benign / 'benign (3).png'} is (24, 20)"
     ]
     (benign / "benign (2).png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(10))  # corrupt image
-    assert D.check_folder("busi", parent).problems["benign (2)"][0].startswith(f"unreadable or corrupt file: {benign / 'benign (2).png'}")
+    assert (
+        D.check_folder("busi", parent)
+        .problems["benign (2)"][0]
+        .startswith(f"unreadable or corrupt file: {benign / 'benign (2).png'}")
+    )
 
 
 def test_acdc_split_of_case_ids_is_patient_level(acdc_root):

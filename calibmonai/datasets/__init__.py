@@ -175,4 +175,3 @@ def write_split(name: str, root: str | Path | None, path: str | Path, seed: int 
     return save_split(
         split, path, dataset=module.NAME, seed=int(seed), unit="subject", source=source, n_subjects=len(ids), **kwargs
     )
-

@@ -150,12 +150,18 @@ def _patient_cases(folder: Path, subset: str, strict: bool, require_label: bool)
         for key in ("Height", "Weight", "NbFrame"):
             if key in info:
                 extra[key.lower()] = info[key]
-        cases.append(Case(id=common.nifti_stem(image) or Path(image).name, subject=pid, images=(image,), label=label, extra=extra))
+        cases.append(
+            Case(
+                id=common.nifti_stem(image) or Path(image).name, subject=pid, images=(image,), label=label, extra=extra
+            )
+        )
     return cases
 
 
 def _training_dir(root: str | Path) -> Path:
-    return common.find_dataset_dir(root, _has_patients, "ACDC patient folders (training/patientNNN)", prefer=("training",))
+    return common.find_dataset_dir(
+        root, _has_patients, "ACDC patient folders (training/patientNNN)", prefer=("training",)
+    )
 
 
 def find_cases(root: str | Path, strict: bool = True, subsets: Sequence[str] = ("training",)) -> list[Case]:

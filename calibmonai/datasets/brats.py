@@ -93,12 +93,16 @@ def _find_suffix(folder: Path, case_id: str, suffix: str) -> Path | None:
     p = common.find_nifti(folder, f"{case_id}_{suffix}")
     if p is not None:
         return p
-    hits = [q for q in common.list_dir(folder, dirs=False) if (common.nifti_stem(q) or "").lower().endswith(f"_{suffix}")]
+    hits = [
+        q for q in common.list_dir(folder, dirs=False) if (common.nifti_stem(q) or "").lower().endswith(f"_{suffix}")
+    ]
     return hits[0] if len(hits) == 1 else None
 
 
 def _is_brats_case(p: Path) -> bool:
-    return p.is_dir() and any((common.nifti_stem(q) or "").lower().endswith("_flair") for q in common.list_dir(p, dirs=False))
+    return p.is_dir() and any(
+        (common.nifti_stem(q) or "").lower().endswith("_flair") for q in common.list_dir(p, dirs=False)
+    )
 
 
 def _layout(folder: Path) -> str | None:
@@ -258,4 +262,3 @@ class BratsRegionsd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = regions(d[key])
         return d
-

@@ -181,7 +181,9 @@ def read_mask(paths: Sequence[str] | str):
     for p in paths:
         m = load(p)
         if out is not None and tuple(m.shape) != tuple(out.shape):
-            raise ValueError(f"shape mismatch: mask {p} is {tuple(m.shape[1:])} but {paths[0]} is {tuple(out.shape[1:])}")
+            raise ValueError(
+                f"shape mismatch: mask {p} is {tuple(m.shape[1:])} but {paths[0]} is {tuple(out.shape[1:])}"
+            )
         out = m > 0 if out is None else (out | (m > 0))
     return out.to(dtype=torch.uint8)
 

@@ -225,7 +225,8 @@ def find_dataset_dir(
         matches = [f for f in level if is_match(f)]
         if matches:
             ranked = sorted(
-                matches, key=lambda f: preferred.index(f.name.lower()) if f.name.lower() in preferred else len(preferred)
+                matches,
+                key=lambda f: preferred.index(f.name.lower()) if f.name.lower() in preferred else len(preferred),
             )
             return ranked[0]
         nxt: list[Path] = []
@@ -483,7 +484,9 @@ def seeded_split(
     return {k: sorted((i for g in p for i in groups[g]), key=natural_key) for k, p in zip(SPLIT_KEYS, parts)}
 
 
-def leave_one_out_split(case_ids: Iterable[str], fold: int, seed: int = 0, n_validation: int = 1) -> dict[str, list[str]]:
+def leave_one_out_split(
+    case_ids: Iterable[str], fold: int, seed: int = 0, n_validation: int = 1
+) -> dict[str, list[str]]:
     """Leave-one-subject-out: subject ``fold`` (in natural order) is the test set, ``n_validation`` of the
     others (drawn with ``random.Random(seed + fold)``) validate, the rest train."""
     ids = _unique_sorted(case_ids)
@@ -492,7 +495,9 @@ def leave_one_out_split(case_ids: Iterable[str], fold: int, seed: int = 0, n_val
     test = [ids[int(fold)]]
     rest = [i for i in ids if i != test[0]]
     if not 0 <= n_validation <= max(len(rest) - 1, 0):
-        raise ValueError(f"n_validation must be in [0, {max(len(rest) - 1, 0)}] for {len(ids)} subjects, got {n_validation}")
+        raise ValueError(
+            f"n_validation must be in [0, {max(len(rest) - 1, 0)}] for {len(ids)} subjects, got {n_validation}"
+        )
     order = list(rest)
     random.Random(int(seed) + int(fold)).shuffle(order)
     val = sorted(order[:n_validation], key=natural_key)
@@ -573,7 +578,11 @@ def make_datalist(cases: Sequence[Case], split: Mapping[str, Sequence[str]]) -> 
 
 
 def build_datalist(
-    cases: Sequence[Case], split: Any, make_split: Callable[..., Mapping[str, Sequence[str]]], seed: int = 0, **kwargs: Any
+    cases: Sequence[Case],
+    split: Any,
+    make_split: Callable[..., Mapping[str, Sequence[str]]],
+    seed: int = 0,
+    **kwargs: Any,
 ) -> dict[str, list[dict[str, Any]]]:
     """Body of a module's ``datalist``: ``split`` is a mapping, a split JSON path, or ``None`` to call
     ``make_split(subject_ids, seed=seed, **kwargs)`` on the subjects of ``cases``."""

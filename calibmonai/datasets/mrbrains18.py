@@ -157,4 +157,6 @@ def datalist(root: str | Path, split: Any = None, seed: int = 0, fold: int = 0) 
 def label_transform(keys: Sequence[str] | str = "label", allow_missing_keys: bool = False) -> MapLabelValued:
     """MONAI transform mapping the raw labels 0-10 to the 4 classes of :data:`LABEL_MAP`."""
     orig = sorted(LABEL_MAP)
-    return MapLabelValued(keys, orig_labels=orig, target_labels=[LABEL_MAP[k] for k in orig], allow_missing_keys=allow_missing_keys)
+    return MapLabelValued(
+        keys, orig_labels=orig, target_labels=[LABEL_MAP[k] for k in orig], allow_missing_keys=allow_missing_keys
+    )
