@@ -101,9 +101,11 @@ def _bin_of(v, lo, hi, last):
     return (v >= lo) & ((v <= hi) if last else (v < hi))
 
 
-def ece(p, y, nb, sel):
-    """top-label ECE of one case; p (C, N), y (N,), sel (N,) bool. Explicit loop over bins."""
-    conf, correct = p.max(0)[sel], (p.argmax(0) == y)[sel]
+def ece(p, y, nb, sel, correct=None):
+    """top-label ECE of one case; p (C, N), y (N,), sel (N,) bool. Explicit loop over bins. ``correct`` (N,)
+    defaults to numpy's argmax (first index on ties) == y."""
+    correct = (p.argmax(0) == y) if correct is None else correct
+    conf, correct = p.max(0)[sel], correct[sel]
     n = conf.size
     if n == 0:
         return float("nan")
@@ -143,3 +145,62 @@ def nll(p, y, sel):
     if not sel.any():
         return float("nan")
     return float(-np.log(np.clip(p[y, np.arange(y.size)], 1e-12, None))[sel].mean())
+
+
+# ---- numpy transcriptions of the authors' public code (MbLS/NACL evaluation, MEEP training), written for
+# tests/test_reference_conventions.py: they follow the reference formulas, including where calibmonai differs ----
+
+
+def authors_ece(p, y, nb=15):
+    """Top-label ECE as the MbLS/NACL code's ``ECELoss``: p (C, N) probabilities of the evaluated voxels, y (N,);
+    prediction = first index of the max; bins (lo, hi]."""
+    conf, acc = p.max(0), (p.argmax(0) == y).astype(float)
+    edges = np.linspace(0.0, 1.0, nb + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inb = (conf > lo) & (conf <= hi)
+        if inb.any():
+            total += abs(conf[inb].mean() - acc[inb].mean()) * inb.mean()
+    return total
+
+
+def authors_cece(p, y, nb=15):
+    """Class-wise ECE as the MbLS/NACL code's ``ClasswiseECELoss``: classes 0 .. max(y) (not all C); bins (lo, hi]."""
+    edges = np.linspace(0.0, 1.0, nb + 1)
+    per = []
+    for k in range(int(y.max()) + 1):
+        pk, hit = p[k], (y == k).astype(float)
+        e = 0.0
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            inb = (pk > lo) & (pk <= hi)
+            if inb.any():
+                e += abs(pk[inb].mean() - hit[inb].mean()) * inb.mean()
+        per.append(e)
+    return float(np.mean(per))
+
+
+def authors_mbls_l2(z, y, margin, alpha):
+    """MbLS code's ``LogitMarginL2``: CE + alpha * mean ReLU((d - m)^2), squared *before* the ReLU (two-sided)."""
+    d = z.max(axis=1, keepdims=True) - z
+    return ce(z, y) + alpha * np.maximum((d - margin) ** 2, 0.0).mean()
+
+
+def _binary_ce_per_class(t, p, eps=1e-7):
+    """Keras ``binary_crossentropy`` along the class axis (1): mean over classes of the per-class binary CE."""
+    pc = np.clip(p, eps, 1.0 - eps)
+    return -(t * np.log(pc) + (1.0 - t) * np.log(1.0 - pc)).mean(axis=1)
+
+
+def authors_meep_ce(z, y, lam, regularizer, eps=1e-7):
+    """MEEP's reference loss with its CE base (written for binary tasks): per-class binary CE
+    ``- lam * mean over misclassified voxels of mean_k h(p_k)`` (entropy), or
+    ``+ lam * mean over misclassified voxels of mean_k(-log p_k)`` (KL, without the ``- log K``)."""
+    p = softmax(z)
+    onehot = np.moveaxis(np.eye(z.shape[1])[y], -1, 1)
+    base = _binary_ce_per_class(onehot, p, eps).mean()
+    wrong = p.argmax(axis=1) != y
+    if regularizer == "entropy":
+        reg = _binary_ce_per_class(p, p, eps)  # the average of per-class binary entropies
+        return base - lam * reg[wrong].sum() / wrong.sum()
+    kl = -np.log(np.clip(p, eps, 1.0)).mean(axis=1)
+    return base + lam * kl[wrong].sum() / wrong.sum()

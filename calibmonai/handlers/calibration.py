@@ -50,6 +50,7 @@ class _CalibrationHandler(IgniteMetricHandler):
         level: str = "case",
         output_transform: Callable | None = None,
         save_details: bool = True,
+        cece_classes: str = "all",
     ) -> None:
         """
         Args:
@@ -61,10 +62,13 @@ class _CalibrationHandler(IgniteMetricHandler):
             output_transform: maps ``engine.state.output`` to ``(y_pred, y)``; defaults to
                 ``from_engine(["pred", "label"])``.
             save_details: keep per-case values in ``engine.state.metric_details`` (for MONAI's ``MetricsSaver``).
+            cece_classes: the classes of the CECE mean, ``"all"`` or ``"up_to_max_label"`` (the MbLS/NACL
+                reference code's class set; see :class:`CalibrationMetrics`).
         """
         metric_fn = self.metric_cls(
-            level=level, num_bins=num_bins, foreground=foreground, include_background=include_background, softmax=softmax
-        )
+            level=level, num_bins=num_bins, foreground=foreground, include_background=include_background, softmax=softmax,
+            cece_classes=cece_classes,
+        )  # fmt: skip
         super().__init__(metric_fn=metric_fn, output_transform=output_transform or _default_transform(), save_details=save_details)
 
 
@@ -104,7 +108,7 @@ class CalibrationReport:
 
     Args:
         output_dir: folder for ``calibration_per_case.csv``, ``calibration_summary.csv`` and ``reliability.png``.
-        num_bins, foreground, include_background, softmax: see :class:`CalibrationMetrics`.
+        num_bins, foreground, include_background, softmax, cece_classes: see :class:`CalibrationMetrics`.
         output_transform: maps ``engine.state.output`` to ``(y_pred, y)``.
         name_transform: maps ``engine.state.batch`` to case names (defaults to the image file names in the
             MONAI meta data, or ``case N``).
@@ -121,11 +125,13 @@ class CalibrationReport:
         output_transform: Callable | None = None,
         name_transform: Callable | None = None,
         prefix: str = "",
+        cece_classes: str = "all",
     ) -> None:
         self.output_dir = output_dir
         self.metric = CalibrationMetrics(
-            CALIBRATION_METRICS, num_bins=num_bins, foreground=foreground, include_background=include_background, softmax=softmax
-        )
+            CALIBRATION_METRICS, num_bins=num_bins, foreground=foreground, include_background=include_background, softmax=softmax,
+            cece_classes=cece_classes,
+        )  # fmt: skip
         self.output_transform = output_transform or _default_transform()
         self.name_transform = name_transform
         self.prefix = prefix
