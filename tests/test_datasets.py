@@ -262,7 +262,9 @@ def test_mrbrains_write_split_fold(tmp_path):
 
 
 def test_mrbrains_bad_layouts(tmp_path):
-    root = L.write_mrbrains18(tmp_path, ids=("1", "5", "7"))
+    root = L.write_mrbrains18(tmp_path, ids=("1", "5", "7", "14"))
+    ir = root / "training" / "14" / "pre" / "reg_IR.nii.gz"
+    L.write_nifti(ir, L.modality_volume(1), (1.0, 1.0, 1.0))  # same shape, another grid
     flair = root / "training" / "5" / "pre" / "FLAIR.nii.gz"
     L.write_nifti(flair, L.modality_volume(2, (16, 16, 5)), (0.958, 0.958, 3.0))  # another shape
     segm = root / "training" / "7" / "segm.nii.gz"
@@ -272,8 +274,9 @@ def test_mrbrains_bad_layouts(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"training/1/pre/reg_T1\.nii\.gz"):
         mrbrains18.find_cases(root)
     report = D.check_folder("mrbrains18", root)
-    assert report.n_cases == 3 and report.n_usable == 0
+    assert report.n_cases == 4 and report.n_usable == 0
     assert report.problems["1"] == [f"missing file: {t1}"]
+    assert report.problems["14"] == [f"affine mismatch: {ir} and {ir.parent / 'reg_T1.nii.gz'} are not on the same grid"]
     assert report.problems["5"] == [
         f"shape mismatch: {flair} is (16, 16, 5) but {flair.parent / 'reg_T1.nii.gz'} is (16, 16, 4)"
     ]
@@ -406,6 +409,7 @@ def test_busi_load_grey_and_union(busi_root):
     assert d["image"].shape == (1, 24, 20) and d["label"].shape == (1, 24, 20)
     assert np.array_equal(d["image"][0].numpy(), expected_grey.T)
     assert np.array_equal(d["label"][0].numpy(), expected_mask.T.astype(np.uint8))
+    assert "masks" not in d and "masks" in entry
     rgb_mask = next(e for part in busi.datalist(busi_root).values() for e in part if e["case"] == "malignant (1)")
     m = busi.LoadBUSId()(rgb_mask)["label"]
     assert int(m.sum()) == 4 * 5 and set(np.unique(m.numpy())) == {0, 1}
@@ -472,3 +476,14 @@ def test_brats_training_preferred_over_validation_and_flat(tmp_path):
     shutil.copytree(root / "MICCAI_BraTS_2019_Data_Training" / "HGG", flat)
     cases = brats.find_cases(flat)
     assert [c.id for c in cases] == ["BraTS19_X_1"] and "grade" not in cases[0].extra
+
+
+def test_busi_batches_collate(busi_root):
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose
+
+    ids = [c.id for c in busi.find_cases(busi_root)]
+    data = busi.datalist(busi_root, split={"training": ids, "validation": [], "test": []})
+    batch = next(iter(DataLoader(Dataset(data["training"], Compose(busi.preprocessing(32))), batch_size=5)))
+    assert batch["image"].shape == (5, 1, 32, 32) and batch["label"].shape == (5, 1, 32, 32)
+    assert batch["case"] == ["benign (1)", "benign (2)", "benign (3)", "malignant (1)", "malignant (2)"]

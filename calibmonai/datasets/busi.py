@@ -190,7 +190,8 @@ def read_mask(paths: Sequence[str] | str):
 
 class LoadBUSId(MapTransform):
     """Load a BUSI datalist entry: ``image_key`` -> grey level ``(1, W, H)`` float32, ``label_key`` -> the
-    union of the files listed in ``masks_key`` (or the ``label_key`` file alone) as 0/1 ``(1, W, H)``."""
+    union of the files listed in ``masks_key`` (or the ``label_key`` file alone) as 0/1 ``(1, W, H)``;
+    ``masks_key`` is removed (its lists differ in length between images and would not collate)."""
 
     def __init__(
         self,
@@ -207,7 +208,8 @@ class LoadBUSId(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             if key == self.label_key:
-                paths = d.get(self.masks_key) or [d[key]]
+                # the list of mask files goes: lists of different lengths would not collate into a batch
+                paths = d.pop(self.masks_key, None) or [d[key]]
                 d[key] = read_mask(paths)
             else:
                 d[key] = read_image(d[key])
