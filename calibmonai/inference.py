@@ -84,7 +84,12 @@ class ScanError(ValueError):
 
 def scan_datalist(inputs: str | Sequence[str], num_modalities: int = 1) -> list[dict[str, Any]]:
     """The inference dataset's items: ``{"case": name, "image": file or [file per modality]}`` of ``inputs``
-    (a folder, a glob or a list of files; see :func:`find_scans`)."""
+    (a folder, a glob or a list of files; see :func:`find_scans`). No scan gives an empty list (so a bundle's
+    config can be built and checked before any scan exists); :class:`ScanInferenceEngine` refuses to run on it."""
+    try:
+        find_scans(inputs, num_modalities)
+    except FileNotFoundError:
+        return []
     return [{"case": case, "image": files if num_modalities > 1 else files[0], "files": files} for case, files in find_scans(inputs, num_modalities)]
 
 
@@ -238,6 +243,7 @@ class ScanInferenceEngine:
         spatial_dims: int = 3,
         device: Any = "cpu",
         amp: bool = False,
+        source: Any = None,
     ) -> None:
         from calibmonai.bundle_tools import as_bool
 
@@ -254,6 +260,7 @@ class ScanInferenceEngine:
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.summary = InferenceSummary()
+        self.source = source
 
     def _check_files(self, files: Sequence[str]) -> None:
         for f in files:
@@ -282,6 +289,8 @@ class ScanInferenceEngine:
         """Segment every scan; raises ``RuntimeError`` listing the failures after all scans were tried."""
         os.makedirs(self.output_dir, exist_ok=True)
         items = list(self.dataset.data)
+        if not items:
+            raise FileNotFoundError(f"no scan found in {self.source!r} (extensions {', '.join(SCAN_EXTENSIONS)}).")
         transform = self.dataset.transform
         self.network.eval()
         summary = self.summary = InferenceSummary()
@@ -384,6 +393,6 @@ def infer_scans(
     engine = ScanInferenceEngine(
         Dataset(scan_datalist(inputs, num_modalities), transform=preprocessing), network, inferer, postprocessing,
         output_dir, postfixes=postfixes, overwrite=overwrite, num_modalities=num_modalities, spatial_dims=spatial_dims,
-        device=device,
+        device=device, source=inputs,
     )  # fmt: skip
     return engine.run()

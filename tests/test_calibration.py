@@ -244,3 +244,42 @@ def test_calibrate_run_refuses_a_validation_split_without_foreground(tmp_path):
         calibrate_run(None, net, str(tmp_path / "model.pt"), items, pre, lambda x, n: n(x), 3, str(tmp_path))
     with pytest.raises(ValueError, match="available calibrators"):
         calibrate_run("beta", net, str(tmp_path / "model.pt"), items, pre, lambda x, n: n(x), 3, str(tmp_path))
+
+
+def test_calibrator_files_load_without_running_code(tmp_path):
+    """A crafted pickle in a calibrator file is refused (weights_only loading), and every calibrator kind saved by
+    calibmonai still loads with the same outputs."""
+    import pickle
+
+    from calibmonai.calibration import CALIBRATORS, load_calibrator
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "calibrator_ts.pt"
+    torch.save({"kind": "ts", "num_classes": 4, "config": {}, "state": {}, "extra": Payload()}, bad, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        load_calibrator(bad, num_classes=4)
+    assert not marker.exists()  # the crafted object was never built
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 3, 6, 5, generator=gen) * 3
+    labels = torch.randint(0, 3, (1, 6, 5), generator=gen)
+    image = torch.randn(1, 1, 6, 5, generator=gen)
+    for name, cls in CALIBRATORS.items():
+        cal = cls(3)
+        if cal.needs_image:
+            cal.fit([(logits[0], image[0], labels[0]), (logits[0] * 0.5, image[0], labels[0])], epochs=2, seed=0)
+        else:
+            from calibmonai.calibration.sampling import StratifiedVoxelSampler
+
+            sampler = StratifiedVoxelSampler(3, 30, 0)
+            sampler.add(logits, labels[:, None])
+            cal.fit(sampler.sample())
+        path = cal.save(tmp_path / f"calibrator_{name}.pt")
+        loaded = load_calibrator(path, num_classes=3)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(logits, image), cal.eval()(logits, image))

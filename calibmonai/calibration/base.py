@@ -108,7 +108,15 @@ def load_calibrator(path: str | os.PathLike, num_classes: int | None = None, map
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no calibrator file at {path}: run the 'calibrate' workflow first.")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        # weights_only: a calibrator shipped inside a downloaded bundle is data, never code (a crafted pickle
+        # would otherwise run arbitrary code on load)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError and others for unsafe or corrupt files
+        raise ValueError(
+            f"{path} cannot be loaded safely as a calibmonai calibrator (only tensors and plain values are allowed; "
+            f"the file holds something else or is corrupt): {str(e).strip().splitlines()[0][:200]}"
+        ) from e
     if not isinstance(payload, dict) or payload.get("kind") not in CALIBRATORS:
         raise ValueError(f"{path} is not a calibmonai calibrator file (kinds: {list(CALIBRATORS)}).")
     if num_classes is not None and payload["num_classes"] != num_classes:
