@@ -25,8 +25,8 @@ one UA-MT case folder, ``._*`` and ``.DS_Store`` ignored; folder names may conta
 
 Split (MEEP, Larrazabal et al. 2023; UA-MT): 80 training / 20 test patients, 5% of the training patients for
 validation, i.e. 76/4/20. ``train.list`` / ``test.list`` / ``val.list`` are followed when present; without
-them, the full set of 100 patients gets the published split (UA-MT's ``test.list``: the last 20 ids in sorted
-order; MEEP's ``val.list``: 4 of the training ids) whatever the seed, and any other set of patients a seeded
+them, the full set of 100 patients gets the published split (UA-MT's ``test.list``, which MEEP reuses, and
+MEEP's ``val.list``: 4 of the training ids) whatever the seed, and any other set of patients a seeded
 split with the same fractions.
 """
 
@@ -107,8 +107,15 @@ KNOWN_IDS = tuple(
         """.split()
     )
 )
-#: UA-MT's (and MEEP's) ``test.list``: the last 20 of the sorted ids
-PUBLISHED_TEST_IDS = KNOWN_IDS[80:]
+#: UA-MT's (and MEEP's) ``test.list``
+PUBLISHED_TEST_IDS = tuple(
+    """
+    ULHWPWKKLTE921LQLH1P UPT6DX9IQY9JAZ7HJKA7 UTBUJIWZMKP64E3N73YC V0MZOWJ6MU3RMRCV9EXR VDOF02M8ZHEAADFMS6NP
+    VG4C826RAAKVMV9BQLVD VIXBEFTNVHZWKAKURJBN VQ2L3WM8KEVF6L44E6G9 WBG9WYZ1B25WDT5WAT8T WMDG2EFA6L2SNDZXIRU0
+    WNPKE0W404QE9AELX1LR WSJB9P4JCXUVHBOYFVWL WW8F5CO4S4K5IM5Z7EXX X18LU5AOBNNDMLTA0JZL XYDLYJ5CS19FDBVLJIPI
+    Y7ZU0B2APPF54WG6PDMF YDKD1HVHSME6NVMA8I39 Z9GMG63CJLL0VW893BB1 ZIJLJAVQV3FJ6JSQOH1E ZQPMJ4XEC5A4BISD45P1
+    """.split()
+)
 #: MEEP's ``val.list`` (5% of the 80 training patients)
 MEEP_VALIDATION_IDS = ("23X6SY44VT9KFHR7S7OC", "AT5CRO5JUDBWD4RUPXSQ", "CB5P5W7X310NIIVU7UZV", "CLXFYOBQDCVXQ9P7YC07")
 #: voxel size of the challenge volumes (mm); the h5 files carry none
