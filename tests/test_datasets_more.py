@@ -5,6 +5,7 @@ splits, junk, and the message of each bad layout."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import sys
@@ -140,6 +141,9 @@ def test_promise12_split():
 def test_promise12_bad_layouts(tmp_path, roots):
     root = _copy(roots["promise"], tmp_path / "PROMISE12")
     p1, p2 = root / "TrainingData_Part1", root / "TrainingData_Part2"
+    # unlabelled images in a folder not named like TestData are not training cases either
+    M.write_itk(root / "LiveChallengeData" / "Case00.mhd", modality_volume(0), (0.625, 0.625, 3.6))
+    assert [c.extra["part"] for c in promise12.find_cases(root)][:1] == ["TrainingData_Part1"]
     (p1 / "Case03.raw").unlink()  # Case03 is in part 1
     raw = p2 / "Case04_segmentation.raw"
     raw.write_bytes(raw.read_bytes()[:100])
@@ -227,6 +231,16 @@ def test_hippocampus_bad_layouts(tmp_path, roots):
         f"missing file: {task / 'imagesTr' / 'hippocampus_007.nii.gz'}",
         f"label values outside [0, 1, 2] in {task / 'labelsTr' / 'hippocampus_006.nii.gz'}: [3]",
     }
+    js = task / "dataset.json"
+    js.write_text(js.read_text().replace('"labels": {', '"labels_v1": {'))
+    doc = json.loads(js.read_text())
+    doc["labels"] = {"background": 0, "Anterior": 1, "Posterior": 2}  # nnU-Net v2 spelling is accepted
+    js.write_text(json.dumps(doc))
+    assert len(msd_hippocampus.find_cases(task, strict=False)) == 6
+    doc["labels"] = {"background": 0, "Anterior": 1}
+    js.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="dataset.json: labels"):
+        msd_hippocampus.find_cases(task, strict=False)
     other = _copy(roots["prostate"], tmp_path / "other" / "Task05_Prostate")
     with pytest.raises(FileNotFoundError, match="decathlon Hippocampus folder"):
         msd_hippocampus.find_cases(other.parent)

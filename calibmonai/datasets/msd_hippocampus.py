@@ -119,7 +119,10 @@ def find_msd_dir(root: str | Path, task: str) -> Path:
 
 
 def _check_json_labels(path: Path, doc: Mapping[str, Any], labels: Mapping[str, str]) -> None:
-    got = {str(k): str(v) for k, v in dict(doc.get("labels", {})).items()}
+    raw = dict(doc.get("labels", {}) or {})
+    if raw and all(isinstance(v, int) for v in raw.values()):  # nnU-Net v2 style {"background": 0, ...}
+        raw = {v: k for k, v in raw.items()}
+    got = {str(k): str(v) for k, v in raw.items()}
     want = {str(k): str(v) for k, v in labels.items()}
     if {k: v.lower() for k, v in got.items()} != {k: v.lower() for k, v in want.items()}:
         raise ValueError(f"{path}: labels {got} differ from the expected {want}")

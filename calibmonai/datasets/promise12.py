@@ -15,7 +15,8 @@ into one folder; MetaImage header ``.mhd`` + raw voxels ``.raw``, read through M
     TestData/Case00.mhd ...                                              no reference: not read
 
   Labels 0 background, 1 prostate (whole gland). Test-data folders (``TestData``, ``Test``, ``test_data``,
-  ``LiveChallengeTestData``) are not read: their cases have no reference and reuse the names ``Case00`` ...;
+  ``LiveChallengeTestData``), and any folder of ``CaseNN.mhd`` files without a single ``_segmentation`` file
+  beside labelled folders, are not read: their cases have no reference and reuse the names ``Case00`` ...;
   a case name found twice elsewhere is refused.
 
 ``msd`` -- ``Task05_Prostate`` of the decathlon (Radboud University Nijmegen; nnU-Net's
@@ -203,6 +204,12 @@ def _promise_files(root: Path, max_depth: int = 4) -> dict[str, dict[str, list[P
         level = nxt
         if not level:
             break
+    # a folder of images without any reference (unlabelled challenge data under another name) is not training
+    labelled = {p.parent for entry in out.values() for p in entry["label"]}
+    if labelled:
+        for entry in out.values():
+            entry["image"] = [p for p in entry["image"] if p.parent in labelled]
+        out = {cid: e for cid, e in out.items() if e["image"] or e["label"]}
     return out
 
 
