@@ -201,3 +201,48 @@ def test_cuda_amp_training_step_runs_the_kernel_and_scales_gradients():
     assert type(v.grad_fn).__name__ == "_DeviceGradientBackward" and v.dtype == torch.float32
     scaler.scale(v).backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+_COMPILE_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from calibmonai.losses import _triton_kernel as L
+from calibmonai.metrics import _triton_histogram as M
+
+def compile_for_sm90(fn, sig, consts):
+    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+i32, f32 = "i32", "fp32"
+hsig = dict(p_ptr="*fp32", y_ptr="*i64", mask_ptr="*u8", top_ptr="*fp32", cls_ptr="*fp32", sc_ptr="*fp32", chk_ptr="*fp64",
+            N=i32, n_blocks=i32, s_pb=i32, s_pc=i32, s_pn=i32, s_yb=i32, s_yn=i32, s_mb=i32, s_mn=i32)
+for mode, softmax, float_labels in [(1, False, False), (2, True, True)]:
+    sig = dict(hsig, y_ptr="*fp32" if float_labels else "*i64")
+    compile_for_sm90(M._histogram_kernel, sig, dict(C=5, CP=8, NB=15, NBP=16, BLOCK=M._block(8, 16), MODE=mode, BG=0,
+                     SOFTMAX=softmax, CLASSWISE=True, WITH_NLL=True, USE_MASK=mode == 2, FLOAT_LABELS=float_labels))
+psig = dict(z_ptr="*fp32", y_ptr="*i64", sums_ptr="*fp32", stats_ptr="*fp32", S=i32, n_blocks=i32, s_zb=i32, s_zc=i32, s_yb=i32)
+compile_for_sm90(L._prepass_kernel, psig, dict(C=4, CP=4, BLOCK=L._block(4, False)))
+lsig = dict(z_ptr="*fp16", y_ptr="*i64", grad_ptr="*fp32", dice_ptr="*fp32", meep_ptr="*fp32", part_ptr="*fp32", stats_ptr="*fp32",
+            S=i32, n_blocks=i32, s_zb=i32, s_zc=i32, s_yb=i32, D=i32, H=i32, W=i32)
+lsig.update({k: f32 for k in "c_ce c_unif c_ent c_hinge margin log_eps eps c_soft g1 centre_extra inv_norm c_dist c_focal log_c".split()})
+for v in [dict(HINGE=1, MEEP=0, DICE=True, SOFT=0, FOCAL=-1, ENT=False, THREE_D=1),
+          dict(HINGE=2, MEEP=2, DICE=False, SOFT=0, FOCAL=3, ENT=True, THREE_D=1),
+          dict(HINGE=0, MEEP=1, DICE=False, SOFT=1, FOCAL=-1, ENT=False, THREE_D=1),
+          dict(HINGE=0, MEEP=0, DICE=False, SOFT=2, FOCAL=-1, ENT=False, THREE_D=0)]:
+    compile_for_sm90(L._loss_kernel, lsig, dict(C=4, CP=4, BLOCK=L._block(4, v["SOFT"] != 0), WRITE_GRAD=True, **v))
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
+def test_kernels_compile_for_a_hopper_gpu_without_one():
+    # the interpreter does not type-check like the compiler: compile the kernels to sm_90 machine code (Triton
+    # ships ptxas), in a fresh process without TRITON_INTERPRET
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]

@@ -125,29 +125,28 @@ if HAVE_TRITON:
             hh0 = (offs // W) % H
             ww0 = offs % W
             q = tl.zeros([CP, BLOCK], dtype=tl.float32)
-            for i in tl.static_range(3):
-                if THREE_D or i == 1:
-                    for j in tl.static_range(3):
-                        for k in tl.static_range(3):
-                            nd = dd0 + (i - 1)
-                            nh = hh0 + (j - 1)
-                            nw = ww0 + (k - 1)
-                            if SOFT == 1:  # replicate padding: clamp
-                                nd = tl.minimum(tl.maximum(nd, 0), D - 1)
-                                nh = tl.minimum(tl.maximum(nh, 0), H - 1)
-                                nw = tl.minimum(tl.maximum(nw, 0), W - 1)
-                                inb = vm
-                            else:  # zero padding: skip
-                                inb = vm & (nd >= 0) & (nd < D) & (nh >= 0) & (nh < H) & (nw >= 0) & (nw < W)
-                            wt = 1.0
-                            if i != 1:
-                                wt = wt * g1
-                            if j != 1:
-                                wt = wt * g1
-                            if k != 1:
-                                wt = wt * g1
-                            ln = tl.load(y_row + nd * hw + nh * W + nw, mask=inb, other=-1).to(tl.int32)
-                            q += tl.where((cls[:, None] == ln[None, :]) & inb[None, :], wt, 0.0)
+            for i in tl.static_range(1 - THREE_D, 2 + THREE_D):  # depth offsets -1..1 in 3D, 0 only in 2D
+                for j in tl.static_range(3):
+                    for k in tl.static_range(3):
+                        nd = dd0 + (i - 1)
+                        nh = hh0 + (j - 1)
+                        nw = ww0 + (k - 1)
+                        if SOFT == 1:  # replicate padding: clamp
+                            nd = tl.minimum(tl.maximum(nd, 0), D - 1)
+                            nh = tl.minimum(tl.maximum(nh, 0), H - 1)
+                            nw = tl.minimum(tl.maximum(nw, 0), W - 1)
+                            inb = vm
+                        else:  # zero padding: skip
+                            inb = vm & (nd >= 0) & (nd < D) & (nh >= 0) & (nh < H) & (nw >= 0) & (nw < W)
+                        wt = 1.0
+                        if i != 1:
+                            wt = wt * g1
+                        if j != 1:
+                            wt = wt * g1
+                        if k != 1:
+                            wt = wt * g1
+                        ln = tl.load(y_row + nd * hw + nh * W + nw, mask=inb, other=-1).to(tl.int32)
+                        q += tl.where((cls[:, None] == ln[None, :]) & inb[None, :], wt, 0.0)
             q = (q + centre_extra * yk) * inv_norm
             if SOFT == 1:
                 w += c_soft * q
@@ -278,8 +277,9 @@ def _dice_terms(sums: torch.Tensor, weight: float, include_background: bool) -> 
 
 
 def _block(c_pad: int, soft: bool) -> int:
-    """Voxels per program: a tile of about 4096 values (2048 with soft targets, which hold a second tile)."""
-    return max(16, min(1024, triton.next_power_of_2(max(1, (2048 if soft else 4096) // c_pad))))
+    """Voxels per program: a ``(classes, voxels)`` tile of about 2048 values (1024 with soft targets, which hold
+    a second tile), about 16 registers per tile and thread at 4 warps: the dozen live tiles stay in registers."""
+    return max(16, min(1024, triton.next_power_of_2(max(1, (1024 if soft else 2048) // c_pad))))
 
 
 def triton_softmax_loss(input: torch.Tensor, target: torch.Tensor, terms, reduction: str = "mean") -> torch.Tensor | None:
@@ -357,7 +357,7 @@ def triton_softmax_loss(input: torch.Tensor, target: torch.Tensor, terms, reduct
         terms.margin, math.log(terms.eps), terms.eps, terms.svls * per_voxel, g1, centre, inv_norm,
         terms.nacl * per_voxel / c, terms.focal * per_voxel / c, math.log(c),
         C=c, CP=cp, BLOCK=block, WRITE_GRAD=need_grad, HINGE=hinge, MEEP=meep, DICE=bool(terms.dice), SOFT=soft,
-        THREE_D=len(spatial) == 3, FOCAL=int(terms.focal_gamma) if terms.focal else -1, ENT=bool(terms.neg_entropy),
+        THREE_D=int(len(spatial) == 3), FOCAL=int(terms.focal_gamma) if terms.focal else -1, ENT=bool(terms.neg_entropy),
     )  # fmt: skip
     checks.append(stats.sum(0, dtype=torch.float64))
     if any(v > 0 for v in torch.cat(checks).tolist()):  # the one host synchronisation

@@ -138,8 +138,9 @@ def _histogram_kernel(
 
 
 def _block(c_pad: int, nb_pad: int) -> int:
-    """Voxels per program: a few thousand tile elements per program whatever the class and bin counts."""
-    return max(32, min(1024, triton.next_power_of_2(max(1, 8192 // max(c_pad, nb_pad)))))
+    """Voxels per program: tiles of about 4096 values (the ``(bins, voxels)`` one-hot is the largest), about 32
+    per thread at 4 warps, whatever the class and bin counts."""
+    return max(16, min(1024, triton.next_power_of_2(max(1, 4096 // max(c_pad, nb_pad)))))
 
 
 def triton_histograms(
