@@ -46,7 +46,7 @@ from monai.utils import ensure_tuple
 
 from calibmonai.datasets import common
 from calibmonai.datasets.common import Case
-from calibmonai.datasets.promise12 import check_itk_case
+from calibmonai.datasets.promise12 import check_itk_case, find_folders
 
 __all__ = [
     "NAME",
@@ -140,27 +140,8 @@ def _case_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _case_dirs(root: Path, max_depth: int = 4) -> list[Path]:
-    """Folders at or below ``root`` holding ``lgemri.nrrd``, ``laendo.nrrd`` or ``mri_norm2.h5`` (breadth
-    first, junk and ``Testing Set`` folders skipped)."""
-    if not root.exists():
-        raise FileNotFoundError(f"data folder does not exist: {root}")
-    if not root.is_dir():
-        raise FileNotFoundError(f"data path is not a folder: {root}")
-    out, level = [], [root]
-    for _ in range(max_depth + 1):
-        nxt: list[Path] = []
-        for folder in level:
-            try:
-                entries = common.list_dir(folder)
-            except (FileNotFoundError, PermissionError):
-                continue
-            if any(p.is_file() and p.name.lower() in _CASE_FILES for p in entries):
-                out.append(folder)
-                continue
-            nxt.extend(p for p in entries if p.is_dir() and not _TEST_DIR.match(p.name))
-        level = nxt
-    return out
+def _is_case_dir(folder: Path) -> bool:
+    return any(p.name.lower() in _CASE_FILES for p in common.list_dir(folder, dirs=False))
 
 
 def read_list(path: str | Path) -> list[str]:
@@ -209,7 +190,7 @@ def _locate(root: str | Path, layout: str) -> tuple[list[Path], str, dict[str, t
     if layout not in ("auto",) + LAYOUTS:
         raise ValueError(f"layout must be 'auto', 'nrrd' or 'h5', got {layout!r}")
     root = Path(root)
-    dirs = _case_dirs(root)
+    dirs = find_folders(root, _is_case_dir, skip=_TEST_DIR.match)
     if not dirs:
         raise FileNotFoundError(
             f"no left atrium case folder (<ID>/lgemri.nrrd + laendo.nrrd, or <ID>/mri_norm2.h5) in {root}"

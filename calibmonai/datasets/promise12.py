@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 from monai.config import KeysCollection
@@ -64,6 +64,7 @@ __all__ = [
     "MSD_LABEL_VALUES",
     "MSD_MODALITIES",
     "MSD_DATASET_JSON_LABELS",
+    "find_folders",
     "mhd_data_file",
     "read_itk",
     "check_itk_case",
@@ -179,31 +180,52 @@ def check_itk_case(case: Case, label_values: Sequence[int], affine_atol: float =
 # ---------------------------------------------------------------------------------------------- layouts
 
 
+def find_folders(
+    root: str | Path,
+    is_match: Callable[[Path], bool],
+    skip: Callable[[str], Any] | None = None,
+    max_depth: int = 4,
+    descend: bool = False,
+) -> list[Path]:
+    """Every folder at or below ``root`` (breadth first, up to ``max_depth`` levels, junk skipped) for which
+    ``is_match`` holds, without looking inside a match unless ``descend``; sub-folders whose name satisfies
+    ``skip`` are not entered (e.g. the unlabelled ``TestData``).
+
+    Raises:
+        FileNotFoundError: naming ``root`` when it is not a folder.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data folder does not exist: {root}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"data path is not a folder: {root}")
+    out, level = [], [root]
+    for _ in range(max_depth + 1):
+        nxt: list[Path] = []
+        for folder in level:
+            if is_match(folder):
+                out.append(folder)
+                if not descend:
+                    continue
+            try:
+                nxt.extend(p for p in common.list_dir(folder, dirs=True) if skip is None or not skip(p.name))
+            except (FileNotFoundError, PermissionError):
+                continue
+        level = nxt
+    return out
+
+
 def _promise_files(root: Path, max_depth: int = 4) -> dict[str, dict[str, list[Path]]]:
     """``case id -> {"image": [...], "label": [...]}`` of the ``CaseNN[_segmentation].mhd`` files at or
     below ``root`` (breadth first, junk and test-data folders skipped)."""
     out: dict[str, dict[str, list[Path]]] = {}
-    level = [root]
-    for _ in range(max_depth + 1):
-        nxt: list[Path] = []
-        for folder in level:
-            try:
-                entries = common.list_dir(folder)
-            except (FileNotFoundError, PermissionError):
-                continue
-            for p in entries:
-                if p.is_dir():
-                    if not _TEST_DIR.match(p.name):
-                        nxt.append(p)
-                    continue
-                m = _CASE.match(p.name)
-                if m:
-                    cid = "Case" + m.group("cid")[4:]
-                    key = "label" if m.group("seg") else "image"
-                    out.setdefault(cid, {"image": [], "label": []})[key].append(p)
-        level = nxt
-        if not level:
-            break
+    for folder in find_folders(root, lambda f: True, skip=_TEST_DIR.match, max_depth=max_depth, descend=True):
+        for p in common.list_dir(folder, dirs=False):
+            m = _CASE.match(p.name)
+            if m:
+                cid = "Case" + m.group("cid")[4:]
+                key = "label" if m.group("seg") else "image"
+                out.setdefault(cid, {"image": [], "label": []})[key].append(p)
     # a folder of images without any reference (unlabelled challenge data under another name) is not training
     labelled = {p.parent for entry in out.values() for p in entry["label"]}
     if labelled:

@@ -39,6 +39,7 @@ from monai.transforms import MapTransform
 
 from calibmonai.datasets import common
 from calibmonai.datasets.common import Case
+from calibmonai.datasets.promise12 import find_folders
 
 __all__ = [
     "NAME",
@@ -77,26 +78,6 @@ def _is_subject(folder: Path) -> bool:
     return common.child_dir(folder, "pre") is not None or common.find_nifti(folder, _LABEL) is not None
 
 
-def _subject_dirs(root: Path, max_depth: int = 5) -> list[Path]:
-    if not root.exists():
-        raise FileNotFoundError(f"data folder does not exist: {root}")
-    if not root.is_dir():
-        raise FileNotFoundError(f"data path is not a folder: {root}")
-    out, level = [], [root]
-    for _ in range(max_depth + 1):
-        nxt: list[Path] = []
-        for folder in level:
-            if _is_subject(folder):
-                out.append(folder)
-                continue
-            try:
-                nxt.extend(p for p in common.list_dir(folder, dirs=True) if not _TEST_DIR.match(p.name))
-            except (FileNotFoundError, PermissionError):
-                continue
-        level = nxt
-    return out
-
-
 def find_cases(root: str | Path, strict: bool = True) -> list[Case]:
     """The training subjects under ``root``.
 
@@ -109,7 +90,7 @@ def find_cases(root: str | Path, strict: bool = True) -> list[Case]:
         ValueError: when two subject folders get the same id.
     """
     root = Path(root)
-    dirs = _subject_dirs(root)
+    dirs = find_folders(root, _is_subject, skip=_TEST_DIR.match, max_depth=5)
     if not dirs:
         raise FileNotFoundError(f"no WMH subject folder (<scanner>/<id>/pre/FLAIR.nii.gz, T1.nii.gz, wmh.nii.gz) in {root}")
     cases: dict[str, Case] = {}
