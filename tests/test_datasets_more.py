@@ -276,6 +276,8 @@ def test_left_atrium_h5_lists_and_split(roots):
     label = LoadImage(reader=left_atrium.H5Reader("label"), image_only=True)(cases[3].label)
     assert torch.equal(label, d["label"][0])
     assert D.check_folder("left_atrium", data.parent).ok
+    lists = left_atrium.case_lists(cases)
+    assert sorted(lists["test"]) == sorted(M.LA_IDS[-2:]) and len(lists["training"]) == 6 and "validation" not in lists
     dl = left_atrium.datalist(data, seed=0)
     assert sorted(e["case"] for e in dl["test"]) == sorted(M.LA_IDS[-2:])  # test.list
     assert len(dl["validation"]) == 1 and len(dl["training"]) == 5  # 5% of the 6 train.list ids, at least one
@@ -322,6 +324,10 @@ def test_left_atrium_bad_layouts(tmp_path, roots):
     assert f"label values outside [0, 1] in {cases_dir / b / 'mri_norm2.h5'} ('label'): [2]" in text
     assert "unreadable or corrupt file: " + str(cases_dir / c / "mri_norm2.h5") in text
     assert "missing file: " + str(cases_dir / "NOSUCHCASE0000000000" / "mri_norm2.h5") in text
+    with open(data / "train.list", "a") as f:
+        f.write(M.LA_IDS[-1] + "\r\n")  # a test id, Windows line end
+    with pytest.raises(ValueError, match=f"{M.LA_IDS[-1]} is in both .*train.list and .*test.list|{M.LA_IDS[-1]} is in both .*test.list and .*train.list"):
+        left_atrium.find_cases(data, strict=False)
     top = _copy(roots["la_nrrd"], tmp_path / "nrrd")
     train = top / "Training Set"
     a, b, c = sorted(M.LA_IDS[:5])[:3]

@@ -64,6 +64,7 @@ __all__ = [
     "read_list",
     "read_lists",
     "find_cases",
+    "case_lists",
     "check_case",
     "make_split",
     "datalist",
@@ -207,7 +208,7 @@ def _locate(root: str | Path, layout: str) -> tuple[list[Path], str, dict[str, t
 
 def find_cases(root: str | Path, strict: bool = True, layout: str = "auto") -> list[Case]:
     """The cases under ``root``, plus the ids named by ``train.list``/``test.list``/``val.list`` that have no
-    case folder (their files are missing).
+    case folder (their files are missing); a listed case records its part in ``extra["list"]``.
 
     Args:
         root: the challenge ``Training Set`` folder, the UA-MT ``data`` folder, or a parent.
@@ -217,8 +218,12 @@ def find_cases(root: str | Path, strict: bool = True, layout: str = "auto") -> l
     """
     dirs, layout, lists = _locate(root, layout)
     folders = {d.name: d for d in dirs}
-    for _, ids in lists.values():
+    listed: dict[str, tuple[str, Path]] = {}
+    for part, (path, ids) in lists.items():
         for cid in ids:
+            if cid in listed and listed[cid][0] != part:
+                raise ValueError(f"{cid} is in both {listed[cid][1]} and {path}")
+            listed[cid] = (part, path)
             folders.setdefault(cid, dirs[0].parent / cid)
     cases = []
     for cid in sorted(folders, key=common.natural_key):
@@ -232,8 +237,21 @@ def find_cases(root: str | Path, strict: bool = True, layout: str = "auto") -> l
                 if strict:
                     raise FileNotFoundError(f"missing file: {p}")
             paths.append(str(p))
-        cases.append(Case(id=cid, subject=cid, images=(paths[0],), label=paths[1], extra={"layout": layout}))
+        extra = {"layout": layout}
+        if cid in listed:
+            extra["list"] = listed[cid][0]
+        cases.append(Case(id=cid, subject=cid, images=(paths[0],), label=paths[1], extra=extra))
     return cases
+
+
+def case_lists(cases: Sequence[Case]) -> dict[str, list[str]]:
+    """``{"training"|"validation"|"test": ids}`` of the list files the cases were named in
+    (``extra["list"]``, set by :func:`find_cases`); empty when the folder has no list file."""
+    out: dict[str, list[str]] = {}
+    for c in cases:
+        if "list" in c.extra:
+            out.setdefault(c.extra["list"], []).append(c.subject)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -330,9 +348,7 @@ def datalist(
     ``split`` is ``None`` (see :func:`make_split`)."""
     cases = find_cases(root, layout=layout)
     if split is None:
-        _, _, found = _locate(root, layout)
-        lists = {k: ids for k, (_, ids) in found.items()}
-        split = make_split([c.subject for c in cases], seed=seed, lists=lists or None, published=published)
+        split = make_split([c.subject for c in cases], seed=seed, lists=case_lists(cases) or None, published=published)
     return common.make_datalist(cases, split)
 
 
