@@ -7,7 +7,7 @@ Layout of the download (the given folder may be the one holding ``TrainingImg``,
 
     TrainingImg/train_000_0000.nii.gz     CT volume (nnU-Net style ``_0000`` channel suffix)
     TrainingMask/train_000.nii.gz         reference segmentation of the same case
-    ...                                   361 training cases, train_000 ... train_360
+    ...                                   361 training cases (train_000, train_001, ...)
     ValidationImg/validation_001_0000.nii.gz, TestImg/...   no masks: not read
 
 Labels (challenge page): 0 background, 1 liver, 2 kidney (both kidneys), 3 spleen, 4 pancreas; used as they

@@ -32,6 +32,7 @@ split with the same fractions.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from pathlib import Path
@@ -325,7 +326,7 @@ def make_split(
             parts["training"] = [i for i in ids if i not in taken]
         if "validation" not in lists or not lists.get("validation"):
             pool = sorted(set(parts["training"]) - set(parts["test"]), key=common.natural_key)
-            n_val = max(1, int(round(_VALIDATION_FRACTION * len(pool)))) if len(pool) >= 2 else 0
+            n_val = max(1, int(math.floor(_VALIDATION_FRACTION * len(pool) + 0.5))) if len(pool) >= 2 else 0
             order = list(pool)
             random.Random(int(seed)).shuffle(order)
             parts["validation"] = order[:n_val]
