@@ -1,8 +1,14 @@
-"""Command line: ``calibmonai prepare | demo | export-bundle | methods`` (python-fire)."""
+"""Command line: ``calibmonai prepare | demo | infer | export-bundle | check-data | study | methods`` (python-fire).
+
+Flags are checked against each command's parameters before anything runs (python-fire alone would run the command
+and complain about an unknown flag afterwards), and boolean flags accept true/false/yes/no/1/0.
+"""
 
 from __future__ import annotations
 
+import inspect
 import sys
+from typing import Any
 
 
 class CLI:
@@ -21,11 +27,22 @@ class CLI:
 
         run_demo(out=out, data=data, runs=runs, methods=methods, epochs=epochs, subjects=subjects)
 
-    def export_bundle(self, bundle: str = "mni_tissue_seg2d", method: str = "mbls", out: str = "exported_bundle", overwrite: bool = False) -> str:
-        """Write a self-contained bundle for one dataset x method combination to OUT."""
+    def export_bundle(
+        self,
+        bundle: str = "mni_tissue_seg2d",
+        method: str = "mbls",
+        out: str = "exported_bundle",
+        runs_dir: str = "runs",
+        loss_kwargs: Any = None,
+        backbone: str | None = None,
+        untrained: Any = False,
+        overwrite: Any = False,
+    ) -> str:
+        """Write a self-contained bundle for one trained run (BUNDLE x METHOD [x BACKBONE], hyper-parameters
+        LOSS_KWARGS, trained under RUNS_DIR) to OUT, with its weights and fitted calibrators."""
         from calibmonai.bundle_export import export_bundle
 
-        return str(export_bundle(bundle, method, out, overwrite=overwrite))
+        return str(export_bundle(bundle, method, out, runs_dir=runs_dir, loss_kwargs=loss_kwargs, backbone=backbone, untrained=untrained, overwrite=overwrite))
 
     def infer(
         self,
@@ -33,17 +50,29 @@ class CLI:
         output: str,
         bundle: str = "mni_tissue_seg2d",
         method: str = "ce",
+        backbone: str | None = None,
         calibrator: str | None = None,
         runs_dir: str = "runs",
-        overwrite: bool = False,
-        save_probs: bool = False,
+        overwrite: Any = False,
+        save_probs: Any = False,
     ) -> None:
         """Segment the scans of INPUT (folder, glob or file) into OUTPUT with a trained run of BUNDLE x METHOD
         (or an exported bundle folder), writing *_seg, *_conf, *_uncertainty (and *_prob) NIfTI files."""
-        from calibmonai.bundle_tools import inference_config_files, run_workflow
+        from calibmonai.bundle_tools import as_bool, inference_config_files, run_workflow
 
-        files, overrides = inference_config_files(bundle, method, runs_dir)
-        run_workflow("inference", files, input_dir=input, output_dir=output, calibrator=calibrator, overwrite=overwrite, save_probs=save_probs, **overrides)
+        overwrite, save_probs = as_bool(overwrite, "overwrite"), as_bool(save_probs, "save_probs")
+        files, overrides = inference_config_files(bundle, method, runs_dir, backbone=backbone)
+        run_workflow("run", files, input_dir=input, output_dir=output, calibrator=calibrator, overwrite=overwrite, save_probs=save_probs, **overrides)
+
+    def check_data(self, data: str, bundle: str = "acdc_seg2d") -> None:
+        """Read the dataset folder DATA as BUNDLE's loader will and report, per case, what is wrong and how many
+        cases are usable (exit status 1 when a case is unusable)."""
+        from calibmonai.datasets import bundle_dataset, check_folder, format_report
+
+        report = check_folder(bundle_dataset(bundle), data)
+        print(format_report(report))
+        if not report.ok:
+            sys.exit(1)
 
     def methods(self) -> list:
         """List the training methods."""
@@ -52,11 +81,44 @@ class CLI:
         return [f"{k}: {v.description}" for k, v in METHODS.items()]
 
 
+def _study_cli() -> Any:
+    from calibmonai.study.cli import StudyCLI
+
+    return StudyCLI()
+
+
+def _check_flags(argv: list[str]) -> None:
+    """Refuse an unknown command or flag before the command runs, naming it and the accepted ones."""
+    if not argv or argv[0].startswith("-"):
+        return
+    name = argv[0].replace("-", "_")
+    target = getattr(CLI, name, None)
+    if target is None or name.startswith("_"):
+        if name == "study":
+            return  # sub-commands of `study` check their own flags
+        commands = [c.replace("_", "-") for c in vars(CLI) if not c.startswith("_")] + ["study"]
+        raise ValueError(f"unknown command {argv[0]!r}; commands: {', '.join(commands)}.")
+    params = [p for p in inspect.signature(target).parameters if p != "self"]
+    for arg in argv[1:]:
+        if arg in ("--help", "-h") or not arg.startswith("--"):
+            continue
+        flag = arg[2:].split("=", 1)[0].replace("-", "_")
+        if flag.startswith("no") and flag[2:] in params:
+            continue
+        if flag not in params:
+            raise ValueError(f"unknown flag --{flag} for `calibmonai {argv[0]}`; flags: {', '.join('--' + p for p in params)}.")
+
+
 def main(argv: list[str] | None = None) -> None:
     import fire
 
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        fire.Fire(CLI, command=argv, name="calibmonai")
+        _check_flags(args)
+        commands: Any = CLI()
+        if args and args[0] == "study":
+            commands = {"study": _study_cli()}
+        fire.Fire(commands, command=args, name="calibmonai")
     except (FileNotFoundError, ValueError, FileExistsError, RuntimeError) as e:
         root = e
         while root.__cause__ is not None:  # MONAI's config parser wraps errors raised in expressions
