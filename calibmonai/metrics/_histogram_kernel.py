@@ -149,15 +149,19 @@ if HAVE_NUMBA:
                 if not np.isfinite(chk):
                     bad += 1
                     continue
-                # the prediction: the lowest class whose probability equals the max m (first-index tie rule);
-                # scanning the classes downwards leaves the first one, branch-free
+                # the prediction: the first argmax of the probabilities (a strict '>' keeps the lowest tied class;
+                # an upward scan with selects vectorises, a downward one does not); mn is free scratch here
                 for j in range(n):
-                    pa[j] = np.int32(C - 1)
-                for k in range(C - 2, -1, -1):
+                    pa[j] = np.int32(0)
+                    mn[j] = P[0, j]
+                for k in range(1, C):
                     Pk = P[k]
                     k32 = np.int32(k)
                     for j in range(n):
-                        pa[j] = k32 if Pk[j] >= m[j] else pa[j]
+                        v = Pk[j]
+                        big = v > mn[j]
+                        pa[j] = k32 if big else pa[j]
+                        mn[j] = v if big else mn[j]
                 # per voxel: confidence m (the max, from the loop above), label probability, Brier, selection
                 for j in range(n):
                     py[j] = _F0
