@@ -6,13 +6,14 @@ import csv
 import math
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from calibmonai.handlers.calibration import write_calibration_report
 from calibmonai.metrics import CalibrationMetrics, SegmentationMetrics
+from calibmonai.prediction import load_checkpoint, predict_logits, to_probabilities
 
 __all__ = ["evaluate_run", "evaluate_posthoc", "load_checkpoint", "SUMMARY_COLUMNS"]
 
@@ -21,32 +22,6 @@ SUMMARY_COLUMNS = [
     ("dsc_mean", "DSC"), ("asd_mean", "ASD"), ("hd95_mean", "HD95"), ("ece", "ECE"), ("cece", "CECE"),
     ("brier", "Brier"), ("brier_plus", "Brier+"), ("nll", "NLL"), ("ref_mad", "ref MAD"),
 ]  # fmt: skip
-
-
-def load_checkpoint(network: torch.nn.Module, checkpoint: str, device: Any) -> torch.nn.Module:
-    """Load a MONAI ``CheckpointSaver`` file (a state dict, or ``{"model": state_dict}``) with ``map_location``."""
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"no trained checkpoint at {checkpoint}: run the 'training' workflow of this run first.")
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    network.load_state_dict(state)
-    return network.to(device).eval()
-
-
-def predict_logits(image: Any, network: torch.nn.Module, inferer: Callable, device: Any) -> torch.Tensor:
-    """Logits ``(1, C, *spatial)`` on the CPU for one channel-first ``image``, without gradients."""
-    with torch.no_grad():
-        out = inferer(torch.as_tensor(image).unsqueeze(0).float().to(device), network)
-    return torch.as_tensor(out).float().cpu()
-
-
-def to_probabilities(logits: torch.Tensor, image: Any, calibrator: Callable | None = None) -> torch.Tensor:
-    """Softmax of ``logits (1, C, *spatial)``, or the calibrator's probabilities (it may use the image)."""
-    with torch.no_grad():
-        if calibrator is None:
-            return torch.softmax(logits, 1)
-        return calibrator(logits, torch.as_tensor(image).unsqueeze(0).float().cpu()).cpu()
 
 
 def _spacing(meta_img: Any) -> list[float] | None:
@@ -70,11 +45,11 @@ def save_slice_png(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    z = image.shape[-1] // 2
+    z = image.shape[-1] // 2  # the middle axial slice of a volume; a 2D image is shown whole
     panels = [(image, "image", "gray", None), (label, "ground truth", "viridis", (0, 3)), (pred, "prediction", "viridis", (0, 3)), (conf, "confidence (max p)", "magma", (0, 1))]
     fig, axes = plt.subplots(1, 4, figsize=(13, 4))
     for ax, (vol, name, cmap, lim) in zip(axes, panels):
-        sl = np.asarray(vol[..., z], dtype=float).T[::-1]
+        sl = np.asarray(vol if np.ndim(vol) == 2 else vol[..., z], dtype=float).T[::-1]
         im = ax.imshow(sl, cmap=cmap, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1])
         ax.set_title(name)
         ax.axis("off")
@@ -116,10 +91,14 @@ def evaluate_run(
     title: str = "",
     calibrator: Any = None,
     num_bins: int = 15,
+    regions: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained network on whole volumes and write ``output_dir``:
     ``per_case.csv``, ``summary.csv``, ``summary.md``, ``reliability.png``, ``reference_reliability.png``,
     ``slice.png``, and the calibration CSVs.
+
+    ``regions`` (e.g. BraTS ``{"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}``) scores DSC/ASD/HD95 on those unions of
+    labels instead of on each class (:class:`calibmonai.metrics.SegmentationMetrics`); calibration is per class.
 
     Returns the summary: mean over cases of every column (``dsc_mean``, ``ece``, ...), with ``*_std``.
     """
@@ -127,14 +106,14 @@ def evaluate_run(
 
     load_checkpoint(network, checkpoint, device)
     cal = CalibrationMetrics(num_bins=num_bins, foreground="label")
-    seg = SegmentationMetrics(num_classes, class_names)
+    seg = SegmentationMetrics(num_classes, class_names, regions=regions)
     ref_count = torch.zeros(num_bins, dtype=torch.float64)
     ref_p = torch.zeros(num_bins, dtype=torch.float64)
     ref_q = torch.zeros(num_bins, dtype=torch.float64)
     rows: list[dict[str, Any]] = []
     t0 = time.time()
     for i, item in enumerate(datalist):
-        name = item.get("subject", os.path.basename(item["image"]))
+        name = item.get("case") or item.get("subject") or os.path.basename(str(item["image"]))
         d = preprocessing(item)
         image = d["image"]
         label = torch.as_tensor(d["label"]).long().unsqueeze(0).cpu()

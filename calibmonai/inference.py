@@ -148,7 +148,7 @@ class CalibratedLogProbabilitiesd(MapTransform):
     def __call__(self, data: dict) -> dict:
         from monai.data import MetaTensor
 
-        from calibmonai.evaluation import to_probabilities
+        from calibmonai.prediction import to_probabilities
 
         d = dict(data)
         image = d[self.image_key]
@@ -380,7 +380,7 @@ def infer_scans(
     from monai.transforms import Compose, Invertd
 
     from calibmonai.bundle_tools import as_bool
-    from calibmonai.evaluation import load_checkpoint
+    from calibmonai.prediction import load_checkpoint
 
     load_checkpoint(network, checkpoint, device)
     postprocessing = Compose([

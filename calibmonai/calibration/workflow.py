@@ -51,7 +51,7 @@ def calibrate_run(
     Voxel calibrators see a fixed-size, class-stratified, seeded voxel sample (``sample_size``); LTS sees a
     fixed-size seeded random sample of ``lts_max_slices`` axial slices (2D) — memory does not grow with the split.
     """
-    from calibmonai.evaluation import load_checkpoint, predict_logits
+    from calibmonai.prediction import load_checkpoint, predict_logits
 
     if name is None:
         raise ValueError("no calibrator chosen: compose bundles/calibrate/<ts|lts|platt|isotonic>.yaml after the method fragment.")
