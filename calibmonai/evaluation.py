@@ -11,6 +11,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from calibmonai.progress import progress
+
 from calibmonai.handlers.calibration import write_calibration_report
 from calibmonai.metrics import CalibrationMetrics, SegmentationMetrics
 from calibmonai.prediction import load_checkpoint, predict_logits, to_probabilities
@@ -137,7 +139,7 @@ def evaluate_run(
         rows.append(row)
         if i == 0:
             save_slice_png(np.asarray(image[0]), np.asarray(label[0, 0]), np.asarray(pred[0, 0]), np.asarray(conf[0]), os.path.join(output_dir, "slice.png"), f"{title} {name}")
-        print(f"[evaluate] {title} case {i + 1}/{len(datalist)} {name}: DSC {_fmt(row['dsc_mean'])}, ECE {_fmt(row['ece'])} ({time.time() - t0:.0f} s)", flush=True)
+        progress(f"[evaluate] {title} case {i + 1}/{len(datalist)} {name}: DSC {_fmt(row['dsc_mean'])}, ECE {_fmt(row['ece'])} ({time.time() - t0:.0f} s)", "calibmonai.evaluation")
     os.makedirs(output_dir, exist_ok=True)
     _write_rows(os.path.join(output_dir, "per_case.csv"), rows)
     summary: dict[str, Any] = {}
@@ -166,7 +168,7 @@ def evaluate_run(
         for k, v in summary.items():
             if not k.endswith("_std") and not k.startswith("pooled_"):
                 f.write(f"| {k} | {_fmt(v)} | {_fmt(summary.get(k + '_std', float('nan')))} |\n")
-    print(f"[evaluate] {title}: " + ", ".join(f"{n} {_fmt(summary.get(k, float('nan')))}" for k, n in SUMMARY_COLUMNS) + f"; written to {output_dir}", flush=True)
+    progress(f"[evaluate] {title}: " + ", ".join(f"{n} {_fmt(summary.get(k, float('nan')))}" for k, n in SUMMARY_COLUMNS) + f"; written to {output_dir}", "calibmonai.evaluation")
     return summary
 
 
@@ -191,7 +193,7 @@ def evaluate_posthoc(
     results: dict[str, dict[str, Any]] = {"Pre": evaluate_run(num_classes=num_classes, output_dir=os.path.join(output_dir, "eval"), title=title, **kwargs)}
     for name in calibrators:
         if not os.path.isfile(calibrator_path(output_dir, name)):
-            print(f"[evaluate_posthoc] no fitted {name} calibrator at {calibrator_path(output_dir, name)}: skipped (run 'calibrate' with bundles/calibrate/{name}.yaml)")
+            progress(f"[evaluate_posthoc] no fitted {name} calibrator at {calibrator_path(output_dir, name)}: skipped (run 'calibrate' with bundles/calibrate/{name}.yaml)", "calibmonai.evaluation")
             continue
         cal = run_calibrator(name, output_dir, num_classes)
         results[POSTHOC_ROWS.get(name, name)] = evaluate_run(
@@ -205,5 +207,5 @@ def evaluate_posthoc(
         for row, s in results.items():
             f.write(f"| {row} | " + " | ".join(f"{s[k]:.4f} ± {s[k + '_std']:.4f}" for k, _ in cols) + " |\n")
     _write_rows(os.path.join(out, "table3.csv"), [{"row": r, **{k: s[k] for k, _ in cols}} for r, s in results.items()])
-    print(open(os.path.join(out, "table3.md")).read())
+    progress(open(os.path.join(out, "table3.md")).read(), "calibmonai.evaluation")
     return results

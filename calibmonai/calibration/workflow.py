@@ -9,6 +9,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from calibmonai.progress import progress
+
 from calibmonai.calibration.base import CALIBRATORS, Calibrator, load_calibrator
 from calibmonai.calibration.sampling import StratifiedVoxelSampler
 
@@ -83,7 +85,7 @@ def calibrate_run(
                 slices.append((torch.rand((), generator=gen), (logits[0], image[0].float(), label[0, 0])))
             if len(slices) > lts_max_slices:
                 slices = sorted(slices, key=lambda s: float(s[0]))[:lts_max_slices]
-        print(f"[calibrate] {name}: validation case {i + 1}/{len(datalist)} ({time.time() - t0:.0f} s)", flush=True)
+        progress(f"[calibrate] {name}: validation case {i + 1}/{len(datalist)} ({time.time() - t0:.0f} s)", "calibmonai.calibration")
     if foreground == 0:
         raise ValueError("the validation split has no foreground voxel: cannot fit a calibrator on it.")
     if sampler is not None:
@@ -95,5 +97,5 @@ def calibrate_run(
     summary = {"calibrator": name, **info, **cal.parameters_summary(), "path": path}
     with open(os.path.splitext(path)[0] + ".json", "w") as f:
         json.dump(summary, f, indent=2, default=float)
-    print(f"[calibrate] {name} fitted: " + ", ".join(f"{k}={v}" for k, v in summary.items() if k != "path") + f"; saved to {path}", flush=True)
+    progress(f"[calibrate] {name} fitted: " + ", ".join(f"{k}={v}" for k, v in summary.items() if k != "path") + f"; saved to {path}", "calibmonai.calibration")
     return summary
