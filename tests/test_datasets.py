@@ -434,13 +434,15 @@ def test_busi_bad_layouts(tmp_path):
     (benign / "benign (1)_mask.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"benign \(1\)_mask\.png"):
         busi.find_cases(parent)
-    L._png(benign / "benign (2)_mask_1.png", np.full((20, 24), 128, np.uint8))  # not 0/255
+    two_levels = np.full((20, 24), 128, np.uint8)
+    two_levels[:, :4] = 255
+    L._png(benign / "benign (2)_mask_1.png", two_levels)  # two foreground values: ambiguous
     L._png(benign / "benign (3)_mask.png", np.zeros((10, 24), np.uint8))  # another size
     report = D.check_folder("busi", parent)
     assert report.n_cases == 4 and report.n_usable == 1
     assert report.problems["benign (1)"] == [f"missing file: {benign / 'benign (1)_mask.png'}"]
     assert report.problems["benign (2)"] == [
-        f"label values outside [0, 255] in {benign / 'benign (2)_mask_1.png'}: [128]"
+        f"mask values other than 0 and one foreground value in {benign / 'benign (2)_mask_1.png'}: [128, 255]"
     ]
     assert report.problems["benign (3)"] == [
         f"shape mismatch: {benign / 'benign (3)_mask.png'} is (24, 10) (width, height) but {benign / 'benign (3).png'} is (24, 20)"

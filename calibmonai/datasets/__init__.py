@@ -76,6 +76,7 @@ __all__ = [
     "make_split",
     "datalist",
     "write_split",
+    "bundle_dataset",
 ]
 
 #: registry: dataset name -> module path (imported on first use)
@@ -175,3 +176,29 @@ def write_split(name: str, root: str | Path | None, path: str | Path, seed: int 
     return save_split(
         split, path, dataset=module.NAME, seed=int(seed), unit="subject", source=source, n_subjects=len(ids), **kwargs
     )
+
+
+def bundle_dataset(bundle: str | Path) -> str:
+    """The registry name of the dataset a bundle trains on: ``dataset_name`` of its ``configs/train.yaml`` (a bundle
+    name under the repository's ``bundles/`` or a bundle folder), e.g. ``"acdc"`` for ``acdc_seg2d``.
+
+    Raises:
+        FileNotFoundError: the bundle or its ``configs/train.yaml`` does not exist.
+        ValueError: the bundle names no ``dataset_name``, or one that is not a registered dataset reader (the
+            embedded ``mni_tissue`` task has no reader).
+    """
+    import yaml
+
+    from calibmonai.bundle_tools import bundle_dir
+
+    path = bundle_dir(str(bundle)) / "configs" / "train.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"bundle {bundle!r} has no {path}")
+    config = yaml.safe_load(path.read_text()) or {}
+    name = config.get("dataset_name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{path} names no dataset_name")
+    try:
+        return get_dataset(name).NAME
+    except ValueError:
+        raise ValueError(f"bundle {bundle!r} trains on {name!r}, which is not a dataset reader; known: {available()}") from None

@@ -6,7 +6,7 @@ Al-Dhabyani, W., Gomaa, M., Khaled, H., Fahmy, A. "Dataset of breast ultrasound 
 Layout of the download (the given folder may be ``Dataset_BUSI_with_GT`` or a parent of it)::
 
     Dataset_BUSI_with_GT/benign/benign (1).png          437 images, RGB-coded grey-level ultrasound
-    Dataset_BUSI_with_GT/benign/benign (1)_mask.png     the tumour mask, 0/255
+    Dataset_BUSI_with_GT/benign/benign (1)_mask.png     the tumour mask, 0/255 (copies also carry 0/1 or RGB masks)
     Dataset_BUSI_with_GT/benign/benign (4)_mask_1.png   a second (third...) lesion of the same image
     Dataset_BUSI_with_GT/malignant/malignant (1).png    210 images
     Dataset_BUSI_with_GT/normal/normal (1).png          133 images without lesion (not used)
@@ -14,7 +14,8 @@ Layout of the download (the given folder may be ``Dataset_BUSI_with_GT`` or a pa
 One case per image of ``benign/`` and ``malignant/`` (647), ``id`` = ``subject`` = the file stem
 (``"benign (12)"``; the dataset has no patient ids, so the split is per image). The label is the union of
 ``<stem>_mask.png`` and every ``<stem>_mask_<k>.png`` (datalist field ``masks``). Images are read as grey
-level (RGB -> L, ITU-R 601 luma; the three channels are equal in BUSI), masks as ``mask > 0``.
+level (RGB -> L, ITU-R 601 luma; the three channels are equal in BUSI), masks as ``mask > 0``: a mask may hold
+0 and any one foreground value (0/255 as released, 0/1 or RGB in re-distributed copies), see :func:`check_mask_values`.
 :class:`LoadBUSId` loads both with MONAI's PIL reader, so arrays follow MONAI's 2D convention
 (spatial shape ``(width, height)``); :func:`preprocessing` resizes to 256 x 256.
 
@@ -48,6 +49,7 @@ __all__ = [
     "check_case",
     "make_split",
     "datalist",
+    "check_mask_values",
     "read_image",
     "read_mask",
     "LoadBUSId",
@@ -56,7 +58,7 @@ __all__ = [
 
 NAME = "busi"
 CLASS_NAMES = ("background", "tumour")
-#: raw values of the mask files
+#: raw values of the mask files as released; 0 and any one other value are accepted (:func:`check_mask_values`)
 LABEL_VALUES = (0, 255)
 MODALITIES = ("US",)
 SPLIT_COUNTS = (445, 65, 137)
@@ -124,9 +126,25 @@ def _open(path: str, problems: list[str]) -> np.ndarray | None:
         return None
 
 
+def check_mask_values(mask: np.ndarray, path: str) -> list[str]:
+    """Problems with the values of a grey-level mask: anything but background 0 and at most one foreground value.
+
+    The release's masks are 0/255; re-distributed copies (and independent look-alikes) carry 0/1 or RGB masks (one
+    colour, hence one grey level). Every such mask binarises to ``mask > 0`` without ambiguity; several foreground
+    levels (an anti-aliased, resampled or JPEG-compressed mask) do not, and are reported.
+    """
+    values = np.unique(np.asarray(mask))
+    foreground = values[values != 0]
+    if foreground.size > 1:
+        shown = foreground[:8].tolist()
+        more = "" if foreground.size <= 8 else f" ... ({foreground.size} values)"
+        return [f"mask values other than 0 and one foreground value in {path}: {shown}{more}"]
+    return []
+
+
 def check_case(case: Case) -> list[str]:
-    """Problems of one image: missing/unreadable files, a mask of another size than its image, mask values
-    other than 0 and 255."""
+    """Problems of one image: missing/unreadable files, a mask of another size than its image, a mask with more
+    than one foreground value (:func:`check_mask_values`)."""
     problems: list[str] = []
     image = _open(case.images[0], problems)
     for path in case.extra.get("masks", [case.label] if case.label else []):
@@ -137,7 +155,7 @@ def check_case(case: Case) -> list[str]:
             problems.append(
                 f"shape mismatch: {path} is {mask.shape[::-1]} (width, height) but {case.images[0]} is {image.shape[::-1]}"
             )
-        problems.extend(common.check_label_values(mask, LABEL_VALUES, path))
+        problems.extend(check_mask_values(mask, path))
     if case.label is None:
         problems.append(f"no mask file for case {case.id}")
     return problems
