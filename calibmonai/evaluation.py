@@ -94,6 +94,7 @@ def evaluate_run(
     calibrator: Any = None,
     num_bins: int = 15,
     regions: Mapping[str, Sequence[int]] | None = None,
+    mask_key: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained network on whole volumes and write ``output_dir``:
     ``per_case.csv``, ``summary.csv``, ``summary.md``, ``reliability.png``, ``reference_reliability.png``,
@@ -101,6 +102,10 @@ def evaluate_run(
 
     ``regions`` (e.g. BraTS ``{"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}``) scores DSC/ASD/HD95 on those unions of
     labels instead of on each class (:class:`calibmonai.metrics.SegmentationMetrics`); calibration is per class.
+
+    ``mask_key`` names a boolean voxel mask in the preprocessed item (WMH's "other pathology",
+    :class:`calibmonai.datasets.wmh.IgnoreMaskd`): voxels where it is false count in no metric (left out of ECE, CECE,
+    Brier, Brier+ and NLL; background in both prediction and reference for DSC, ASD and HD95).
 
     Returns the summary: mean over cases of every column (``dsc_mean``, ``ece``, ...), with ``*_std``.
     """
@@ -122,7 +127,10 @@ def evaluate_run(
         prob = to_probabilities(predict_logits(image, network, inferer, device), image, calibrator)
         conf, _ = prob.max(1)
         pred = prob.argmax(1, keepdim=True)
-        values = cal(prob, label, case_names=[name])[0]
+        mask = None if mask_key is None else torch.as_tensor(d[mask_key]).bool().reshape(label.shape).cpu()
+        values = cal(prob, label, mask=mask, case_names=[name])[0]
+        if mask is not None:
+            pred, label = pred.masked_fill(~mask, 0), label.masked_fill(~mask, 0)
         row: dict[str, Any] = {"case": name}
         row.update(seg(pred, label, spacing=_spacing(image))[0])
         row.update({m: float(v) for m, v in zip(cal.metric_names, values)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from monai.losses import DiceCELoss, FocalLoss, NACLLoss
+from monai.losses import DiceCELoss, DiceLoss, FocalLoss, NACLLoss
 from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.ce import CrossEntropyLoss, TargetFormatAdapter
@@ -37,6 +37,12 @@ def _dice_ce(**kw: Any) -> _Loss:
     return TargetFormatAdapter(DiceCELoss(to_onehot_y=True, softmax=True, **kw), "channel", fused)
 
 
+def _dice(**kw: Any) -> _Loss:
+    # the Dice base of calibmonai's MEEP (``meep_dice_*``): Dice vs MEEP-Dice differ only by the regulariser
+    fused = FusedTerms(dice=1.0) if not kw else None
+    return TargetFormatAdapter(DiceLoss(to_onehot_y=True, softmax=True, **kw), "channel", fused)
+
+
 def _focal(gamma: float = 2.0, **kw: Any) -> _Loss:
     # MONAI's FocalLoss "mean" runs over classes as well as voxels: it is 1/C of the per-voxel focal sum.
     fused = FusedTerms(focal=1.0, focal_gamma=gamma) if not kw and gamma in (0, 1, 2, 3, 4) else None
@@ -52,6 +58,7 @@ def _nacl(num_classes: int, spatial_dims: int, alpha: float = 0.1, **kw: Any) ->
 METHODS: dict[str, Method] = {
     "ce": Method(CrossEntropyLoss, {}, "cross-entropy"),
     "ce_dice": Method(_dice_ce, {}, "cross-entropy + Dice (MONAI DiceCELoss)"),
+    "dice": Method(_dice, {}, "soft Dice (MONAI DiceLoss, softmax, every class; MEEP's Dice baseline)"),
     "focal": Method(_focal, {"gamma": 3.0}, "focal loss (MONAI FocalLoss, softmax; mean over voxels and classes)"),
     "ecp": Method(ConfidencePenaltyLoss, {"beta": 0.1}, "explicit confidence penalty (Pereyra et al. 2017)"),
     "ls": Method(LabelSmoothingLoss, {"alpha": 0.1}, "label smoothing (Szegedy et al. 2016)"),
@@ -71,7 +78,7 @@ def get_loss(name: str, num_classes: int | None = None, spatial_dims: int | None
     """Build the loss of a training method by name.
 
     Args:
-        name: one of :data:`METHODS` (``ce``, ``ce_dice``, ``focal``, ``ecp``, ``ls``, ``svls``, ``mbls``,
+        name: one of :data:`METHODS` (``ce``, ``ce_dice``, ``dice``, ``focal``, ``ecp``, ``ls``, ``svls``, ``mbls``,
             ``mbls_l2``, ``mbls_dice``, ``meep_ce_entropy``, ``meep_ce_kl``, ``meep_dice_entropy``,
             ``meep_dice_kl``, ``nacl``).
         num_classes: number of classes; used by methods that need it (``nacl``), ignored by the others.
