@@ -12,6 +12,9 @@ this file: after changing it, delete the ``*.nbi``/``*.nbc`` files under ``calib
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import numpy as np
 
 try:
@@ -132,3 +135,24 @@ if HAVE_NUMBA:
         """``out = log(s)`` for a whole float32 array of normal positive values (for tests)."""
         ibuf = np.empty(s.size, np.int32)
         log_block(s, out, ibuf, ibuf.view(np.float32), s.size)
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def announce_compile(dispatchers: Any, what: str) -> None:
+    """Before a numba kernel's first call in this process, say so in one line when it has to be compiled (no entry in
+    numba's on-disk cache yet): the first call then takes tens of seconds, and a silent pause looks like a hang."""
+    if what in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(what)
+    for d in dispatchers if isinstance(dispatchers, (list, tuple)) else [dispatchers]:
+        if getattr(d, "signatures", None):
+            continue
+        cache = getattr(d, "_cache", None)
+        index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
+        if index is None or not os.path.exists(index):
+            from calibmonai.progress import progress
+
+            progress(f"[calibmonai] compiling the numba kernels of {what} (first use only; cached for later runs) ...")
+            return

@@ -331,3 +331,30 @@ def test_numba_tolerates_probabilities_a_little_below_zero():
         torch.testing.assert_close(ta, tb, atol=400 * 5e-4, rtol=0)
     assert torch.equal(a.cls_count, b.cls_count) and torch.equal(a.cls_hit, b.cls_hit)
     assert (b.cls_prob >= 0).all()
+
+
+def test_numba_compilation_is_announced_once(monkeypatch):
+    """One line before a kernel that is not in numba's cache yet compiles; nothing for a cached or compiled one."""
+    import calibmonai._vector_math as vm
+    import calibmonai.progress
+
+    said = []
+    monkeypatch.setattr(calibmonai.progress, "progress", lambda message, name="calibmonai": said.append(message))
+
+    class FakeDispatcher:
+        signatures = []
+
+        class _cache:
+            class _cache_file:
+                _index_path = "/nonexistent/kernel.nbi"
+
+    monkeypatch.setattr(vm, "_ANNOUNCED", set())
+    vm.announce_compile(FakeDispatcher(), "a test kernel")
+    vm.announce_compile(FakeDispatcher(), "a test kernel")
+    assert len(said) == 1 and "compiling the numba kernels of a test kernel (first use only" in said[0]
+
+    class Compiled(FakeDispatcher):
+        signatures = ["(float32[:],)"]
+
+    vm.announce_compile(Compiled(), "another kernel")
+    assert len(said) == 1

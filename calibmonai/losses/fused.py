@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch.autograd.function import once_differentiable
 
-from calibmonai._vector_math import kernel_threads
+from calibmonai._vector_math import announce_compile, kernel_threads
 from calibmonai.losses._fused_kernel import HAVE_NUMBA
 from calibmonai.losses.utils import check_logits, to_class_indices
 
@@ -191,6 +191,7 @@ def fused_softmax_loss(
     grad = torch.empty_like(z) if need_grad else torch.empty((1, 1, 1))
 
     n_threads = kernel_threads()
+    announce_compile([K.loss_kernel, K.dice_prepass], "the fused losses")
 
     c_meep, dice_value, dice_g = 0.0, 0.0, torch.zeros((b, c, 2), dtype=torch.float64)
     if terms.meep or terms.dice:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibmonai._vector_math import FASTMATH, HAVE_NUMBA, kernel_threads
+from calibmonai._vector_math import FASTMATH, HAVE_NUMBA, announce_compile, kernel_threads
 
 __all__ = ["HAVE_NUMBA", "case_histograms"]
 
@@ -273,6 +273,7 @@ def case_histograms(
     value (0 for valid input)."""
     use_mask = mask is not None
     m = mask if use_mask else np.zeros(1, dtype=np.bool_)
+    announce_compile(_kernel, "the calibration metrics")
     top, cls, sc, chk, bad = _kernel(
         probs, labels, m, use_mask, num_bins, mode, background_index, softmax, classwise, with_nll, prob_tol, kernel_threads()
     )
