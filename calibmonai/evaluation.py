@@ -95,6 +95,7 @@ def evaluate_run(
     num_bins: int = 15,
     regions: Mapping[str, Sequence[int]] | None = None,
     mask_key: str | None = None,
+    cece_classes: str = "all",
 ) -> dict[str, Any]:
     """Evaluate a trained network on whole volumes and write ``output_dir``:
     ``per_case.csv``, ``summary.csv``, ``summary.md``, ``reliability.png``, ``reference_reliability.png``,
@@ -107,12 +108,15 @@ def evaluate_run(
     :class:`calibmonai.datasets.wmh.IgnoreMaskd`): voxels where it is false count in no metric (left out of ECE, CECE,
     Brier, Brier+ and NLL; background in both prediction and reference for DSC, ASD and HD95).
 
+    ``cece_classes``: ``"all"`` (default) averages the class-wise ECE over every class; ``"up_to_max_label"``
+    over classes 0 .. the highest label of the case, as the MbLS reference code does (to compare with its tables).
+
     Returns the summary: mean over cases of every column (``dsc_mean``, ``ece``, ...), with ``*_std``.
     """
     from calibmonai.metrics.plots import plot_reliability_diagram
 
     load_checkpoint(network, checkpoint, device)
-    cal = CalibrationMetrics(num_bins=num_bins, foreground="label")
+    cal = CalibrationMetrics(num_bins=num_bins, foreground="label", cece_classes=cece_classes)
     seg = SegmentationMetrics(num_classes, class_names, regions=regions)
     ref_count = torch.zeros(num_bins, dtype=torch.float64)
     ref_p = torch.zeros(num_bins, dtype=torch.float64)
