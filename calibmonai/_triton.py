@@ -12,12 +12,13 @@ whether that mode is on.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
 import torch
 
-__all__ = ["HAVE_TRITON", "triton_enabled", "set_triton_enabled", "interpreting", "runs_triton"]
+__all__ = ["HAVE_TRITON", "triton_enabled", "set_triton_enabled", "interpreting", "runs_triton", "device_of"]
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 _STATE = {"enabled": os.environ.get("CALIBMONAI_TRITON", "1") != "0"}
@@ -55,3 +56,11 @@ def runs_triton(*tensors: torch.Tensor, allow_cpu: bool = False) -> bool:
         return False
     dev = devices.pop()
     return dev.type == "cuda" or (allow_cpu and dev.type == "cpu" and interpreting())
+
+
+def device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Context in which a Triton launch runs on ``tensor``'s GPU (Triton launches on the *current* CUDA device,
+    which need not be the tensor's, e.g. ``cuda:1`` tensors while ``cuda:0`` is current)."""
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()

@@ -34,7 +34,7 @@ from typing import Iterator
 import torch
 from torch.autograd.function import once_differentiable
 
-from calibmonai._triton import HAVE_TRITON, runs_triton
+from calibmonai._triton import HAVE_TRITON, device_of, runs_triton
 
 __all__ = ["triton_softmax_loss", "interpret_on_cpu"]
 
@@ -327,7 +327,8 @@ def triton_softmax_loss(input: torch.Tensor, target: torch.Tensor, terms, reduct
     if terms.meep or terms.dice:
         sums = torch.empty((b * n_blocks, 3, cp), dtype=f32, device=dev)
         pstats = torch.empty((b * n_blocks, 3), dtype=f32, device=dev)
-        _prepass_kernel[grid](z, y, sums, pstats, n_vox, n_blocks, z.stride(0), z.stride(1), y.stride(0), C=c, CP=cp, BLOCK=block)
+        with device_of(z):
+            _prepass_kernel[grid](z, y, sums, pstats, n_vox, n_blocks, z.stride(0), z.stride(1), y.stride(0), C=c, CP=cp, BLOCK=block)
         pst = pstats.sum(0, dtype=torch.float64)
         checks.append(pst[1:])
         if terms.meep:
@@ -350,15 +351,16 @@ def triton_softmax_loss(input: torch.Tensor, target: torch.Tensor, terms, reduct
     meep = 0 if not terms.meep else {"entropy": 1, "kl": 2}[terms.meep_mode]
     parts = torch.empty(b * n_blocks, dtype=f32, device=dev)
     stats = torch.empty((b * n_blocks, 2), dtype=f32, device=dev)
-    _loss_kernel[grid](
-        z, y, grad, dice_g, c_meep, parts, stats,
-        n_vox, n_blocks, z.stride(0), z.stride(1), y.stride(0), d, h, w,
-        terms.ce * per_voxel, terms.uniform * per_voxel / c, terms.neg_entropy * per_voxel / c, terms.hinge * per_voxel / c,
-        terms.margin, math.log(terms.eps), terms.eps, terms.svls * per_voxel, g1, centre, inv_norm,
-        terms.nacl * per_voxel / c, terms.focal * per_voxel / c, math.log(c),
-        C=c, CP=cp, BLOCK=block, WRITE_GRAD=need_grad, HINGE=hinge, MEEP=meep, DICE=bool(terms.dice), SOFT=soft,
-        THREE_D=int(len(spatial) == 3), FOCAL=int(terms.focal_gamma) if terms.focal else -1, ENT=bool(terms.neg_entropy),
-    )  # fmt: skip
+    with device_of(z):
+        _loss_kernel[grid](
+            z, y, grad, dice_g, c_meep, parts, stats,
+            n_vox, n_blocks, z.stride(0), z.stride(1), y.stride(0), d, h, w,
+            terms.ce * per_voxel, terms.uniform * per_voxel / c, terms.neg_entropy * per_voxel / c, terms.hinge * per_voxel / c,
+            terms.margin, math.log(terms.eps), terms.eps, terms.svls * per_voxel, g1, centre, inv_norm,
+            terms.nacl * per_voxel / c, terms.focal * per_voxel / c, math.log(c),
+            C=c, CP=cp, BLOCK=block, WRITE_GRAD=need_grad, HINGE=hinge, MEEP=meep, DICE=bool(terms.dice), SOFT=soft,
+            THREE_D=int(len(spatial) == 3), FOCAL=int(terms.focal_gamma) if terms.focal else -1, ENT=bool(terms.neg_entropy),
+        )  # fmt: skip
     checks.append(stats.sum(0, dtype=torch.float64))
     if any(v > 0 for v in torch.cat(checks).tolist()):  # the one host synchronisation
         to_class_indices(input, target)  # raises the reference's ValueError

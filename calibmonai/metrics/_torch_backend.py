@@ -31,7 +31,7 @@ from calibmonai.metrics.calibration import CalibrationHistograms, _check_values
 
 __all__ = ["device_histograms", "DEVICE_CHUNK_VOXELS", "SELECTION_MODES"]
 
-DEVICE_CHUNK_VOXELS = 1 << 21
+DEVICE_CHUNK_VOXELS = 1 << 20  # about 40 * C bytes of temporaries per voxel: 160 MiB for 4 classes
 SELECTION_MODES = {"none": 0, "label": 1, "label_or_pred": 2}  # the numba kernel's SEL_ALL, SEL_LABEL, SEL_LABEL_OR_PRED
 _REPLICAS = 64  # copies of each histogram on CUDA (spreads the atomic adds of index_add_)
 # the checks ``chk (7,)``: label min, label max, probability min, max, max |sum - 1|, non-finite values,

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from calibmonai._triton import device_of
+
 __all__ = ["triton_histograms"]
 
 
@@ -167,14 +169,15 @@ def triton_histograms(
     cls = torch.empty(rows, 3, c, nbp, dtype=f32, device=dev) if classwise else torch.empty(1, dtype=f32, device=dev)
     sc = torch.empty(rows, 6, dtype=f32, device=dev)
     chk = torch.empty(rows, 7, dtype=torch.float64, device=dev)
-    _histogram_kernel[(n_blocks, b)](
-        probs_all, labels, mask, top, cls, sc, chk,
-        n, n_blocks, probs_all.stride(0), probs_all.stride(1), probs_all.stride(2), labels.stride(0), labels.stride(1),
-        mask.stride(0), mask.stride(1),
-        C=c, CP=cp, NB=num_bins, NBP=nbp, BLOCK=block, MODE=mode, BG=bg, SOFTMAX=softmax, CLASSWISE=classwise,
-        WITH_NLL=with_nll, USE_MASK=mask_all is not None, FLOAT_LABELS=labels.is_floating_point(),
-        num_warps=4,
-    )  # fmt: skip
+    with device_of(probs_all):
+        _histogram_kernel[(n_blocks, b)](
+            probs_all, labels, mask, top, cls, sc, chk,
+            n, n_blocks, probs_all.stride(0), probs_all.stride(1), probs_all.stride(2), labels.stride(0), labels.stride(1),
+            mask.stride(0), mask.stride(1),
+            C=c, CP=cp, NB=num_bins, NBP=nbp, BLOCK=block, MODE=mode, BG=bg, SOFTMAX=softmax, CLASSWISE=classwise,
+            WITH_NLL=with_nll, USE_MASK=mask_all is not None, FLOAT_LABELS=labels.is_floating_point(),
+            num_warps=4,
+        )  # fmt: skip
     top_h = top.view(b, n_blocks, 3, nbp).sum(1, dtype=torch.float64)[..., :num_bins]
     if classwise:
         cls_h = cls.view(b, n_blocks, 3, c, nbp).sum(1, dtype=torch.float64)[..., :num_bins]
