@@ -69,6 +69,19 @@ def test_torch_impl_matches_numba_kernel(foreground, softmax, use_mask):
     _assert_same(got, want)
 
 
+def test_histogram_replicas_as_on_cuda_give_the_same_sums():
+    # on CUDA each histogram has several copies (spreading the atomic adds); check that layout on the CPU
+    from calibmonai.metrics._torch_backend import _torch_pass
+
+    z, y, mask = _data((2, 3, 10, 9, 8), seed=7)
+    p = z.softmax(1).reshape(2, 3, -1)
+    args = (p, y.reshape(2, -1), mask.reshape(2, -1), 15, 2, False, True, 0, True, 300)
+    one, many = _torch_pass(*args, replicas=1), _torch_pass(*args, replicas=64)
+    for a, b in zip(one, many):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-9)
+    assert float(many[0][:, 0].sum()) == float(many[2][:, 0].sum()) > 0  # every selected voxel in one top-label bin
+
+
 def test_torch_impl_matches_numpy_metrics_and_other_bins():
     z, y, mask = _data((3, 3, 17, 14), seed=2)
     p = z.softmax(1)

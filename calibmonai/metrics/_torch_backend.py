@@ -57,14 +57,15 @@ def _labels_chunk(lab: torch.Tensor, c: int, chk: torch.Tensor) -> torch.Tensor:
 
 def _torch_pass(
     probs_all: torch.Tensor, labels_all: torch.Tensor, mask_all: torch.Tensor | None, num_bins: int, mode: int,
-    softmax: bool, classwise: bool, bg: int, with_nll: bool, chunk_voxels: int,
+    softmax: bool, classwise: bool, bg: int, with_nll: bool, chunk_voxels: int, replicas: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Accumulators ``top (B, 3, bins)``, ``cls (B, 3, C, bins)``, ``sc (B, 6)`` (float64) and ``chk (7,)``."""
+    """Accumulators ``top (B, 3, bins)``, ``cls (B, 3, C, bins)``, ``sc (B, 6)`` (float64) and ``chk (7,)``;
+    ``replicas``: copies of each histogram (default ``_REPLICAS`` on CUDA, 1 elsewhere)."""
     b, c, n_vox = probs_all.shape
     dev = probs_all.device
     f64 = torch.float64
     nb1 = num_bins + 1  # one dump bin per histogram for the voxels outside the selection
-    reps = _REPLICAS if dev.type == "cuda" else 1
+    reps = replicas or (_REPLICAS if dev.type == "cuda" else 1)
     top = torch.zeros(b * reps * nb1, 3, dtype=f64, device=dev)  # count, sum of confidence, correct
     cls = torch.zeros(b * c * reps * nb1, 2, dtype=f64, device=dev)  # count, sum of p_k
     hit = torch.zeros(b * c * reps * nb1, dtype=f64, device=dev)
