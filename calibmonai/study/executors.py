@@ -178,7 +178,11 @@ class LocalExecutor:
                 while True:
                     if not driver.exhausted():
                         for t in driver.take(driver.ready(), n - len(running)):
-                            running[pool.submit(_pool_entry, study_dir, t.to_dict(), t.id in force)] = t.id
+                            try:
+                                running[pool.submit(_pool_entry, study_dir, t.to_dict(), t.id in force)] = t.id
+                            except cf.process.BrokenProcessPool as e:  # a worker died: nothing more can start
+                                driver.finished({"id": t.id, "ok": False, "skipped": False, "wall_s": 0.0, "error": f"the process pool broke: {e}"})
+                                driver.budget = 0
                     if not running:
                         break
                     finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)

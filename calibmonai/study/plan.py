@@ -126,9 +126,8 @@ def build_plan(spec: StudySpec, study_dir: str | os.PathLike) -> list[Task]:
     tasks: list[Task] = []
     for bundle in spec.bundles:
         b = _short(bundle.name)
-        grids = spec.methods_for(bundle)
         for backbone in spec.backbones:
-            for method, grid in grids.items():
+            for method, grid in spec.methods_for(bundle, backbone).items():
                 base = _fragment_kwargs(method)
                 points = [{**base, **p} for p in grid_points(grid)]
                 names = [run_name(method, p, backbone) for p in points]

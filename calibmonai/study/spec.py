@@ -12,6 +12,7 @@ A study file (every key optional except ``bundles``)::
       ce: {}
       mbls: {margin: [5, 8, 10], alpha: [0.1]}
     backbones: [unet]              # bundles/backbones/<name>.yaml
+    backbone_methods: [ce, mbls]   # methods run on the backbones after the first (default: every method)
     seeds: [0]
     folds: null                    # or [0, 1, 2, 3, 4]: passed to the bundle as the ``fold`` key
     epochs: 30
@@ -123,6 +124,7 @@ class StudySpec:
     bundles: list[BundleSpec]
     methods: dict[str, dict[str, list[Any]]] = field(default_factory=lambda: copy.deepcopy(PAPER_METHODS))
     backbones: list[str] = field(default_factory=lambda: ["unet"])
+    backbone_methods: list[str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     folds: list[int] | None = None
     epochs: int | None = None
@@ -137,12 +139,15 @@ class StudySpec:
     executor: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
 
-    def methods_for(self, bundle: BundleSpec) -> dict[str, dict[str, list[Any]]]:
-        """The method grids of one bundle: the study's, with the bundle's own grids replacing them."""
+    def methods_for(self, bundle: BundleSpec, backbone: str | None = None) -> dict[str, dict[str, list[Any]]]:
+        """The method grids of one bundle: the study's, with the bundle's own grids replacing them; on a backbone
+        after the first, only ``backbone_methods`` (when set)."""
         grids = copy.deepcopy(self.methods)
         for method, grid in bundle.methods.items():
             if method in grids:
                 grids[method] = copy.deepcopy(grid)
+        if backbone is not None and self.backbone_methods is not None and self.backbones and backbone != self.backbones[0]:
+            grids = {m: g for m, g in grids.items() if m in self.backbone_methods}
         return grids
 
     def replicates(self) -> list[tuple[int, int | None]]:
@@ -253,7 +258,7 @@ def _resources(raw: Any, where: str) -> dict[str, Resources]:
 
 
 _TOP_KEYS = {
-    "name", "bundles", "methods", "backbones", "seeds", "folds", "epochs", "overrides", "backbone_overrides", "reference",
+    "name", "bundles", "methods", "backbones", "backbone_methods", "seeds", "folds", "epochs", "overrides", "backbone_overrides", "reference",
     "selection_metric", "posthoc", "posthoc_on", "noise_sigmas", "resources", "executor",
 }  # fmt: skip
 
@@ -293,6 +298,11 @@ def load_study(study: str | os.PathLike | Mapping[str, Any], base_dir: str | os.
     if not spec.methods:
         raise ValueError(f"{where}: 'methods' is empty; list at least one method or leave the key out for the papers' grid.")
     spec.backbones = [str(b) for b in (raw.get("backbones") or ["unet"])]
+    if raw.get("backbone_methods") is not None:
+        spec.backbone_methods = [str(m) for m in raw["backbone_methods"]]
+        unknown_m = [m for m in spec.backbone_methods if m not in spec.methods]
+        if unknown_m:
+            raise ValueError(f"{where}: backbone_methods {unknown_m} are not methods of the study ({', '.join(spec.methods)}).")
     spec.seeds = [int(s) for s in (raw.get("seeds") if raw.get("seeds") is not None else [0])]
     if not spec.seeds:
         raise ValueError(f"{where}: 'seeds' is empty.")

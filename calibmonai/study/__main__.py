@@ -1,0 +1,24 @@
+"""``python -m calibmonai.study plan|run|report STUDY``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    import fire
+
+    from calibmonai.study.cli import StudyCLI
+
+    try:
+        fire.Fire(StudyCLI, command=argv, name="calibmonai study")
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        root = e
+        while root.__cause__ is not None:
+            root = root.__cause__
+        print(f"calibmonai study: error: {root}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
