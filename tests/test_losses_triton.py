@@ -70,6 +70,22 @@ def test_every_registry_loss_equals_the_torch_path(name, shape):
 
 
 @needs_interp
+def test_dice_sums_with_blocks_sharing_slots(monkeypatch):
+    # large volumes have more blocks than Dice-sum slots: several programs add into each slot
+    from calibmonai.losses import _triton_kernel
+
+    monkeypatch.setattr(_triton_kernel, "_SLOTS", 2)  # 3 blocks of 512 voxels per image
+    shape = (2, 3, 12, 11, 9)  # 1188 voxels: several blocks per image
+    x, y = _data(shape, seed=9)
+    for name in ("ce_dice", "meep_dice_entropy"):
+        loss = _loss(name, shape)
+        want = _torch_value_grad(loss, x, y)
+        with interpret_on_cpu():
+            got = _kernel_value_grad(loss, x, y)
+        _assert_close(got, want)
+
+
+@needs_interp
 def test_ties_follow_the_first_index_rule_for_meep_and_the_hinge():
     # integer logits with many ties at the maximum. MEEP's misclassified set (first-index argmax != label) equals
     # the torch path's; the hinge's subgradient at a tie goes to the first argmax class, as in the numba kernel
@@ -216,12 +232,12 @@ def compile_for_sm90(fn, sig, consts):
 
 i32, f32 = "i32", "fp32"
 hsig = dict(p_ptr="*fp32", y_ptr="*i64", mask_ptr="*u8", top_ptr="*fp32", cls_ptr="*fp32", sc_ptr="*fp32", chk_ptr="*fp64",
-            N=i32, n_blocks=i32, s_pb=i32, s_pc=i32, s_pn=i32, s_yb=i32, s_yn=i32, s_mb=i32, s_mn=i32)
+            N=i32, n_blocks=i32, n_slots=i32, s_pb=i32, s_pc=i32, s_pn=i32, s_yb=i32, s_yn=i32, s_mb=i32, s_mn=i32)
 for mode, softmax, float_labels in [(1, False, False), (2, True, True)]:
     sig = dict(hsig, y_ptr="*fp32" if float_labels else "*i64")
     compile_for_sm90(M._histogram_kernel, sig, dict(C=5, CP=8, NB=15, NBP=16, BLOCK=M._block(8, 16), MODE=mode, BG=0,
                      SOFTMAX=softmax, CLASSWISE=True, WITH_NLL=True, USE_MASK=mode == 2, FLOAT_LABELS=float_labels))
-psig = dict(z_ptr="*fp32", y_ptr="*i64", sums_ptr="*fp32", stats_ptr="*fp32", S=i32, n_blocks=i32, s_zb=i32, s_zc=i32, s_yb=i32)
+psig = dict(z_ptr="*fp32", y_ptr="*i64", sums_ptr="*fp32", stats_ptr="*fp32", S=i32, n_blocks=i32, n_slots=i32, s_zb=i32, s_zc=i32, s_yb=i32)
 compile_for_sm90(L._prepass_kernel, psig, dict(C=4, CP=4, BLOCK=L._block(4, False)))
 lsig = dict(z_ptr="*fp16", y_ptr="*i64", grad_ptr="*fp32", dice_ptr="*fp32", meep_ptr="*fp32", part_ptr="*fp32", stats_ptr="*fp32",
             S=i32, n_blocks=i32, s_zb=i32, s_zc=i32, s_yb=i32, D=i32, H=i32, W=i32)

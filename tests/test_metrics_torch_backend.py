@@ -179,6 +179,18 @@ def test_triton_kernel_matches_numba_kernel_under_the_interpreter(foreground, so
 
 
 @needs_triton_cpu
+def test_triton_kernel_with_blocks_sharing_partial_sum_slots(monkeypatch):
+    # large volumes have more blocks than slots: several programs add into each slot
+    from calibmonai.metrics import _triton_histogram
+
+    monkeypatch.setattr(_triton_histogram, "_SLOTS", 2)
+    z, y, mask = _data((2, 3, 16, 12, 10), seed=8)
+    p = z.softmax(1)
+    want = compute_calibration_histograms(p, y, mask=mask, foreground="label_or_pred", backend="numba")
+    _assert_same(_device(p, y, mask, "triton", "label_or_pred"), want)
+
+
+@needs_triton_cpu
 def test_triton_kernel_ties_and_bad_input_under_the_interpreter():
     p, y = _tie_case()
     _check_tie_case(_device(p, y, None, "triton", "none", num_bins=2))

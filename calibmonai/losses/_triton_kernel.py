@@ -44,10 +44,11 @@ if HAVE_TRITON:
 
     @triton.jit
     def _prepass_kernel(
-        z_ptr, y_ptr, sums_ptr, stats_ptr, S, n_blocks, s_zb, s_zc, s_yb,
+        z_ptr, y_ptr, sums_ptr, stats_ptr, S, n_blocks, n_slots, s_zb, s_zc, s_yb,
         C: tl.constexpr, CP: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        """Per block: ``[sum p y, sum p, sum y]`` per class, and ``[misclassified, bad labels, non-finite]``."""
+        """Per block: ``[sum p y, sum p, sum y]`` per class, added into one of ``n_slots`` slots of the image, and
+        ``[misclassified, bad labels, non-finite]``."""
         pid = tl.program_id(0)
         b = tl.program_id(1)
         row = b * n_blocks + pid
@@ -68,10 +69,10 @@ if HAVE_TRITON:
         badlab = vm & ((lab < 0) | (lab >= C))
         labi = tl.where(badlab, 0, lab).to(tl.int32)
         oh = (cls[:, None] == labi[None, :]) & vm[None, :]
-        base = sums_ptr + row * (3 * CP)
-        tl.store(base + cls, tl.sum(tl.where(oh, p, 0.0), axis=1))
-        tl.store(base + CP + cls, tl.sum(tl.where(m2, p, 0.0), axis=1))
-        tl.store(base + 2 * CP + cls, tl.sum(oh.to(tl.float32), axis=1))
+        base = sums_ptr + (b * n_slots + pid % n_slots) * (3 * CP)
+        tl.atomic_add(base + cls, tl.sum(tl.where(oh, p, 0.0), axis=1), sem="relaxed")
+        tl.atomic_add(base + CP + cls, tl.sum(tl.where(m2, p, 0.0), axis=1), sem="relaxed")
+        tl.atomic_add(base + 2 * CP + cls, tl.sum(oh.to(tl.float32), axis=1), sem="relaxed")
         tl.store(stats_ptr + row * 3, tl.sum((vm & (am != labi)).to(tl.float32), axis=0))
         tl.store(stats_ptr + row * 3 + 1, tl.sum(badlab.to(tl.float32), axis=0))
         tl.store(stats_ptr + row * 3 + 2, nonfinite)
@@ -217,6 +218,7 @@ if HAVE_TRITON:
 
 
 _CPU = {"on": False}
+_SLOTS = 2048  # partial-sum slots per image of the Dice sums (bounded memory whatever the volume and class count)
 
 
 @contextlib.contextmanager
@@ -325,17 +327,18 @@ def triton_softmax_loss(input: torch.Tensor, target: torch.Tensor, terms, reduct
     offset = torch.zeros((), dtype=torch.float64, device=dev)
     checks = []
     if terms.meep or terms.dice:
-        sums = torch.empty((b * n_blocks, 3, cp), dtype=f32, device=dev)
+        n_slots = min(n_blocks, _SLOTS)
+        sums = torch.zeros((b * n_slots, 3, cp), dtype=f32, device=dev)
         pstats = torch.empty((b * n_blocks, 3), dtype=f32, device=dev)
         with device_of(z):
-            _prepass_kernel[grid](z, y, sums, pstats, n_vox, n_blocks, z.stride(0), z.stride(1), y.stride(0), C=c, CP=cp, BLOCK=block)
+            _prepass_kernel[grid](z, y, sums, pstats, n_vox, n_blocks, n_slots, z.stride(0), z.stride(1), y.stride(0), C=c, CP=cp, BLOCK=block)
         pst = pstats.sum(0, dtype=torch.float64)
         checks.append(pst[1:])
         if terms.meep:
             wrong = pst[0]
             c_meep = torch.where(wrong > 0, terms.meep / wrong.clamp_min(1.0), 0.0).float().reshape(1)
         if terms.dice:
-            tot = sums.view(b, n_blocks, 3, cp).sum(1, dtype=torch.float64)[..., :c].permute(0, 2, 1)  # (B, C, 3)
+            tot = sums.view(b, n_slots, 3, cp).sum(1, dtype=torch.float64)[..., :c].permute(0, 2, 1)  # (B, C, 3)
             offset, dice_g = _dice_terms(tot, terms.dice, getattr(terms, "dice_background", True))
     per_voxel = 1.0 / (b * n_vox) if reduction == "mean" else 1.0
     d, h, w = (1,) + spatial if len(spatial) == 2 else (spatial if len(spatial) == 3 else (1, 1, n_vox))

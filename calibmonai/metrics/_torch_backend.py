@@ -8,7 +8,8 @@ the voxel selection and the bin indices ``min(int(v * bins), bins - 1)`` of floa
 implementations fill the same accumulators:
 
 - a Triton kernel (:mod:`calibmonai.metrics._triton_histogram`) for CUDA tensors when Triton is installed:
-  one read of the probabilities, per-block histograms reduced in registers, no atomics;
+  one read of the probabilities, per-block histograms reduced in registers and added into a bounded number of
+  partial-sum slots;
 - torch operations otherwise: the per-bin sums are ``index_add_`` scatters into float64 histograms, the
   voxels in slices of ``chunk_voxels`` (bounding the temporary memory) launched back to back. On CUDA each
   histogram has ``_REPLICAS`` copies, picked by voxel index, so that the atomic adds of a slice do not all

@@ -4,8 +4,9 @@ Each program takes ``BLOCK`` voxels of one case: it reads the probabilities (or 
 ``(classes, BLOCK)`` tile, computes what the numba CPU kernel computes per voxel (softmax, confidence, first
 argmax, the label's probability, Brier, NLL, selection, bins) and reduces the block's histograms in registers
 with a one-hot ``(bins, BLOCK)`` comparison, one class at a time for the class-wise ones. Every program writes
-its own float32 partial sums (no atomics, the same result on every run); torch sums them in float64. The
-input checks are per-program minima, maxima and counts, reduced the same way.
+its float32 partial sums into one of ``_SLOTS`` slots per case (atomic adds, a few per address; with fewer blocks
+than slots every slot has one writer and the result is the same on every run); torch sums the slots in float64.
+The input checks are per-program minima, maxima and counts, reduced by torch.
 """
 
 from __future__ import annotations
@@ -18,18 +19,24 @@ from calibmonai._triton import device_of
 
 __all__ = ["triton_histograms"]
 
+# partial-sum slots per case: programs pid, pid + _SLOTS, ... add into the same slot (float32 atomics, few per
+# address), so the buffers stay small (``_SLOTS * 3 * C * bins`` floats per case) whatever the volume and the
+# class count, and each slot holds the sum of at most a few hundred blocks
+_SLOTS = 2048
+
 
 @triton.jit
 def _histogram_kernel(
     p_ptr, y_ptr, mask_ptr, top_ptr, cls_ptr, sc_ptr, chk_ptr,
-    N, n_blocks, s_pb, s_pc, s_pn, s_yb, s_yn, s_mb, s_mn,
+    N, n_blocks, n_slots, s_pb, s_pc, s_pn, s_yb, s_yn, s_mb, s_mn,
     C: tl.constexpr, CP: tl.constexpr, NB: tl.constexpr, NBP: tl.constexpr, BLOCK: tl.constexpr,
     MODE: tl.constexpr, BG: tl.constexpr, SOFTMAX: tl.constexpr, CLASSWISE: tl.constexpr, WITH_NLL: tl.constexpr,
     USE_MASK: tl.constexpr, FLOAT_LABELS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     b = tl.program_id(1)
-    row = b * n_blocks + pid  # this program's row of the partial-sum buffers
+    row = b * n_blocks + pid  # this program's row of the checks buffer
+    slot = b * n_slots + pid % n_slots  # this program's slot of the partial-sum buffers (shared by n_blocks / n_slots)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     vm = offs < N
     cls = tl.arange(0, CP)
@@ -86,17 +93,15 @@ def _histogram_kernel(
     keep_f = keep.to(tl.float32)
     fgk_f = (keep & fg).to(tl.float32)
     sel_f = sel.to(tl.float32)
-    sc_row = sc_ptr + row * 6
-    tl.store(sc_row + 0, tl.sum(sel_f, axis=0))
+    sc_row = sc_ptr + slot * 6
+    tl.atomic_add(sc_row + 0, tl.sum(sel_f, axis=0), sem="relaxed")
     if WITH_NLL:
         nll = -tl.log(tl.maximum(p_y, 1e-12))
-        tl.store(sc_row + 1, tl.sum(tl.where(sel, nll, 0.0), axis=0))
-    else:
-        tl.store(sc_row + 1, 0.0)
-    tl.store(sc_row + 2, tl.sum(tl.where(keep, brier, 0.0), axis=0))
-    tl.store(sc_row + 3, tl.sum(keep_f, axis=0))
-    tl.store(sc_row + 4, tl.sum(tl.where(keep & fg, brier, 0.0), axis=0))
-    tl.store(sc_row + 5, tl.sum(fgk_f, axis=0))
+        tl.atomic_add(sc_row + 1, tl.sum(tl.where(sel, nll, 0.0), axis=0), sem="relaxed")
+    tl.atomic_add(sc_row + 2, tl.sum(tl.where(keep, brier, 0.0), axis=0), sem="relaxed")
+    tl.atomic_add(sc_row + 3, tl.sum(keep_f, axis=0), sem="relaxed")
+    tl.atomic_add(sc_row + 4, tl.sum(tl.where(keep & fg, brier, 0.0), axis=0), sem="relaxed")
+    tl.atomic_add(sc_row + 5, tl.sum(fgk_f, axis=0), sem="relaxed")
     chk_row = chk_ptr + row * 7
     tl.store(chk_row + 0, lab_lo)
     tl.store(chk_row + 1, lab_hi)
@@ -117,12 +122,12 @@ def _histogram_kernel(
     bins = tl.arange(0, NBP)
     tb = tl.minimum(tl.maximum((conf * NB).to(tl.int32), 0), NB - 1)
     oh = (bins[:, None] == tb[None, :]) & sel[None, :]
-    top_row = top_ptr + row * (3 * NBP)
-    tl.store(top_row + bins, tl.sum(oh.to(tl.float32), axis=1))
-    tl.store(top_row + NBP + bins, tl.sum(tl.where(oh, conf[None, :], 0.0), axis=1))
-    tl.store(top_row + 2 * NBP + bins, tl.sum((oh & correct[None, :]).to(tl.float32), axis=1))
+    top_row = top_ptr + slot * (3 * NBP)
+    tl.atomic_add(top_row + bins, tl.sum(oh.to(tl.float32), axis=1), sem="relaxed")
+    tl.atomic_add(top_row + NBP + bins, tl.sum(tl.where(oh, conf[None, :], 0.0), axis=1), sem="relaxed")
+    tl.atomic_add(top_row + 2 * NBP + bins, tl.sum((oh & correct[None, :]).to(tl.float32), axis=1), sem="relaxed")
     if CLASSWISE:
-        cls_row = cls_ptr + row * (3 * C * NBP)
+        cls_row = cls_ptr + slot * (3 * C * NBP)
         k_ptr = p_base + offs * s_pn  # advanced by one class per iteration (64-bit pointer arithmetic)
         for k in range(0, C):
             xk = tl.load(k_ptr, mask=vm, other=0.0).to(tl.float32)
@@ -134,9 +139,9 @@ def _histogram_kernel(
             kb = tl.minimum(tl.maximum((pk * NB).to(tl.int32), 0), NB - 1)
             ohk = (bins[:, None] == kb[None, :]) & sel[None, :]
             base = cls_row + k * NBP
-            tl.store(base + bins, tl.sum(ohk.to(tl.float32), axis=1))
-            tl.store(base + C * NBP + bins, tl.sum(tl.where(ohk, pk[None, :], 0.0), axis=1))
-            tl.store(base + 2 * C * NBP + bins, tl.sum((ohk & (labi == k)[None, :]).to(tl.float32), axis=1))
+            tl.atomic_add(base + bins, tl.sum(ohk.to(tl.float32), axis=1), sem="relaxed")
+            tl.atomic_add(base + C * NBP + bins, tl.sum(tl.where(ohk, pk[None, :], 0.0), axis=1), sem="relaxed")
+            tl.atomic_add(base + 2 * C * NBP + bins, tl.sum((ohk & (labi == k)[None, :]).to(tl.float32), axis=1), sem="relaxed")
 
 
 def _block(c_pad: int, nb_pad: int) -> int:
@@ -163,27 +168,28 @@ def triton_histograms(
     nbp = triton.next_power_of_2(num_bins)
     block = _block(cp, nbp)
     n_blocks = max(1, triton.cdiv(n, block))
-    rows = b * n_blocks
+    n_slots = min(n_blocks, _SLOTS)
+    rows, slots = b * n_blocks, b * n_slots
     f32 = torch.float32
-    top = torch.empty(rows, 3, nbp, dtype=f32, device=dev)
-    cls = torch.empty(rows, 3, c, nbp, dtype=f32, device=dev) if classwise else torch.empty(1, dtype=f32, device=dev)
-    sc = torch.empty(rows, 6, dtype=f32, device=dev)
+    top = torch.zeros(slots, 3, nbp, dtype=f32, device=dev)
+    cls = torch.zeros(slots, 3, c, nbp, dtype=f32, device=dev) if classwise else torch.empty(1, dtype=f32, device=dev)
+    sc = torch.zeros(slots, 6, dtype=f32, device=dev)
     chk = torch.empty(rows, 7, dtype=torch.float64, device=dev)
     with device_of(probs_all):
         _histogram_kernel[(n_blocks, b)](
             probs_all, labels, mask, top, cls, sc, chk,
-            n, n_blocks, probs_all.stride(0), probs_all.stride(1), probs_all.stride(2), labels.stride(0), labels.stride(1),
+            n, n_blocks, n_slots, probs_all.stride(0), probs_all.stride(1), probs_all.stride(2), labels.stride(0), labels.stride(1),
             mask.stride(0), mask.stride(1),
             C=c, CP=cp, NB=num_bins, NBP=nbp, BLOCK=block, MODE=mode, BG=bg, SOFTMAX=softmax, CLASSWISE=classwise,
             WITH_NLL=with_nll, USE_MASK=mask_all is not None, FLOAT_LABELS=labels.is_floating_point(),
             num_warps=4,
         )  # fmt: skip
-    top_h = top.view(b, n_blocks, 3, nbp).sum(1, dtype=torch.float64)[..., :num_bins]
+    top_h = top.view(b, n_slots, 3, nbp).sum(1, dtype=torch.float64)[..., :num_bins]
     if classwise:
-        cls_h = cls.view(b, n_blocks, 3, c, nbp).sum(1, dtype=torch.float64)[..., :num_bins]
+        cls_h = cls.view(b, n_slots, 3, c, nbp).sum(1, dtype=torch.float64)[..., :num_bins]
     else:
         cls_h = torch.zeros(b, 3, c, num_bins, dtype=torch.float64, device=dev)
-    sc_h = sc.view(b, n_blocks, 6).sum(1, dtype=torch.float64)
+    sc_h = sc.view(b, n_slots, 6).sum(1, dtype=torch.float64)
     if n == 0:  # no program ran over a voxel: neutral checks
         chk_h = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64, device=dev)
     else:
