@@ -44,7 +44,11 @@ if [ -z "$_torch" ]; then
   "$_py" -m pip install -q --disable-pip-version-check torch==2.13.0
   _torch="$("$_py" -c "import torch; print(torch.__version__, torch.version.cuda or 'cpu')")"
 else
-  echo "[setup] keeping the torch of $_py: ${_torch% *} (CUDA ${_torch#* })"
+  if [ "${_torch#* }" = "cpu" ]; then
+    echo "[setup] keeping the torch of $_py: ${_torch% *} (CPU build)"
+  else
+    echo "[setup] keeping the torch of $_py: ${_torch% *} (CUDA ${_torch#* })"
+  fi
 fi
 _torch_version="${_torch% *}"
 _extras="test,demo"
