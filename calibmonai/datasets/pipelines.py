@@ -189,14 +189,18 @@ def settings_hash(dataset: str, image_size: Sequence[int], **preprocess: Any) ->
 def bundle_file(bundle_root: str | Path, bundle: str, relative: str) -> str:
     """A file of a bundle, wherever the workflow runs from: ``<bundle_root>/<relative>`` when it exists (run from the
     bundle's folder, or an exported bundle), else the repository's ``bundles/<bundle>/<relative>`` when that exists
-    (run from the repository root, ``bundle_root`` ``.``), else ``<bundle_root>/<relative>`` (where a new file goes)."""
-    local = Path(bundle_root) / relative
-    if local.is_file():
-        return str(local)
+    (run from the repository root, ``bundle_root`` ``.``). A file that exists in neither place (a split still to
+    write) goes in the folder that holds the bundle's configs: ``<bundle_root>`` when it has the file's folder, else
+    the repository's bundle."""
     from calibmonai.bundle_tools import REPO_BUNDLES
 
+    local = Path(bundle_root) / relative
     repo = REPO_BUNDLES / bundle / relative
-    return str(repo if repo.is_file() else local)
+    if local.is_file() or (not repo.is_file() and local.parent.is_dir()):
+        return str(local)
+    if repo.is_file() or repo.parent.is_dir():
+        return str(repo)
+    return str(local)
 
 
 def _takes_fold(module: Any) -> bool:
