@@ -19,6 +19,7 @@ else
   PY=python3
 fi
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # calibmonai from this checkout, installed or not
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "[gpu_all] $PY has no usable CUDA torch (torch.cuda.is_available() is False); see README, GPU users." >&2
   exit 100
