@@ -80,6 +80,55 @@ def _fmt(v: float) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
+# ---- torch.distributed (multi_gpu_evaluate.yaml): each process evaluates a contiguous share of the cases ----
+
+
+def _rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` of an initialised ``torch.distributed`` group, ``(0, 1)`` otherwise."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _case_share(datalist: Sequence[Any]) -> list[tuple[int, Any]]:
+    """``(index, item)`` of the cases this process evaluates: all of them, or under ``torch.distributed`` a
+    contiguous share (rank order is datalist order, so gathered results keep the single-process order)."""
+    rank, world = _rank_world()
+    if world > 1 and len(datalist) < world:
+        raise ValueError(f"{len(datalist)} case(s) for {world} processes: every process needs at least one case.")
+    return [(int(i), datalist[int(i)]) for i in np.array_split(np.arange(len(datalist)), world)[rank]]
+
+
+class _WithCaseNames:
+    """``metric`` seen with ``case_names`` of every process (its values and histograms it gathers itself)."""
+
+    def __init__(self, metric: CalibrationMetrics, case_names: list[str]) -> None:
+        self._metric, self.case_names = metric, case_names
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._metric, name)
+
+
+def _gather_cases(rows: list[dict[str, Any]], cal: CalibrationMetrics, sums: Sequence[torch.Tensor], output_dir: str) -> tuple[list[dict[str, Any]], Any, str, Any]:
+    """Under ``torch.distributed``: every process's rows (in datalist order), ``sums`` all-reduced in place, ``cal``
+    with every case name, and the folder to write (``output_dir`` on rank 0, a scratch folder elsewhere: every
+    process makes the same collective calls of the report, only rank 0's files are kept)."""
+    import tempfile
+
+    dist = torch.distributed
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, rows)
+    rows = [r for part in parts for r in part]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    for t in sums:
+        buf = t.to(device)
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        t.copy_(buf.cpu())
+    scratch = None if dist.get_rank() == 0 else tempfile.TemporaryDirectory(prefix="calibmonai_eval_")
+    return rows, _WithCaseNames(cal, [r["case"] for r in rows]), output_dir if scratch is None else scratch.name, scratch
+
+
 def evaluate_run(
     network: torch.nn.Module,
     checkpoint: str,
@@ -111,6 +160,11 @@ def evaluate_run(
     ``cece_classes``: ``"all"`` (default) averages the class-wise ECE over every class; ``"up_to_max_label"``
     over classes 0 .. the highest label of the case, as the MbLS reference code does (to compare with its tables).
 
+    Under an initialised ``torch.distributed`` group (``multi_gpu_evaluate.yaml``, one process per GPU) each
+    process evaluates a contiguous share of the cases; the per-case rows are gathered and the calibration
+    histograms all-reduced, so rank 0 writes the same files as one process would, and every process returns the
+    same summary.
+
     Returns the summary: mean over cases of every column (``dsc_mean``, ``ece``, ...), with ``*_std``.
     """
     from calibmonai.metrics.plots import plot_reliability_diagram
@@ -123,7 +177,7 @@ def evaluate_run(
     ref_q = torch.zeros(num_bins, dtype=torch.float64)
     rows: list[dict[str, Any]] = []
     t0 = time.time()
-    for i, item in enumerate(datalist):
+    for i, item in _case_share(datalist):
         name = item.get("case") or item.get("subject") or os.path.basename(str(item["image"]))
         d = preprocessing(item)
         image = d["image"]
@@ -152,6 +206,8 @@ def evaluate_run(
         if i == 0:
             save_slice_png(np.asarray(image[0]), np.asarray(label[0, 0]), np.asarray(pred[0, 0]), np.asarray(conf[0]), os.path.join(output_dir, "slice.png"), f"{title} {name}")
         progress(f"[evaluate] {title} case {i + 1}/{len(datalist)} {name}: DSC {_fmt(row['dsc_mean'])}, ECE {_fmt(row['ece'])} ({time.time() - t0:.0f} s)", "calibmonai.evaluation")
+    if _rank_world()[1] > 1:  # every process's cases to every process; rank 0 writes output_dir
+        rows, cal, output_dir, _scratch = _gather_cases(rows, cal, (ref_count, ref_p, ref_q), output_dir)
     os.makedirs(output_dir, exist_ok=True)
     _write_rows(os.path.join(output_dir, "per_case.csv"), rows)
     summary: dict[str, Any] = {}
@@ -180,7 +236,8 @@ def evaluate_run(
         for k, v in summary.items():
             if not k.endswith("_std") and not k.startswith("pooled_"):
                 f.write(f"| {k} | {_fmt(v)} | {_fmt(summary.get(k + '_std', float('nan')))} |\n")
-    progress(f"[evaluate] {title}: " + ", ".join(f"{n} {_fmt(summary.get(k, float('nan')))}" for k, n in SUMMARY_COLUMNS) + f"; written to {output_dir}", "calibmonai.evaluation")
+    if _rank_world()[0] == 0:
+        progress(f"[evaluate] {title}: " + ", ".join(f"{n} {_fmt(summary.get(k, float('nan')))}" for k, n in SUMMARY_COLUMNS) + f"; written to {output_dir}", "calibmonai.evaluation")
     return summary
 
 
