@@ -25,6 +25,7 @@ Task ids read ``<kind>/<bundle>/<backbone>/<replicate>/<run or method>``:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -90,6 +91,11 @@ def replicate_tag(seed: int, fold: int | None) -> str:
 def _fragment_kwargs(method: str) -> dict[str, Any]:
     """The ``loss_kwargs`` of ``bundles/methods/<method>.yaml``: a grid point completes them, so a run is named as the
     same run trained from the fragment alone (``mbls_alpha0.1_margin10.0``)."""
+    return dict(_fragment_kwargs_cached(method))
+
+
+@functools.lru_cache(maxsize=None)
+def _fragment_kwargs_cached(method: str) -> dict[str, Any]:
     import yaml
 
     from calibmonai.bundle_tools import fragment
@@ -203,7 +209,7 @@ def task_status(tasks: Sequence[Task], study_dir: str | os.PathLike) -> dict[str
     """``done``, ``changed`` (done with other settings; kept unless redone on request), ``failed`` (last try failed),
     ``ready`` (dependencies done), ``waiting`` or ``blocked`` (its bundle is not installed) for every task."""
     status: dict[str, str] = {}
-    missing = {t.bundle: _bundle_available(t.bundle) for t in tasks}
+    missing = {b: _bundle_available(b) for b in {t.bundle for t in tasks}}
     for t in tasks:
         marker = read_marker(study_dir, t.id)
         if marker is not None:
@@ -219,9 +225,23 @@ def task_status(tasks: Sequence[Task], study_dir: str | os.PathLike) -> dict[str
     return status
 
 
+@functools.lru_cache(maxsize=None)
+def _bundle_epochs(bundle: str) -> float:
+    """The ``epochs`` of a bundle's ``configs/train.yaml`` (NaN when absent, not a number, or no such bundle)."""
+    import yaml
+
+    from calibmonai.bundle_tools import bundle_dir
+
+    try:
+        value = (yaml.safe_load((bundle_dir(bundle) / "configs" / "train.yaml").read_text()) or {}).get("epochs")
+    except (FileNotFoundError, yaml.YAMLError):
+        return float("nan")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
 def estimate_gpu_hours(spec: StudySpec, tasks: Iterable[Task]) -> dict[str, dict[str, float]]:
-    """Run counts and GPU-hours per bundle from each bundle's ``estimate`` (``train_gpu_hours_per_epoch`` x epochs x
-    GPUs per training run; ``eval_gpu_hours`` per test evaluation, a calibrator fit counting as one); NaN where the
+    """Run counts and GPU-hours per bundle from each bundle's ``estimate`` (``train_gpu_hours_per_epoch`` x epochs (the
+    study's, else the bundle's) x GPUs per training run; ``eval_gpu_hours`` per test evaluation, a calibrator fit counting as one); NaN where the
     bundle states no estimate."""
     out: dict[str, dict[str, float]] = {}
     per_bundle = {b.name: b for b in spec.bundles}
@@ -233,7 +253,7 @@ def estimate_gpu_hours(spec: StudySpec, tasks: Iterable[Task]) -> dict[str, dict
         per_eval = b.estimate.get("eval_gpu_hours", float("nan"))
         if t.kind == "train":
             row["training_runs"] += 1
-            epochs = t.params["overrides"].get("epochs", b.estimate.get("epochs", float("nan")))
+            epochs = t.params["overrides"].get("epochs", b.estimate.get("epochs", _bundle_epochs(b.name)))
             row["gpu_hours"] += per_epoch * float(epochs) * max(1, t.resources.gpus)
         else:
             n = {"evaluate": 1, "analysis": 1, "posthoc": 2 * len(t.params.get("calibrators", [])), "noise": len(t.params.get("sigmas", [])), "select": 0}[t.kind]

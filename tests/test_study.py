@@ -1,0 +1,380 @@
+"""calibmonai study: study files, the task plan, rankings and the Wilcoxon test against hand-computed cases, the
+report's tables against numpy references, and the tiny study end to end (plan, interrupted run, resume through the
+process pool, report; the same study through Ray and through submitit's local executor)."""
+
+import copy
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from calibmonai.study.executors import LocalExecutor, dependants, run_study
+from calibmonai.study.plan import Task, build_plan, estimate_gpu_hours, marker_path, read_marker, task_status
+from calibmonai.study.report import (
+    backbone_table, collect_tidy, gap_fractions, meep_table, paired_table, read_tidy, table1, table2, table4, write_report,
+)  # fmt: skip
+from calibmonai.study.spec import PAPER_METHODS, Resources, load_study
+from calibmonai.study.stats import mean_case_rank, paired_wilcoxon, rank_values, sum_rank
+from calibmonai.study.tasks import GAP_EDGES, AddRelativeGaussianNoise, logit_gap_histograms, training_argv
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = yaml.safe_load((REPO / "studies" / "tiny.yaml").read_text())
+
+
+def tiny_spec(data_dir, **changes):
+    raw = copy.deepcopy(TINY)
+    raw["bundles"]["mni_tissue_seg2d"]["dataset_dir"] = str(data_dir)
+    raw.update(changes)
+    return raw
+
+
+# ---------------------------------------------------------------- study files and the plan
+def test_study_file_checks(tmp_path):
+    spec = load_study(tiny_spec(tmp_path / "d"))
+    assert spec.methods["mbls"] == {"margin": [5.0, 10.0], "alpha": [0.1]}  # integers of a float default become floats
+    assert spec.noise_sigmas == [0.0, 0.05] and spec.posthoc == ["ts", "lts"] and spec.resources["train"] == Resources(1, 1, 2)
+    with pytest.raises(ValueError, match="unknown method 'mbls_typo'.*available methods"):
+        load_study(tiny_spec(tmp_path, methods={"mbls_typo": {}}))
+    with pytest.raises(ValueError, match=r"unknown keys \['epoch'\]"):
+        load_study({**tiny_spec(tmp_path), "epoch": 3})
+    with pytest.raises(ValueError, match="unknown calibrator 'tss'"):
+        load_study(tiny_spec(tmp_path, posthoc=["tss"]))
+    with pytest.raises(ValueError, match="posthoc_on must be"):
+        load_study(tiny_spec(tmp_path, posthoc_on="some"))
+    with pytest.raises(ValueError, match="unknown backbone 'vnet'"):
+        load_study(tiny_spec(tmp_path, backbones=["vnet"]))
+    with pytest.raises(ValueError, match="noise_sigmas"):
+        load_study(tiny_spec(tmp_path, noise_sigmas=[-0.1]))
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        load_study(tmp_path / "nowhere.yaml")
+
+
+def test_paper_grid_and_run_counts():
+    assert PAPER_METHODS["focal"] == {"gamma": [1.0, 2.0, 3.0]}
+    assert PAPER_METHODS["ecp"] == {"beta": [0.1, 0.2, 0.3]} and PAPER_METHODS["ls"] == {"alpha": [0.1, 0.2, 0.3]}
+    assert PAPER_METHODS["mbls"] == PAPER_METHODS["mbls_l2"] == {"margin": [5.0, 8.0, 10.0], "alpha": [0.1]}
+    assert {m for m in PAPER_METHODS if m.startswith("meep")} == {"meep_ce_entropy", "meep_ce_kl", "meep_dice_entropy", "meep_dice_kl"}
+    assert {"ce", "ce_dice", "svls", "nacl"} <= set(PAPER_METHODS)
+    spec = load_study(REPO / "studies" / "papers.yaml")
+    tasks = build_plan(spec, "/tmp/papers_study")
+    est = estimate_gpu_hours(spec, tasks)
+    # per backbone and seed: 1 + 1 + 3 + 3 + 3 + 1 + 1 + 3 + 3 (CE, CE+Dice, focal, ECP, LS, SVLS, NACL, MbLS L1/L2)
+    # + the bundle's MEEP lambdas x 4 variants; the other backbones run CE and MbLS (1 + 3)
+    for b in spec.bundles:
+        lams = len(spec.methods_for(b)["meep_ce_kl"]["lam"])
+        per_seed = 19 + 4 * lams + (len(spec.backbones) - 1) * 4
+        assert est[b.name]["training_runs"] == per_seed * len(spec.seeds), b.name
+        assert est[b.name]["gpu_hours"] > 0
+    sel = [t for t in tasks if t.kind == "select" and t.method == "mbls" and t.backbone == "unet" and t.bundle == "acdc_seg2d"][0]
+    assert len(sel.deps) == 3 * len(spec.seeds)  # every margin of every seed
+
+
+def test_plan_ids_dependencies_and_folders(tmp_path):
+    spec = load_study(tiny_spec(tmp_path / "d", seeds=[0, 1], posthoc_on="all"))
+    tasks = {t.id: t for t in build_plan(spec, tmp_path / "s")}
+    train = tasks["train/mni_tissue_seg2d/unet/seed1/mbls_alpha0.1_margin5.0"]
+    assert train.params["run_dir"] == str((tmp_path / "s" / "runs" / "mni_tissue_seg2d" / "unet" / "seed1" / "mbls_alpha0.1_margin5.0").resolve())
+    ov = train.params["overrides"]
+    assert ov["seed"] == 1 and ov["epochs"] == 1 and ov["loss_kwargs"] == {"margin": 5.0, "alpha": 0.1} and ov["network_def#channels"] == [4, 8, 16, 32]
+    assert ov["image_size"] == [48, 56] and ov["dataset_dir"] == str(tmp_path / "d")
+    assert tasks["evaluate/mni_tissue_seg2d/unet/seed1/mbls_alpha0.1_margin5.0"].deps == [train.id]
+    assert tasks["posthoc/mni_tissue_seg2d/unet/seed1/mbls_alpha0.1_margin5.0"].deps == [train.id]
+    sel = tasks["select/mni_tissue_seg2d/unet/mbls"]
+    assert sorted(sel.deps) == sorted(f"train/mni_tissue_seg2d/unet/seed{s}/mbls_alpha0.1_margin{m}" for s in (0, 1) for m in ("5.0", "10.0"))
+    assert tasks["noise/mni_tissue_seg2d/unet/seed0/mbls"].deps == [sel.id] and tasks["noise/mni_tissue_seg2d/unet/seed0/mbls"].params["sigmas"] == [0.05]
+    assert "train/mni_tissue_seg2d/unet/seed0/ce" in tasks and tasks["select/mni_tissue_seg2d/unet/ce"].params["param"] is None
+    assert dependants(list(tasks.values()), [train.id]) == {
+        train.id, "evaluate/mni_tissue_seg2d/unet/seed1/mbls_alpha0.1_margin5.0", "posthoc/mni_tissue_seg2d/unet/seed1/mbls_alpha0.1_margin5.0", sel.id,
+        *(f"{k}/mni_tissue_seg2d/unet/seed{s}/mbls" for k in ("noise", "analysis") for s in (0, 1)),
+    }  # fmt: skip
+    status = task_status(list(tasks.values()), tmp_path / "s")
+    assert status[train.id] == "ready" and status[sel.id] == "waiting"
+    blocked = load_study({**tiny_spec(tmp_path / "d"), "bundles": {"no_such_bundle": {}}})
+    assert set(task_status(build_plan(blocked, tmp_path / "b"), tmp_path / "b").values()) == {"blocked"}
+
+
+def test_backbone_methods_and_local_pool_size(tmp_path):
+    spec = load_study(tiny_spec(tmp_path, backbones=["unet", "attention_unet"], backbone_methods=["ce", "mbls"]))
+    tasks = build_plan(spec, tmp_path / "s")
+    assert {t.method for t in tasks if t.backbone == "attention_unet"} == {"ce", "mbls"}
+    assert {t.method for t in tasks if t.backbone == "unet"} == {"ce", "mbls", "meep_ce_kl"}
+    two = [Task("a", "train", "b", "unet", "ce", resources=Resources(gpus=2, cpus=1, memory_gb=0.1))]
+    assert LocalExecutor(gpus=4).pool_size(two) == (2, ["0,1", "2,3"])
+    one = [Task("a", "train", "b", "unet", "ce", resources=Resources(gpus=1, cpus=1, memory_gb=0.1))]
+    assert LocalExecutor(gpus=3).pool_size(one) == (3, ["0", "1", "2"])
+    assert LocalExecutor(gpus=0).pool_size(one) == (os.cpu_count(), [])
+    with pytest.raises(ValueError, match="needs 2 GPUs, this machine has 1"):
+        LocalExecutor(gpus=1).pool_size(two)
+    argv = training_argv(["train.yaml", "methods/ce.yaml", "multi_gpu_train.yaml"], 2)
+    assert argv[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] and argv[-1] == repr(["train.yaml", "methods/ce.yaml", "multi_gpu_train.yaml"])
+
+
+# ---------------------------------------------------------------- ranking and Wilcoxon, by hand
+def test_rankings_hand_computed():
+    np.testing.assert_array_equal(rank_values([0.9, 0.8, 0.9, math.nan], higher=True), [1.5, 3, 1.5, 4])
+    np.testing.assert_array_equal(rank_values([0.3, 0.1, math.nan, math.nan], higher=False), [2, 1, 3.5, 3.5])
+    # three methods, two cases; DSC (higher better) and ECE (lower better), dyadic values so the means tie exactly
+    per_case = {
+        "a": {"dsc_mean": [0.75, 0.25], "ece": [0.125, 0.375]},
+        "b": {"dsc_mean": [0.625, 0.375], "ece": [0.25, 0.125]},
+        "c": {"dsc_mean": [0.5, 0.5], "ece": [0.375, 0.25]},
+    }
+    # case ranks: DSC case 1 a1 b2 c3, case 2 c1 b2 a3; ECE case 1 a1 b2 c3, case 2 b1 c2 a3
+    assert mean_case_rank(per_case, ["dsc_mean", "ece"]) == {"a": 2.0, "b": 1.75, "c": 2.25}
+    # means: DSC 0.5 for all three (ranks 2, 2, 2); ECE a 0.25, b 0.1875, c 0.3125 (ranks 2, 1, 3)
+    means = {m: {k: float(np.mean(v)) for k, v in d.items()} for m, d in per_case.items()}
+    assert sum_rank(means, ["dsc_mean", "ece"]) == {"a": 4.0, "b": 3.0, "c": 5.0}
+    assert sum_rank({"a": {"asd_mean": 1.0}, "b": {"asd_mean": math.nan}}, ["asd_mean"]) == {"a": 1.0, "b": 2.0}
+    with pytest.raises(ValueError, match="has no values for metric"):
+        sum_rank({"a": {"ece": 0.1}}, ["cece"])
+    with pytest.raises(ValueError, match="same cases"):
+        mean_case_rank({"a": {"ece": [0.1]}, "b": {"ece": [0.1, 0.2]}}, ["ece"])
+
+
+def test_wilcoxon_hand_computed():
+    # n = 5 differences, exact null distribution of W+ over the 2^5 = 32 sign patterns
+    r = paired_wilcoxon([2, 3, 4, 5, 6], [1, 1, 1, 1, 1])  # all positive: T = 0, p = 2 / 32
+    assert r["n"] == 5 and r["statistic"] == 0 and r["p_value"] == pytest.approx(0.0625) and r["mean_diff"] == 3 and r["median_diff"] == 3
+    r = paired_wilcoxon([-1, 2, 3, 4, 5], [0, 0, 0, 0, 0])  # W- = 1: P(W <= 1) = 2/32, two-sided 0.125
+    assert r["statistic"] == 1 and r["p_value"] == pytest.approx(0.125)
+    r = paired_wilcoxon([1, -2, 3, -4, 5], [0] * 5)  # W+ = 9, W- = 6; 13 of 32 sign patterns have W <= 6
+    assert r["statistic"] == 6 and r["p_value"] == pytest.approx(2 * 13 / 32)
+    r = paired_wilcoxon([1, 2, math.nan], [1, 2, 0])  # NaN pair dropped, zero differences: p = 1
+    assert r["n"] == 2 and r["p_value"] == 1.0 and r["mean_diff"] == 0
+    assert math.isnan(paired_wilcoxon([math.nan], [1.0])["p_value"])
+    with pytest.raises(ValueError, match="same length"):
+        paired_wilcoxon([1, 2], [1])
+
+
+def test_logit_gaps_and_noise_hand_computed():
+    logits = torch.tensor([[5.0, 0.0], [1.0, 2.0], [0.0, 60.0]]).reshape(1, 3, 2, 1)  # two voxels, three classes
+    label = torch.tensor([0, 2]).reshape(1, 1, 2, 1)
+    h = logit_gap_histograms(logits, label, 3)
+    # voxel 0 (class 0): distances 4 and 5 (the maximal logit's 0 left out); voxel 1 (class 2): 60 and 58 (last bin)
+    expected = np.zeros((3, len(GAP_EDGES) - 1), dtype=int)
+    expected[0, 8] = expected[0, 10] = 1
+    expected[2, -1] = 2
+    np.testing.assert_array_equal(h, expected)
+    frac = gap_fractions(h, GAP_EDGES, 4.5)
+    assert frac[0] == 0.5 and math.isnan(frac[1]) and frac[2] == 1.0
+    with pytest.raises(ValueError, match=r"logits must be \(1, 4"):
+        logit_gap_histograms(logits, label, 4)
+
+    image = torch.linspace(0, 2, 64 * 64 * 8).reshape(1, 64, 64, 8)
+    pre = lambda item: {"image": image.clone(), "label": torch.zeros(1, 64, 64, 8)}  # noqa: E731
+    a = AddRelativeGaussianNoise(pre, 0.05, seed=1)({"image": "sub-001_T1w.nii.gz"})["image"]
+    b = AddRelativeGaussianNoise(pre, 0.05, seed=1)({"image": "/elsewhere/sub-001_T1w.nii.gz"})["image"]
+    c = AddRelativeGaussianNoise(pre, 0.05, seed=1)({"image": "sub-002_T1w.nii.gz"})["image"]
+    assert float((a - image).std()) == pytest.approx(0.05 * 2.0, rel=0.02)  # sigma x intensity range
+    assert torch.equal(a, b) and not torch.equal(a, c)  # seeded per case file name
+    assert torch.equal(AddRelativeGaussianNoise(pre, 0.0)({"image": "x"})["image"], image)
+
+
+# ---------------------------------------------------------------- report tables against numpy
+def _synthetic_rows():
+    """Two backbones, two seeds, two cases; ce, mbls and mbls_l2 (margins 5, 10), meep_ce_kl; values from a formula."""
+    rows = []
+
+    def value(method, margin, seed, case, metric, backbone):
+        index = ["ce", "mbls", "mbls_l2", "meep_ce_kl"].index(method)
+        base = [0.1, 0.2, 0.3, 0.45][index] + 0.01 * margin + 0.001 * seed + 0.05 * case + 0.0001 * (2 * seed + case) * index
+        return base + {"dsc_mean": 0.5, "dsc_A": 0.4, "asd_A": 3.0, "asd_mean": 3.0, "ece": 0.0, "cece": 0.01, "hd95_mean": 7.0, "brier": 0.02, "brier_plus": 0.03}[metric] + (0.1 if backbone == "attention_unet" else 0)
+
+    for backbone in ("unet", "attention_unet"):
+        for method, margins, param in (("ce", [0], ""), ("mbls", [5, 10], "margin"), ("mbls_l2", [5, 10], "margin"), ("meep_ce_kl", [0], "lam")):
+            for margin in margins:
+                for seed in (0, 1):
+                    for case in (0, 1):
+                        for metric in ("dsc_mean", "dsc_A", "asd_A", "asd_mean", "ece", "cece", "hd95_mean", "brier", "brier_plus"):
+                            rows.append({
+                                "bundle": "b", "backbone": backbone, "seed": seed, "fold": "", "method": method, "run": f"{method}{margin}",
+                                "param": param, "param_value": margin if param == "margin" else (0.3 if param else ""), "selected": margin in (0, 10),
+                                "evaluation": "test", "sigma": 0.0, "case": f"c{case}", "metric": metric,
+                                "value": value(method, margin, seed, case, metric, backbone),
+                            })  # fmt: skip
+    return rows, value
+
+
+def _pm(values):
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+
+def test_report_tables_against_numpy():
+    rows, value = _synthetic_rows()
+    # per case: the mean over the two seeds; then mean ± std over the two cases
+    case_means = lambda method, margin, metric, bb="unet": [np.mean([value(method, margin, s, c, metric, bb) for s in (0, 1)]) for c in (0, 1)]  # noqa: E731
+    header, body = table1(rows, "b", "unet")
+    assert header == ["method", "DSC A", "DSC mean", "ASD A", "ASD mean"]
+    assert [r[0] for r in body] == ["ce", "mbls", "mbls_l2", "meep_ce_kl"]
+    assert body[1][1:] == [_pm(case_means("mbls", 10, k)) for k in ("dsc_A", "dsc_mean", "asd_A", "asd_mean")]
+    header, body = table2(rows, "b", "unet")
+    # DSC (higher better): meep > mbls_l2 > mbls > ce; ASD, ECE, CECE (lower better): the reverse
+    assert [r[3] for r in body] == ["7", "9", "11", "13"] and [r[4] for r in body] == ["1.75", "2.25", "2.75", "3.25"]
+    header, body = table4(rows, "b", "unet")
+    assert [r[0] for r in body] == ["5", "10"]
+    assert body[0][1:] == [_pm(case_means(m, 5, k)) for m in ("mbls", "mbls_l2") for k in ("dsc_mean", "ece", "cece")]
+    header, body = backbone_table(rows, "b")
+    assert [r[0] for r in body] == ["attention_unet", "unet"]
+    assert body[0][1:] == [_pm(case_means(m, mg, k, "attention_unet")) for m, mg in (("ce", 0), ("mbls", 10)) for k in ("dsc_mean", "ece")]
+    header, body = meep_table(rows, "b", "unet")
+    seed_means = lambda method, metric: [np.mean([value(method, 0, s, c, metric, "unet") for c in (0, 1)]) for s in (0, 1)]  # noqa: E731
+    assert [r[0] for r in body] == ["ce", "meep_ce_kl"] and body[1][1:] == [_pm(seed_means("meep_ce_kl", k)) for k in ("dsc_mean", "hd95_mean", "brier", "brier_plus", "ece")]
+    pairs = {(p["method"], p["metric"]): p for p in paired_table(rows, "b", "unet")}
+    p = pairs[("mbls", "ece")]  # 4 pairs (2 seeds x 2 cases), differences 0.2 + 0.0001 x (0, 1, 2, 3): exact p = 2 / 16
+    assert p["n"] == 4 and p["mean_diff"] == pytest.approx(0.20015) and p["p_value"] == pytest.approx(0.125)
+
+
+# ---------------------------------------------------------------- the tiny study end to end
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny study: the first 7 tasks in this process (then "interrupted"), the rest through the process pool,
+    a third run that has nothing left to do, and the report."""
+    root = tmp_path_factory.mktemp("study")
+    spec = load_study(tiny_spec(root / "data"))
+    out = root / "tiny"
+    first = run_study(spec, out=out, workers=0, max_tasks=7)
+    markers = {tid: marker_path(out, tid).stat().st_mtime_ns for tid in first["ran"]}
+    logs = {tid: (out / "logs" / f"{tid}.log").stat().st_size for tid in first["ran"]}
+    second = run_study(spec, out=out, workers=2)
+    third = run_study(spec, out=out, workers=0)
+    report = write_report(out)
+    return {"spec": spec, "out": out, "first": first, "second": second, "third": third, "markers": markers, "logs": logs, "report": report}
+
+
+@pytest.mark.slow
+def test_tiny_study_interrupted_and_resumed(tiny):
+    first, second, third, out = tiny["first"], tiny["second"], tiny["third"], tiny["out"]
+    tasks = build_plan(tiny["spec"], out)
+    assert len(tasks) == 22 and (Path(tiny["spec"].bundles[0].dataset_dir) / "datalist.json").is_file()  # prepared by the study
+    assert len(first["ran"]) == 7 and not first["failed"] and len(first["remaining"]) == 15
+    assert not second["failed"] and not second["remaining"] and sorted(first["ran"] + second["ran"]) == sorted(t.id for t in tasks)
+    assert set(first["ran"]).isdisjoint(second["ran"])  # nothing finished was redone
+    assert third["ran"] == [] and third["remaining"] == []
+    for tid, mtime in tiny["markers"].items():
+        assert marker_path(out, tid).stat().st_mtime_ns == mtime
+        assert (out / "logs" / f"{tid}.log").stat().st_size == tiny["logs"][tid]
+    assert set(task_status(tasks, out).values()) == {"done"}
+    sel = read_marker(out, "select/mni_tissue_seg2d/unet/mbls")["result"]
+    scores = {n: read_marker(out, f"train/mni_tissue_seg2d/unet/seed0/{n}")["result"]["best_metric"] for n in ("mbls_alpha0.1_margin5.0", "mbls_alpha0.1_margin10.0")}
+    assert sel["scores"] == scores and sel["run_name"] == max(scores, key=lambda n: (scores[n], n == "mbls_alpha0.1_margin5.0"))
+    run = out / "runs" / "mni_tissue_seg2d" / "unet" / "seed0" / sel["run_name"]
+    for f in ("models/model.pt", "eval/per_case.csv", "eval_ts/per_case.csv", "eval_lts/per_case.csv", "noise/sigma0.050/per_case.csv", "analysis/analysis.npz", "study/overrides.yaml", "study/command.sh"):
+        assert (run / f).is_file(), f
+    assert "monai.bundle run training" in (run / "study" / "command.sh").read_text()
+    # a finished task run with other settings is kept (status "changed") unless redone on request
+    changed = load_study({**tiny_spec(tiny["spec"].bundles[0].dataset_dir), "epochs": 2})
+    assert task_status(build_plan(changed, out), out)["train/mni_tissue_seg2d/unet/seed0/ce"] == "changed"
+    assert run_study(changed, out=out, workers=0)["ran"] == []
+    assert run_study(tiny["spec"], out=out, workers=0)["ran"] == []  # (and the study folder holds the tiny study again)
+
+
+@pytest.mark.slow
+def test_tiny_study_redo_and_failure(tiny, tmp_path):
+    out = tiny["out"]
+    before = marker_path(out, "analysis/mni_tissue_seg2d/unet/seed0/ce").stat().st_mtime_ns
+    redo = run_study(tiny["spec"], out=out, workers=0, redo="analysis/*/ce")
+    assert redo["ran"] == ["analysis/mni_tissue_seg2d/unet/seed0/ce"]
+    assert marker_path(out, "analysis/mni_tissue_seg2d/unet/seed0/ce").stat().st_mtime_ns != before
+    with pytest.raises(ValueError, match="matches no task"):
+        run_study(tiny["spec"], out=out, workers=0, redo="nothing/*")
+    # a failing training: its marker is absent, the traceback is kept, its dependants do not run
+    bad = load_study({**tiny_spec(tiny["spec"].bundles[0].dataset_dir), "methods": {"ce": {}}, "overrides": {**TINY["overrides"], "network_def#strides": [2]}})
+    res = run_study(bad, out=tmp_path / "bad", workers=0)
+    assert res["failed"] == ["train/mni_tissue_seg2d/unet/seed0/ce"] and len(res["not_run"]) == 5
+    failed = json.loads(marker_path(tmp_path / "bad", res["failed"][0], failed=True).read_text())
+    assert "Traceback" in failed["traceback"] and failed["log"].endswith("ce.log")
+    assert task_status(build_plan(bad, tmp_path / "bad"), tmp_path / "bad")[res["failed"][0]] == "failed"
+
+
+def _table_cells(md: str, title: str) -> list[list[str]]:
+    part = md.split(f"### {title}", 1)[1].split("\n### ", 1)[0]
+    lines = [ln for ln in part.splitlines() if ln.startswith("| ")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:]]
+
+
+@pytest.mark.slow
+def test_tiny_study_report(tiny):
+    md = tiny["report"].read_text()
+    folder = tiny["report"].parent
+    tables = {
+        "Table 1": ["ce", "mbls", "meep_ce_kl"], "Table 2": ["ce", "mbls", "meep_ce_kl"], "Paired comparisons": ["mbls", "meep_ce_kl"],
+        "Table 3": ["ce", "ce", "ce", "mbls", "mbls", "mbls", "meep_ce_kl", "meep_ce_kl", "meep_ce_kl"], "MEEP": ["ce", "meep_ce_kl"],
+        "Robustness": ["ce", "mbls", "meep_ce_kl"], "Hyper-parameter sensitivity": ["mbls", "mbls", "meep_ce_kl", "meep_ce_kl"],
+        "Logit distances": ["ce", "ce", "mbls", "mbls"], "Backbones": ["unet"],
+    }  # fmt: skip
+    for title, first_col in tables.items():
+        cells = _table_cells(md, title)
+        assert [r[0] for r in cells] == first_col, title
+        for row in cells:
+            for cell in row[1:]:
+                for number in re.findall(r"[-+]?\d+\.\d+(?:e[-+]\d+)?|nan|inf|n/a", cell):
+                    assert number not in ("nan", "inf", "n/a") and math.isfinite(float(number)), (title, row)
+    assert "Table 4" in md and "_Not available: needs methods mbls and mbls_l2" in md  # the tiny study has no L2
+    for png in re.findall(r"\]\(([^)]+\.png)\)", md):
+        assert (folder / png).stat().st_size > 10_000, png
+    assert len(re.findall(r"\.png\)", md)) == 5
+    rows = read_tidy(folder / "tidy.csv")
+    with open(folder / "tidy.csv") as f:
+        assert next(csv.reader(f)) == ["bundle", "backbone", "seed", "fold", "method", "run", "param", "param_value", "selected", "evaluation", "sigma", "case", "metric", "value"]
+    kinds = {(r["evaluation"], r["sigma"]) for r in rows}
+    assert kinds == {("validation", 0.0), ("test", 0.0), ("ts", 0.0), ("lts", 0.0), ("noise", 0.05)}
+    test = [r for r in rows if r["evaluation"] == "test"]
+    assert {r["run"] for r in test} == {"ce", "mbls_alpha0.1_margin5.0", "mbls_alpha0.1_margin10.0", "meep_ce_kl_lam0.1", "meep_ce_kl_lam0.3"}
+    assert all(math.isfinite(r["value"]) for r in test if r["metric"] in ("dsc_mean", "ece", "cece", "brier"))
+    per_case = list(csv.DictReader(open(tiny["out"] / "runs" / "mni_tissue_seg2d" / "unet" / "seed0" / "ce" / "eval" / "per_case.csv")))
+    ce_dsc = [r["value"] for r in test if r["run"] == "ce" and r["metric"] == "dsc_mean"]
+    assert ce_dsc == [float(per_case[0]["dsc_mean"])]
+    assert sum(r["selected"] is True for r in rows if r["evaluation"] == "validation") == 3
+
+
+def _subset(spec_root):
+    """The tiny study's MbLS part, without post-hoc and noise tasks: training, evaluation, selection, analysis."""
+    return load_study(tiny_spec(spec_root, methods={"mbls": TINY["methods"]["mbls"]}, posthoc=[], noise_sigmas=[0.0]))
+
+
+def _same_rows(rows, reference):
+    key = lambda r: tuple(str(r[k]) for k in ("bundle", "backbone", "seed", "method", "run", "selected", "evaluation", "sigma", "case", "metric"))  # noqa: E731
+    ref = {key(r): r["value"] for r in reference if r["method"] == "mbls" and r["evaluation"] in ("validation", "test")}
+    got = {key(r): r["value"] for r in rows}
+    assert sorted(got) == sorted(ref)
+    for k in ref:  # float32 sums in another order (thread pools, memory alignment) move the 7th digit at most
+        assert got[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-6), k
+
+
+@pytest.mark.slow
+def test_tiny_study_through_ray_same_tidy(tiny, tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray executor needs 'pip install calibmonai[ray]'")
+    res = run_study(_subset(tiny["spec"].bundles[0].dataset_dir), out=tmp_path / "ray", executor="ray", num_cpus=2)
+    assert not ray.is_initialized()  # the Ray started here is shut down
+    assert not res["failed"] and not res["remaining"] and len(res["ran"]) == 6
+    _same_rows(collect_tidy(tmp_path / "ray"), read_tidy(tiny["report"].parent / "tidy.csv"))
+
+
+@pytest.mark.slow
+def test_tiny_study_through_submitit_same_tidy(tiny, tmp_path):
+    pytest.importorskip("submitit", reason="the slurm executor needs 'pip install calibmonai[slurm]'")
+    res = run_study(_subset(tiny["spec"].bundles[0].dataset_dir), out=tmp_path / "sub", executor="slurm", cluster="local", tasks_per_job=8, array_parallelism=2, poll_s=0.5)
+    assert not res["failed"] and not res["remaining"] and len(res["ran"]) == 6
+    assert list((tmp_path / "sub" / "logs" / "submitit").iterdir())  # submitit's own job folders
+    _same_rows(collect_tidy(tmp_path / "sub"), read_tidy(tiny["report"].parent / "tidy.csv"))
+
+
+@pytest.mark.slow
+def test_cli_plan_and_errors(tiny, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-m", "calibmonai.study", "plan", str(tiny["out"]), "--verbose", "false"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(r"train\s+5\s+0\s+0\s+0\s+0\s+0\s+5", r.stdout) and "mni_tissue_seg2d" in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY, "methods": {"nope": {}}}))
+    r = subprocess.run([sys.executable, "-m", "calibmonai.study", "plan", str(bad)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and "unknown method 'nope'" in r.stderr
