@@ -21,11 +21,12 @@ class CLI:
         n_val = max(1, subjects // 6)
         return str(prepare_mni_tissue(out, num_subjects=subjects, split=(subjects - 2 * n_val, n_val, n_val), seed=seed))
 
-    def demo(self, out: str = "results/demo", data: str = "data/mni_tissue", runs: str = "runs", methods: str = "ce,mbls,meep_ce_kl", epochs: int = 30, subjects: int = 24) -> None:
-        """Train and evaluate CE, MbLS and MEEP on the embedded task; write the comparison to OUT."""
+    def demo(self, out: str = "results/demo", data: str = "data/mni_tissue", runs: str = "runs", methods: str | None = None, epochs: int | None = None, subjects: int = 24, profile: str | None = None) -> None:
+        """Train and evaluate CE, MbLS and MEEP on the embedded task; write the comparison to OUT.
+        --profile paper: the over-confidence regime (bundles/mni_tissue_seg2d/configs/profiles/paper.yaml)."""
         from calibmonai.demo import run_demo
 
-        run_demo(out=out, data=data, runs=runs, methods=methods, epochs=epochs, subjects=subjects)
+        run_demo(out=out, data=data, runs=runs, methods=methods, epochs=epochs, subjects=subjects, profile=profile)
 
     def export_bundle(
         self,

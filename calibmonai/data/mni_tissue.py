@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
 import torch
 
-__all__ = ["CLASS_NAMES", "template_files", "prepare_mni_tissue", "load_datalist", "soft_reference"]
+__all__ = [
+    "CLASS_NAMES", "template_files", "prepare_mni_tissue", "load_datalist", "soft_reference", "rater_labels",
+    "smooth_displacement",
+]
 
 CLASS_NAMES = ("background", "CSF", "GM", "WM")
 _FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
@@ -106,6 +109,51 @@ def _subject(template: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray]
     return image[0].numpy().astype(np.float32), soft_reference(gm, wm, brain)
 
 
+def smooth_displacement(shape: Sequence[int], shift: float, smoothness: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random displacement field ``(3, *shape)`` in voxels: white noise per axis, Gaussian-smoothed with
+    standard deviation ``smoothness`` voxels, then scaled so each component has standard deviation ``shift`` voxels.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if shift < 0 or smoothness <= 0:
+        raise ValueError(f"label noise needs shift >= 0 and smoothness > 0 (voxels), got shift={shift}, smoothness={smoothness}.")
+    field = np.stack([gaussian_filter(rng.standard_normal(tuple(shape)), smoothness, mode="wrap") for _ in range(3)])
+    field /= np.maximum(field.reshape(3, -1).std(1), 1e-12)[:, None, None, None]
+    return (field * shift).astype(np.float32)
+
+
+def rater_labels(ref: np.ndarray, shift: float, smoothness: float, rng: np.random.Generator) -> np.ndarray:
+    """Labels a rater with spatially correlated boundary disagreement would draw: the soft reference ``(4, *spatial)``
+    warped by a :func:`smooth_displacement` (``shift``, ``smoothness`` in voxels; linear interpolation), then the
+    argmax. Each boundary moves by a locally coherent amount, as in the inter-rater variability of manual tissue
+    delineations (e.g. Warfield et al., STAPLE, IEEE TMI 2004), rather than voxels flipping independently.
+    """
+    from scipy.ndimage import map_coordinates
+
+    if ref.ndim != 4:
+        raise ValueError(f"soft reference must be (classes, X, Y, Z), got shape {ref.shape}.")
+    shape = ref.shape[1:]
+    coords = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
+    coords += smooth_displacement(shape, shift, smoothness, rng)
+    warped = np.stack([map_coordinates(c, coords, order=1, mode="nearest") for c in ref])
+    return warped.argmax(0).astype(np.uint8)
+
+
+def _label_noise_settings(label_noise: Mapping[str, Any] | None) -> dict[str, float] | None:
+    if label_noise is None:
+        return None
+    unknown = set(label_noise) - {"shift_mm", "smoothness_mm"}
+    if unknown or "shift_mm" not in label_noise:
+        raise ValueError(
+            f"label_noise takes 'shift_mm' (standard deviation of the boundary shift) and optionally 'smoothness_mm' "
+            f"(correlation length, default 8), got {dict(label_noise)}."
+        )
+    out = {"shift_mm": float(label_noise["shift_mm"]), "smoothness_mm": float(label_noise.get("smoothness_mm", 8.0))}
+    if out["shift_mm"] < 0 or out["smoothness_mm"] <= 0:
+        raise ValueError(f"label_noise needs shift_mm >= 0 and smoothness_mm > 0, got {out}.")
+    return out
+
+
 def prepare_mni_tissue(
     out_dir: str | os.PathLike,
     num_subjects: int = 24,
@@ -113,6 +161,7 @@ def prepare_mni_tissue(
     seed: int = 0,
     spacing: float = 2.0,
     progress: bool = True,
+    label_noise: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the embedded task to ``out_dir`` and return the path of its ``datalist.json``.
 
@@ -121,9 +170,17 @@ def prepare_mni_tissue(
     ``validation`` and ``test`` splits at subject level. Same seed and settings give the same files.
     An existing prepared folder with the same settings is reused untouched; one prepared with other settings
     raises an error rather than being overwritten.
+
+    ``label_noise={"shift_mm": s, "smoothness_mm": l}`` simulates a rater: the *training* subjects' labels are
+    :func:`rater_labels` (boundaries moved by a smooth random displacement of standard deviation ``s`` mm per axis
+    and correlation length ``l`` mm, seeded per subject) written to ``rater_labels/``, and their training entries
+    point there (``clean_label`` keeps the clean one); validation and test labels stay the clean argmax.
     """
     out = Path(out_dir)
-    settings = {"version": _VERSION, "num_subjects": num_subjects, "split": list(split), "seed": seed, "spacing": spacing}
+    settings: dict[str, Any] = {"version": _VERSION, "num_subjects": num_subjects, "split": list(split), "seed": seed, "spacing": spacing}
+    noise = _label_noise_settings(label_noise)
+    if noise is not None:
+        settings["label_noise"] = noise  # default settings (and their stamp) unchanged
     if sum(split) != num_subjects or len(split) != 3 or min(split) < 1:
         raise ValueError(f"split must be three positive counts summing to num_subjects={num_subjects}, got {list(split)}.")
     datalist = out / "datalist.json"
@@ -140,9 +197,13 @@ def prepare_mni_tissue(
         return datalist
     if out.exists() and any(out.iterdir()) and not stamp.is_file():
         raise ValueError(f"{out} exists and is not a prepared calibmonai task folder; choose an empty or new folder.")
-    for sub in ("images", "labels", "probs"):
+    for sub in ("images", "labels", "probs") + (("rater_labels",) if noise else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     template, affine = _load_template(spacing)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(num_subjects)
+    n_tr, n_va, _ = split
+    training = set(int(k) for k in order[:n_tr])
     entries = []
     for i in range(num_subjects):
         sid = f"sub-{i:03d}"
@@ -156,12 +217,15 @@ def prepare_mni_tissue(
         nib.save(nib.Nifti1Image(image, affine), str(out / files["image"]))
         nib.save(nib.Nifti1Image(label, affine), str(out / files["label"]))
         nib.save(nib.Nifti1Image(np.moveaxis(ref, 0, -1), affine), str(out / files["probs"]))
+        if noise is not None and i in training:
+            noisy = rater_labels(
+                ref, noise["shift_mm"] / spacing, noise["smoothness_mm"] / spacing, np.random.default_rng([seed, i, 1729])
+            )
+            files = {**files, "label": f"rater_labels/{sid}_seg.nii.gz", "clean_label": files["label"]}
+            nib.save(nib.Nifti1Image(noisy, affine), str(out / files["label"]))
         entries.append({"subject": sid, **files})
         if progress:
             print(f"[prepare] subject {i + 1}/{num_subjects} written ({sid}, shape {label.shape})", flush=True)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(num_subjects)
-    n_tr, n_va, _ = split
     lists = {
         "training": [entries[k] for k in sorted(order[:n_tr])],
         "validation": [entries[k] for k in sorted(order[n_tr : n_tr + n_va])],
@@ -175,7 +239,7 @@ def prepare_mni_tissue(
 
 def load_datalist(
     dataset_dir: str | os.PathLike, split: str, prepare: bool = False, prepare_if_default: str | os.PathLike | None = None,
-    **prepare_kwargs: Any,
+    prepare_settings: Mapping[str, Any] | None = None, **prepare_kwargs: Any,
 ) -> list[dict[str, str]]:
     """Read one split of ``dataset_dir/datalist.json`` with absolute file paths, checking every file exists.
 
@@ -187,6 +251,8 @@ def load_datalist(
             automatically only when ``dataset_dir`` *is* that folder and it does not exist or is empty. Any other
             folder without a datalist is an error and nothing is created in it (a mistyped ``--dataset_dir`` or a
             user's own data folder is never written into).
+        prepare_settings: arguments of :func:`prepare_mni_tissue` (``num_subjects``, ``split``, ``label_noise``...)
+            as one mapping (a bundle profile's ``prepare_kwargs``); ``prepare_kwargs`` are added to them.
 
     Raises:
         FileNotFoundError: a missing folder, datalist or data file, naming it.
@@ -199,7 +265,7 @@ def load_datalist(
             prepare_if_default is not None and os.path.abspath(root) == os.path.abspath(Path(prepare_if_default))
         )
         if allowed and (not root.exists() or (root.is_dir() and not any(root.iterdir()))):
-            prepare_mni_tissue(root, **prepare_kwargs)
+            prepare_mni_tissue(root, **{**dict(prepare_settings or {}), **prepare_kwargs})
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist (prepare it with `calibmonai prepare --out {root}`).")
     if not datalist.is_file():
@@ -215,7 +281,7 @@ def load_datalist(
     missing = []
     for entry in content[split]:
         item = dict(entry)
-        for key in ("image", "label", "probs"):
+        for key in ("image", "label", "probs", "clean_label"):
             if key in item:
                 path = Path(item[key])
                 item[key] = str(path if path.is_absolute() else root / path)
