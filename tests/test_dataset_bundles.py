@@ -245,6 +245,20 @@ def test_train_and_evaluate(bundle, runs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_monai_workflow_properties(bundle, runs):
+    # MONAI's own acceptance: the train and infer workflows have every property MONAI requires
+    from monai.bundle import ConfigWorkflow
+
+    ov = runs.get(bundle)["overrides"]
+    for kind, workflow in (("train", "train.yaml"), ("infer", "inference.yaml")):
+        wf = ConfigWorkflow(config_file=config_files(bundle, "ce", workflow=workflow), workflow_type=kind, logging_file=False,
+                            meta_file=str(REPO / "bundles" / bundle / "configs" / "metadata.json"), input_dir=ov["dataset_dir"], **ov)  # fmt: skip
+        wf.initialize()
+        assert wf.check_properties() == [], (bundle, kind)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
 def test_export_and_inference(bundle, runs, tmp_path):
     name = BUNDLES[bundle][0]
     info = runs.get(bundle)
