@@ -8,8 +8,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -338,7 +336,9 @@ def test_tiny_study_report(tiny):
 
 def _subset(spec_root):
     """The tiny study's MbLS part, without post-hoc and noise tasks: training, evaluation, selection, analysis."""
-    return load_study(tiny_spec(spec_root, methods={"mbls": TINY["methods"]["mbls"]}, posthoc=[], noise_sigmas=[0.0]))
+    # selection with the evaluations' resources: one submitit job array per resource class and wave, one fewer here
+    resources = {**TINY["resources"], "select": TINY["resources"]["evaluate"]}
+    return load_study(tiny_spec(spec_root, methods={"mbls": TINY["methods"]["mbls"]}, posthoc=[], noise_sigmas=[0.0], resources=resources))
 
 
 def _same_rows(rows, reference):
@@ -369,12 +369,17 @@ def test_tiny_study_through_submitit_same_tidy(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_plan_and_errors(tiny, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-m", "calibmonai.study", "plan", str(tiny["out"]), "--verbose", "false"], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert re.search(r"train\s+5\s+0\s+0\s+0\s+0\s+0\s+5", r.stdout) and "mni_tissue_seg2d" in r.stdout
+def test_cli_plan_and_errors(tiny, tmp_path, capsys):
+    from calibmonai.study.__main__ import main
+
+    main(["plan", str(tiny["out"]), "--verbose", "false"])  # what `python -m calibmonai.study plan <folder>` runs
+    printed = capsys.readouterr().out
+    assert re.search(r"train\s+5\s+0\s+0\s+0\s+0\s+0\s+5", printed) and re.search(r"mni_tissue_seg2d\s+5\s+22\s+", printed)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**TINY, "methods": {"nope": {}}}))
-    r = subprocess.run([sys.executable, "-m", "calibmonai.study", "plan", str(bad)], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 2 and "unknown method 'nope'" in r.stderr
+    with pytest.raises(SystemExit) as e:
+        main(["plan", str(bad)])
+    assert e.value.code == 2 and "unknown method 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(tiny["out"]), "--address", "auto"])
+    assert e.value.code == 2 and "--address do not apply to the local executor" in capsys.readouterr().err
