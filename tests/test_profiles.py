@@ -165,3 +165,15 @@ def test_paper_profile_settings():
     assert parser.get_parsed_content("train::slice_sampling::3::prob") == 0.0  # no flips
     assert parser.get_parsed_content("dataset_name") == "mni_tissue_paper"
     assert "mni_tissue_paper" in parser.get_parsed_content("default_dataset_dir")
+
+
+def test_demo_profile_methods_and_settings():
+    from calibmonai.demo import PROFILE_METHODS, _method_spec, _profile_settings
+
+    assert _method_spec("ce") == ("ce", {})
+    assert _method_spec("mbls:margin=5:alpha=0.2") == ("mbls", {"loss_kwargs::margin": 5.0, "loss_kwargs::alpha": 0.2})
+    with pytest.raises(ValueError, match="name:key=value"):
+        _method_spec("mbls:margin")
+    assert [_method_spec(m)[1].get("loss_kwargs::margin") for m in PROFILE_METHODS["paper"] if m.startswith("mbls")] == [5.0, 8.0, 10.0]
+    settings = _profile_settings("mni_tissue_seg2d", "paper")
+    assert settings["epochs"] > 30 and settings["prepare_kwargs"]["label_noise"]["shift_mm"] > 0

@@ -13,7 +13,7 @@ import torch
 
 from calibmonai.metrics.calibration import CalibrationMetrics
 
-__all__ = ["ValidationCurveLogger", "CURVE_COLUMNS"]
+__all__ = ["ValidationCurveLogger", "CURVE_COLUMNS", "read_curves", "plot_curves"]
 
 #: columns of ``curves.csv`` (``ref_*`` are NaN when the validation items carry no ``probs`` reference)
 CURVE_COLUMNS = ("epoch", "iteration", "dsc", "nll", "ece", "cece", "brier", "mean_confidence", "ref_ece", "ref_mad")
@@ -133,3 +133,40 @@ def read_curves(path: str) -> list[dict[str, float]]:
     """Rows of a ``curves.csv`` as floats."""
     with open(path) as f:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def plot_curves(curves: dict[str, str], path: str, columns: Sequence[str] = ("dsc", "nll", "ece", "ref_ece", "mean_confidence"), title: str = "") -> str:
+    """One PNG with a panel per column of ``curves.csv`` files against the epoch, one line per run.
+
+    Args:
+        curves: ``{run label: path of its curves.csv}``.
+        path: PNG file to write (parent folders are created).
+        columns: the columns to plot, each one of :data:`CURVE_COLUMNS`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    unknown = [c for c in columns if c not in CURVE_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown curve column(s) {unknown}; available: {CURVE_COLUMNS}.")
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.2), squeeze=False)
+    for label, csv_path in curves.items():
+        if not os.path.isfile(csv_path):
+            raise FileNotFoundError(f"curves file {csv_path} (run {label!r}) does not exist.")
+        rows = read_curves(csv_path)
+        for ax, col in zip(axes[0], columns):
+            ax.plot([r["epoch"] for r in rows], [r[col] for r in rows], marker=".", label=label)
+    for ax, col in zip(axes[0], columns):
+        ax.set_xlabel("epoch")
+        ax.set_title(f"validation {col}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
