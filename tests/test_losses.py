@@ -285,7 +285,7 @@ def test_bad_arguments():
 
 def test_registry_lists_every_method():
     assert list(METHODS) == [
-        "ce", "ce_dice", "focal", "ecp", "ls", "svls", "mbls", "mbls_l2", "mbls_dice",
+        "ce", "ce_dice", "dice", "focal", "ecp", "ls", "svls", "mbls", "mbls_l2", "mbls_dice",
         "meep_ce_entropy", "meep_ce_kl", "meep_dice_entropy", "meep_dice_kl", "nacl",
     ]  # fmt: skip
     assert get_loss("mbls", margin=3.0).margin == 3.0
