@@ -436,3 +436,29 @@ class LoadLeftAtriumd(MapTransform):
 def label_transform(keys: KeysCollection = "label", allow_missing_keys: bool = False) -> MapLabelValued:
     """MONAI transform giving the binary classes of both layouts: 255 (``laendo.nrrd``) and 1 (h5) -> 1."""
     return MapLabelValued(keys, orig_labels=[0, 1, 255], target_labels=[0, 1, 1], allow_missing_keys=allow_missing_keys)
+
+
+class HeartCropd(MapTransform):
+    """Crop the 2018 challenge's full-size volumes (``layout == "nrrd"``) to the atrium's bounding box plus a margin
+    (MONAI ``CropForegroundd`` on the label), the region MEEP and UA-MT train on; the UA-MT ``mri_norm2.h5`` volumes
+    are cropped already and pass through unchanged. A named transform (not a lambda in the config), so it pickles for
+    data-loader workers on every platform.
+
+    Args:
+        keys: the image and label keys cropped together.
+        source_key: the label whose foreground gives the box.
+        margin: voxels added on each side of the box (per axis or one value).
+        layout_key: the datalist field telling the layout.
+    """
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), source_key: str = "label", margin: Any = (20, 20, 10), layout_key: str = "layout") -> None:
+        super().__init__(keys)
+        from monai.transforms import CropForegroundd
+
+        self.layout_key = layout_key
+        self.crop = CropForegroundd(keys=keys, source_key=source_key, margin=margin, allow_smaller=True)
+
+    def __call__(self, data: Any) -> Any:
+        if data.get(self.layout_key) != "nrrd":
+            return data
+        return self.crop(data)
