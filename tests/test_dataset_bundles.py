@@ -181,6 +181,14 @@ def test_shipped_split_is_regenerated_identically(bundle, tmp_path):
         assert tuple(doc["counts"][k] for k in ("training", "validation", "test")) == module.SPLIT_COUNTS
         assert sorted(doc["training"] + doc["validation"] + doc["test"]) == sorted(module.KNOWN_IDS)
         assert P.load_bundle_split(shipped) == module.make_split(module.KNOWN_IDS, seed=0)
+    if bundle == "mrbrains18_seg2d":  # --fold k picks the fold and its own run folder
+        parser = _read_config(config_files(bundle, "ce"))
+        parser["fold"] = 3
+        assert parser.get_parsed_content("split_kwargs") == {"fold": 3}
+        assert Path(parser.get_parsed_content("run_dir")).parts[-2:] == ("fold3", "ce")
+        assert P.load_bundle_split(shipped, fold=3)["test"] == [module.KNOWN_IDS[3]] == ["7"]
+        with pytest.raises(ValueError, match="give the fold"):
+            P.load_bundle_split(shipped)
     other = tmp_path / "seed1.json"
     run_workflow("write_split", config_files(bundle, "ce"), split_file=str(other), split_seed=1)
     assert other.read_bytes() != shipped.read_bytes()
@@ -426,6 +434,28 @@ def test_preprocessing_normalises_to_unit_range_and_maps_labels(lookalikes):
     assert counts == expected
     with pytest.raises(ValueError, match="unknown preprocess option"):
         P.load_transforms("acdc", [32, 32], window=[0, 1])
+
+
+def test_decathlon_layouts_give_the_same_network_input(tmp_path):
+    from monai.transforms import Compose
+
+    # MSD Task01: 4D volumes, labels 1 edema / 2 non-enhancing / 3 enhancing -> the BraTS convention
+    task01 = L.write_msd_brats(tmp_path / "msd", n=3)
+    entry = P.bundle_datalist("brats19", task01, "test", split_file=None)[0]
+    d = Compose(P.load_transforms("brats19", [16, 16]))(entry)
+    assert d["image"].shape == (4, 16, 16, 4)
+    rows = d["label"][0, :, 0, 0].tolist()  # label_volume((0, 1, 2, 3)): row i holds i % 4 before mapping
+    assert rows[:4] == [0.0, 2.0, 1.0, 3.0]
+    # MSD Task05: T2 of the (T2, ADC) volumes, PZ and TZ merged into the gland
+    task05 = LM.write_msd_prostate(tmp_path / "prostate")
+    entry = P.bundle_datalist("promise12", task05, "training", split_file=None)[0]
+    d = Compose(P.load_transforms("promise12", [16, 16], spacing=[0.6, 0.6, 0.0]))(entry)  # the look-alike's own grid
+    assert d["image"].shape == (1, 16, 16, 4) and set(torch.unique(d["label"]).tolist()) == {0.0, 1.0}
+    assert float(d["label"].mean()) == 10 / 16  # label_volume((0, 1, 2)): rows i % 3 in {1, 2} are gland, 10 of 16
+    steps = P.load_transforms("promise12", [16, 16])
+    upto = next(i for i, t in enumerate(steps) if type(t).__name__ == "SelectChannelsd")
+    raw = Compose(steps[: upto + 1])(entry)["image"]
+    assert raw.shape[0] == 1 and float(raw.min()) == 100.0  # channel 0 (T2: modality_volume(0)), not ADC (200)
 
 
 def test_busi_masks_with_one_foreground_value_are_accepted(tmp_path):
