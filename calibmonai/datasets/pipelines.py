@@ -248,7 +248,9 @@ def write_bundle_split(
     use_data = bool(from_data) or not known
     if use_data:
         if dataset_dir is None:
-            raise ValueError(f"the subject ids of {module.NAME} are not known in advance: give the data folder (--dataset_dir)")
+            raise ValueError(
+                f"the subject ids of {module.NAME} are not known in advance: give the data folder (--dataset_dir)"
+            )
         _require_folder(dataset_dir, module.NAME)
         ids = sorted({c.subject for c in module.find_cases(dataset_dir, strict=False)}, key=common.natural_key)
     else:
@@ -286,7 +288,9 @@ def _stamp_file(cache_dir: str | Path | None) -> Path | None:
     return None if cache_dir is None else Path(cache_dir) / "checked_cases.json"
 
 
-def check_cases(module: Any, cases: Sequence[common.Case], root: str | Path, cache_dir: str | Path | None = None) -> CheckReport:
+def check_cases(
+    module: Any, cases: Sequence[common.Case], root: str | Path, cache_dir: str | Path | None = None
+) -> CheckReport:
     """Check ``cases`` with the reader's ``check_case`` (as :func:`calibmonai.datasets.check_folder` does) and return
     the report. A case whose files have the same size and modification time as when it last passed is not read
     again: the passing cases' file stamps are kept in ``<cache_dir>/checked_cases.json`` (and in memory)."""
@@ -361,7 +365,9 @@ def bundle_datalist(
         split = load_bundle_split(split_file, fold=fold if _takes_fold(module) else None)
     else:
         if split_file is not None:
-            logger.warning(f"no split file at {split_file}: using the seeded split (seed {seed}) of the subjects in {root}")
+            logger.warning(
+                f"no split file at {split_file}: using the seeded split (seed {seed}) of the subjects in {root}"
+            )
         kwargs = {"fold": int(fold or 0)} if _takes_fold(module) else {}
         split = module.make_split(sorted({c.subject for c in cases}, key=common.natural_key), seed=int(seed), **kwargs)
     wanted = {i for k in common.SPLIT_KEYS for i in split[k]}
@@ -378,7 +384,8 @@ def bundle_datalist(
         report = check_cases(module, in_split, root, cache_dir)
         if report.problems:
             raise DatasetCheckError(
-                f"{len(report.problems)} case(s) of the split cannot be used; fix or remove them (calibmonai check-data):\n"
+                f"{len(report.problems)} case(s) of the split cannot be used; fix or remove them "
+                "(calibmonai check-data):\n"
                 + format_report(report)
             )
     return datalist[part]
@@ -395,7 +402,9 @@ class LabelCentredSlicesd(MapTransform):
     ``label_key`` (inference) are left as they are.
     """
 
-    def __init__(self, keys: KeysCollection, label_key: str = "label", num_slices: int = 30, allow_missing_keys: bool = True) -> None:
+    def __init__(
+        self, keys: KeysCollection, label_key: str = "label", num_slices: int = 30, allow_missing_keys: bool = True
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         if int(num_slices) < 1:
             raise ValueError(f"num_slices must be >= 1, got {num_slices}")
@@ -430,7 +439,9 @@ def _options(p: Protocol, preprocess: Mapping[str, Any]) -> dict[str, Any]:
     return {**p.options, **preprocess}
 
 
-def load_transforms(dataset: str, image_size: Sequence[int] | None = None, keys: Sequence[str] = ("image", "label"), **preprocess: Any) -> list:
+def load_transforms(
+    dataset: str, image_size: Sequence[int] | None = None, keys: Sequence[str] = ("image", "label"), **preprocess: Any
+) -> list:
     """The deterministic part of a bundle's preprocessing (cached on disk by the bundles' ``PersistentDataset``):
     load, channel order, label mapping, orientation, resampling, intensity normalisation to [0, 1] and the in-plane
     size, for a datalist entry of ``dataset`` (see the module docstring for each dataset).
@@ -510,7 +521,13 @@ def load_transforms(dataset: str, image_size: Sequence[int] | None = None, keys:
     return out
 
 
-def slice_sampling(dataset: str, image_size: Sequence[int] | None = None, slices_per_volume: int = 4, pos: float | None = None, neg: float | None = None) -> list:
+def slice_sampling(
+    dataset: str,
+    image_size: Sequence[int] | None = None,
+    slices_per_volume: int = 4,
+    pos: float | None = None,
+    neg: float | None = None,
+) -> list:
     """The random part of the training preprocessing, after the cached :func:`load_transforms`: for volumes,
     ``slices_per_volume`` axial slices of ``image_size`` drawn with MONAI's ``RandCropByPosNegLabeld`` (``[H, W, 1]``
     crops centred on foreground / background voxels in the ratio ``pos:neg``, the dataset's default when ``None``)
