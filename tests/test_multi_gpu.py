@@ -19,8 +19,6 @@ from monai.bundle import ConfigParser
 from calibmonai.bundle_tools import config_files, run_workflow
 from calibmonai.data import prepare_mni_tissue
 
-pytestmark = pytest.mark.slow
-
 BUNDLE = "mni_tissue_seg2d"
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"slices_per_volume": 2, "batch_size": 4, "volume_repeats": 1, "network_def#channels": [4, 8, 16, 32], "epochs": 1}
@@ -61,6 +59,20 @@ def runs(tmp_path_factory):
     return {"root": root, "overrides": overrides, "run_dir": run_dir}
 
 
+def test_rank0_only_handlers_are_the_reporting_ones():
+    """multi_gpu_train.yaml disables train.yaml's handlers by position: they must be the ones meant."""
+    parser = ConfigParser()
+    parser.read_config(config_files(BUNDLE, "ce", "multi_gpu_train.yaml"))
+    targets = {h: [str(x["_target_"]).rsplit(".", 1)[-1] for x in parser[h]] for h in ("train#handlers", "validate#handlers")}
+    rank0_only = {h: [t for t, x in zip(targets[h], parser[h]) if x.get("_disabled_") == "@is_not_rank0"] for h in targets}
+    assert rank0_only == {
+        "train#handlers": ["StatsHandler", "EpochLossLogger", "tensorboard_stats_handler"],
+        "validate#handlers": ["StatsHandler", "tensorboard_stats_handler", "CheckpointSaver"],
+    }
+    # every rank keeps the learning-rate schedule and the (distributed) validation
+    assert [t for t, x in zip(targets["train#handlers"], parser["train#handlers"]) if "_disabled_" not in x] == ["LrScheduleHandler", "ValidationHandler"]
+
+
 def _plain_parser(overrides, *extra):
     parser = ConfigParser()
     parser.read_config(config_files(BUNDLE, "ce", *extra))
@@ -69,6 +81,7 @@ def _plain_parser(overrides, *extra):
     return parser
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_into_the_plain_network(runs):
     ckpt = runs["run_dir"] / "models" / "model.pt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -84,6 +97,7 @@ def test_checkpoint_loads_into_the_plain_network(runs):
     assert not (runs["run_dir"] / "tensorboard").exists()
 
 
+@pytest.mark.slow
 def test_gathered_validation_metrics_equal_one_process(runs):
     saved = {}
     for line in open(runs["root"] / "ddp_metrics" / "metrics.csv"):
@@ -99,7 +113,7 @@ def test_gathered_validation_metrics_equal_one_process(runs):
     evaluator.run()
     assert evaluator.state.iteration == 2  # both volumes, in one process
     for name, value in saved.items():
-        assert value == pytest.approx(evaluator.state.metrics[name], rel=1e-6, abs=1e-7), name
+        assert value == pytest.approx(evaluator.state.metrics[name], rel=1e-5, abs=1e-6), name
     # the per-case values of both volumes reached rank 0, in the datalist order (MetricsSaver's gathered details)
     images = [os.path.basename(e["image"]) for e in parser.get_parsed_content("validate#datalist")]
     for name in saved:
@@ -107,12 +121,14 @@ def test_gathered_validation_metrics_equal_one_process(runs):
         assert [os.path.basename(r[0]) for r in rows] == images, name
         one = evaluator.state.metric_details[name].double().numpy().reshape(len(images), -1)
         got = np.array([[float(x) for x in r[1:-1]] for r in rows])  # per class; the last column is their mean
-        np.testing.assert_allclose(got, one, rtol=1e-6, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(got, one, rtol=1e-5, atol=1e-6, err_msg=name)
+
 
 def _read(path):
     return list(csv.DictReader(open(path)))
 
 
+@pytest.mark.slow
 def test_distributed_evaluation_writes_the_single_process_summary(runs):
     ddp = runs["run_dir"] / "eval"
     one = runs["root"] / "eval_one_process"
