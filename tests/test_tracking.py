@@ -41,6 +41,8 @@ def _tensorboard_items(parser, handlers_id):
 def test_tensorboard_is_a_config_switch(switch, tmp_path):
     from calibmonai.handlers import DisabledHandler
 
+    if switch == "true":
+        pytest.importorskip("tensorboard")  # the [tensorboard] extra
     overrides = {"runs_dir": str(tmp_path)} if switch is None else {"runs_dir": str(tmp_path), "tensorboard": switch}
     parser = _parser(**overrides)
     run_dir = parser.get_parsed_content("run_dir")
@@ -69,8 +71,8 @@ def _numpy_mean_dice(pred, label, num_classes):
 
 @pytest.mark.slow
 def test_mlflow_tracking_and_tensorboard(tmp_path):
-    mlflow = pytest.importorskip("mlflow")
-    pytest.importorskip("tensorboard")
+    mlflow = pytest.importorskip("mlflow")  # the [mlflow] extra
+    pytest.importorskip("tensorboard")  # the [tensorboard] extra
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cohort = tmp_path / "data"
