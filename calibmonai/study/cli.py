@@ -30,18 +30,19 @@ class StudyCLI:
         """List the tasks of STUDY (training, selection, test evaluation, post-hoc, noise evaluation, analysis) with
         their dependencies and state in the study folder, and the run count and estimated GPU-hours per bundle."""
         from calibmonai.bundle_tools import as_bool
-        from calibmonai.study.plan import build_plan, estimate_gpu_hours, plan_table, task_status, write_plan
+        from calibmonai.study.plan import blocked_bundles, build_plan, estimate_gpu_hours, plan_table, task_status, write_plan
 
         spec, root = study_folder(study, out)
         tasks = build_plan(spec, root)
-        status = task_status(tasks, root)
+        status = task_status(tasks, root, spec)
         print(plan_table(tasks, status, verbose=as_bool(verbose, "verbose")))
         print(f"\n{'bundle':<22}{'training runs':>15}{'tasks':>8}{'evaluations':>13}{'GPU-hours':>11}")
         for bundle, row in estimate_gpu_hours(spec, tasks).items():
             gpu = "n/a" if math.isnan(row["gpu_hours"]) else f"{row['gpu_hours']:.1f}"
             print(f"{Path(bundle).name:<22}{row['training_runs']:>15}{row['tasks']:>8}{row['evaluations']:>13}{gpu:>11}")
-        if any(s == "blocked" for s in status.values()):
-            print("\nblocked: bundle(s) not found: " + ", ".join(sorted({t.bundle for t in tasks if status[t.id] == 'blocked'})))
+        blocked = blocked_bundles(tasks, spec)
+        if blocked:
+            print("\nblocked (left out by 'study run'):\n" + "\n".join(f"  {b}: {why}" for b, why in blocked.items()))
         path = write_plan(spec, tasks, root)
         print(f"\nplan written to {path}")
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from calibmonai.study.plan import Task, build_plan, marker_path, read_marker, task_status, write_plan
+from calibmonai.study.plan import Task, blocked_bundles, build_plan, marker_path, read_marker, task_status, write_plan
 from calibmonai.study.spec import StudySpec, load_study
 
 __all__ = ["LocalExecutor", "RayExecutor", "SlurmExecutor", "EXECUTORS", "run_study", "default_study_dir", "prepare_data", "dependants"]
@@ -392,13 +392,14 @@ EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor, "slurm": SlurmExecutor}
 
 
 # ---------------------------------------------------------------- the study
-def prepare_data(spec: StudySpec, log: Callable[[str], None] = print) -> None:
+def prepare_data(spec: StudySpec, log: Callable[[str], None] = print, bundles: Iterable[str] | None = None) -> None:
     """Call each bundle's ``prepare`` (``{_target_: module.function, **kwargs}``) for a ``dataset_dir`` that does not
-    exist yet, once, here, before any task reads it."""
+    exist yet (or is empty), once, here, before any task reads it; ``bundles`` limits it to those names."""
     import pydoc
 
+    wanted = None if bundles is None else set(bundles)
     for b in spec.bundles:
-        if not b.prepare or not b.dataset_dir:
+        if not b.prepare or not b.dataset_dir or (wanted is not None and b.name not in wanted):
             continue
         if Path(b.dataset_dir).is_dir() and any(Path(b.dataset_dir).iterdir()):
             continue
@@ -466,11 +467,10 @@ def run_study(
             m = marker_path(root, tid)
             if m.exists():
                 m.unlink()
-    status = task_status(tasks, root)
+    status = task_status(tasks, root, spec)
     todo = [t for t in tasks if status[t.id] not in ("done", "changed", "blocked")]
-    blocked = [t.id for t in tasks if status[t.id] == "blocked"]
-    if blocked:
-        log(f"[study] {len(blocked)} task(s) blocked: bundle(s) {sorted({t.bundle for t in tasks if t.id in blocked})} not found")
+    for bundle, why in blocked_bundles(tasks, spec).items():
+        log(f"[study] {sum(1 for t in tasks if t.bundle == bundle and status[t.id] == 'blocked')} task(s) of {bundle} blocked: {why}")
     changed = [t.id for t in tasks if status[t.id] == "changed"]
     if changed:
         log(f"[study] {len(changed)} finished task(s) were run with other settings; kept (redo them with --redo): {changed[:3]}")
@@ -478,7 +478,7 @@ def run_study(
     log(f"[study] {spec.name}: {len(tasks)} task(s), {len(done)} finished, {len(todo)} to run, study folder {root}")
     results: list[dict[str, Any]] = []
     if todo:
-        prepare_data(spec, log)
+        prepare_data(spec, log, bundles={t.bundle for t in todo})
         engine = EXECUTORS[name](log=log, **kwargs)
         results = engine.run(todo, str(root.resolve()), done, max_tasks=max_tasks, force=forced)
     ran = [r["id"] for r in results if r["ok"] and not r.get("skipped")]

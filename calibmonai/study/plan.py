@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 
 from calibmonai.study.spec import BundleSpec, Resources, StudySpec, grid_points, swept_parameter
 
-__all__ = ["Task", "build_plan", "task_status", "plan_table", "estimate_gpu_hours", "write_plan", "marker_path", "read_marker", "KINDS"]
+__all__ = ["Task", "build_plan", "task_status", "blocked_bundles", "plan_table", "estimate_gpu_hours", "write_plan", "marker_path", "read_marker", "KINDS"]
 
 KINDS = ("train", "evaluate", "select", "posthoc", "noise", "analysis")
 #: which entry of ``StudySpec.resources`` each kind uses
@@ -205,16 +205,30 @@ def _bundle_available(bundle: str) -> str | None:
     return None
 
 
-def task_status(tasks: Sequence[Task], study_dir: str | os.PathLike) -> dict[str, str]:
+def blocked_bundles(tasks: Sequence[Task], spec: StudySpec | None = None) -> dict[str, str]:
+    """``{bundle: why}`` for the bundles whose tasks cannot run: not installed, or (with ``spec``) a ``dataset_dir``
+    that does not exist and that the study cannot prepare."""
+    out = {}
+    for b in sorted({t.bundle for t in tasks}):
+        problem = _bundle_available(b)
+        if problem:
+            out[b] = problem
+    for b in spec.bundles if spec is not None else []:
+        if b.name not in out and b.dataset_dir and not Path(b.dataset_dir).exists() and not b.prepare:
+            out[b.name] = f"dataset_dir {b.dataset_dir} does not exist (prepare the data, or give the bundle a 'prepare' entry)"
+    return out
+
+
+def task_status(tasks: Sequence[Task], study_dir: str | os.PathLike, spec: StudySpec | None = None) -> dict[str, str]:
     """``done``, ``changed`` (done with other settings; kept unless redone on request), ``failed`` (last try failed),
-    ``ready`` (dependencies done), ``waiting`` or ``blocked`` (its bundle is not installed) for every task."""
+    ``ready`` (dependencies done), ``waiting`` or ``blocked`` (see :func:`blocked_bundles`) for every task."""
     status: dict[str, str] = {}
-    missing = {b: _bundle_available(b) for b in {t.bundle for t in tasks}}
+    missing = blocked_bundles(tasks, spec)
     for t in tasks:
         marker = read_marker(study_dir, t.id)
         if marker is not None:
             status[t.id] = "done" if marker.get("fingerprint") in (None, t.fingerprint()) else "changed"
-        elif missing[t.bundle]:
+        elif t.bundle in missing:
             status[t.id] = "blocked"
         elif marker_path(study_dir, t.id, failed=True).is_file():
             status[t.id] = "failed"

@@ -203,11 +203,13 @@ def _classes(metrics: Iterable[str], prefix: str) -> list[str]:
     return [m[len(prefix) :] for m in sorted(set(metrics)) if m.startswith(prefix) and m != f"{prefix}mean"]
 
 
-def table1(rows: Sequence[Mapping[str, Any]], bundle: str, backbone: str, reference: str = "ce") -> tuple[list[str], list[list[str]]]:
-    """Table 1: DSC and ASD per class and their mean, mean ± std over test cases, one row per method."""
+def table1(rows: Sequence[Mapping[str, Any]], bundle: str, backbone: str, reference: str = "ce", class_order: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
+    """Table 1: DSC and ASD per class and their mean, mean ± std over test cases, one row per method; classes in
+    ``class_order`` (the bundle's order) first, any other alphabetically."""
     data = _per_case(_selected_test(rows, bundle, backbone))
     metrics = {m for d in data.values() for m in d}
-    classes = [c for c in _classes(metrics, "dsc_")]
+    found = _classes(metrics, "dsc_")
+    classes = [c for c in class_order if c in found] + [c for c in found if c not in class_order]
     cols = [f"dsc_{c}" for c in classes] + ["dsc_mean"] + [f"asd_{c}" for c in classes] + ["asd_mean"]
     header = ["method"] + [f"DSC {c}" for c in classes] + ["DSC mean"] + [f"ASD {c}" for c in classes] + ["ASD mean"]
     body = [[m] + [_pm(data[m].get(k, {}).values()) for k in cols] for m in _method_order(data, reference)]
@@ -501,6 +503,18 @@ def _csv(path: Path, header: Sequence[str], body: Sequence[Sequence[Any]]) -> No
         w.writerows(body)
 
 
+def _class_order(root: Path, tasks: Sequence[Task], bundle: str) -> list[str]:
+    """The class names of a bundle in its own order: the ``dsc_<class>`` columns of a finished evaluation."""
+    for t in tasks:
+        if t.kind == "evaluate" and Path(t.bundle).name == bundle and read_marker(root, t.id) is not None:
+            path = _rerooted(root, t.params["run_dir"]) / "eval" / "per_case.csv"
+            if path.is_file():
+                with open(path, newline="") as f:
+                    header = next(csv.reader(f), [])
+                return [c[4:] for c in header if c.startswith("dsc_") and c != "dsc_mean"]
+    return []
+
+
 def _analyses(root: Path, tasks: Sequence[Task], bundle: str, backbone: str) -> dict[str, dict[str, np.ndarray]]:
     """The analysis of each method's selected run (first seed/fold that has one)."""
     out: dict[str, dict[str, np.ndarray]] = {}
@@ -563,7 +577,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         for backbone in backbones:
             tag = f"{bundle}__{backbone}"
             md.append(f"\n## {bundle}, {backbone}\n")
-            table(f"{tag}__table1", "Table 1: DSC and ASD per class", *table1(rows, bundle, backbone, ref), "no finished test evaluation of a selected run")
+            table(f"{tag}__table1", "Table 1: DSC and ASD per class", *table1(rows, bundle, backbone, ref, _class_order(root, tasks, bundle)), "no finished test evaluation of a selected run")
             table(f"{tag}__table2", "Table 2: ECE and CECE; sum-rank and mean case-rank over DSC, ASD, ECE, CECE", *table2(rows, bundle, backbone, ref), "no finished test evaluation of a selected run")
             pairs = paired_table(rows, bundle, backbone, ref)
             if pairs:

@@ -213,11 +213,11 @@ def training_command(files: list[str], gpus: int = 1) -> str:
 
 def _evaluate(task: Task, study_dir: Path) -> dict[str, Any]:
     run_dir = task.params["run_dir"]
-    summary = _workflow(_run_files(task, run_dir, "evaluate.yaml"), "evaluate")
+    _workflow(_run_files(task, run_dir, "evaluate.yaml"), "evaluate")
     eval_dir = Path(run_dir) / "eval"
     if not (eval_dir / "per_case.csv").is_file():
         raise FileNotFoundError(f"the evaluation of {task.id} wrote no {eval_dir / 'per_case.csv'}.")
-    return {"eval_dir": str(eval_dir)} if not isinstance(summary, list) else {"eval_dir": str(eval_dir)}
+    return {"run_dir": run_dir, "eval_dir": str(eval_dir)}
 
 
 def _selected_run(task: Task, study_dir: Path) -> tuple[str, dict[str, Any]]:
