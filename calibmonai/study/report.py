@@ -291,19 +291,21 @@ def table4(rows: Sequence[Mapping[str, Any]], bundle: str, backbone: str) -> tup
 
 
 MEEP_COLUMNS = ["dsc_mean", "hd95_mean", "brier", "brier_plus", "ece"]
+#: MEEP's rows (Larrazabal et al.): the CE-based losses, then the Dice-based ones
+MEEP_ROWS = ("ce", "ecp", "focal", "meep_ce_entropy", "meep_ce_kl", "ce_dice", "meep_dice_entropy", "meep_dice_kl")
 
 
 def meep_table(rows: Sequence[Mapping[str, Any]], bundle: str, backbone: str) -> tuple[list[str], list[list[str]]]:
-    """MEEP's table: DSC, HD95, Brier, Brier+ and ECE of CE, CE + Dice and every MEEP variant; the mean over test
-    cases of each seed/fold, then mean ± std over seeds/folds."""
+    """MEEP's table: DSC, HD95, Brier, Brier+ and ECE of the methods of :data:`MEEP_ROWS` in the study; the mean over
+    test cases of each seed/fold, then mean ± std over seeds/folds."""
     header = ["method"] + [NAMES[k] for k in MEEP_COLUMNS]
-    sel = [r for r in _selected_test(rows, bundle, backbone) if r["method"] in ("ce", "ce_dice") or r["method"].startswith("meep")]
+    sel = [r for r in _selected_test(rows, bundle, backbone) if r["method"] in MEEP_ROWS]
     if not any(r["method"].startswith("meep") for r in sel):
         return header, []
     per_seed: dict[str, dict[str, dict[tuple, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in sel:
         per_seed[r["method"]][r["metric"]][(r["seed"], r["fold"])].append(float(r["value"]))
-    order = [m for m in ("ce", "ce_dice") if m in per_seed] + sorted(m for m in per_seed if m.startswith("meep"))
+    order = [m for m in MEEP_ROWS if m in per_seed]
     body = [[m] + [_pm([_mean_std(v)[0] for v in per_seed[m].get(k, {}).values()]) for k in MEEP_COLUMNS] for m in order]
     return header, body
 
