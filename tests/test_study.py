@@ -383,3 +383,26 @@ def test_cli_plan_and_errors(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", str(tiny["out"]), "--address", "auto"])
     assert e.value.code == 2 and "--address do not apply to the local executor" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_training_through_torchrun(tmp_path):
+    """``gpus: 2`` trains through ``torchrun`` with the bundle's multi_gpu_train.yaml (gloo processes on a CPU
+    machine); rank 0 records the validation metric, and the checkpoint loads into the plain network."""
+    raw = tiny_spec(tmp_path / "data", methods={"ce": {}}, posthoc=[], noise_sigmas=[0.0])
+    raw["bundles"]["mni_tissue_seg2d"]["prepare"] = {**raw["bundles"]["mni_tissue_seg2d"]["prepare"], "num_subjects": 5, "split": [2, 2, 1]}
+    raw["resources"] = {**raw["resources"], "train": {"gpus": 2, "cpus": 1, "memory_gb": 2}}
+    res = run_study(load_study(raw), out=tmp_path / "s", workers=0, max_tasks=1)
+    assert res["ran"] == ["train/mni_tissue_seg2d/unet/seed0/ce"], res
+    run = tmp_path / "s" / "runs" / "mni_tissue_seg2d" / "unet" / "seed0" / "ce"
+    record = json.loads((run / "study" / "train_record.json").read_text())
+    assert record["metric"] == "val_mean_dice" and 0 < record["best_metric"] <= 1 and record["best_metric_epoch"] == 1
+    assert "torch.distributed.run --standalone --nproc_per_node=2" in (run / "study" / "command.sh").read_text()
+    log = (tmp_path / "s" / "logs" / "train" / "mni_tissue_seg2d" / "unet" / "seed0" / "ce.log").read_text()
+    assert "multi_gpu_train.yaml" in log
+    from monai.networks.nets import UNet
+
+    from calibmonai.evaluation import load_checkpoint
+
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=4, channels=[4, 8, 16, 32], strides=[2, 2, 2], num_res_units=1)
+    load_checkpoint(net, record["ckpt_path"], "cpu")  # no "module." prefix left by DistributedDataParallel

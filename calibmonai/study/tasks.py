@@ -186,7 +186,8 @@ def _train(task: Task, study_dir: Path) -> dict[str, Any]:
 
         cmd = training_argv(files, gpus)
         print("[study] " + " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        sys.stderr.flush()
+        subprocess.run(cmd, check=True, stdout=sys.stdout, stderr=sys.stderr)  # into the task's log
     else:
         _workflow(files, "training")
     if not record_file.is_file():
