@@ -104,9 +104,6 @@ class _Driver:
 
 
 # ---------------------------------------------------------------- local process pool
-_WORKER_GPUS: Any = None
-
-
 def _init_worker(gpu_queue: Any) -> None:
     """Give a pool worker its GPUs (``CUDA_VISIBLE_DEVICES``) before torch initialises CUDA."""
     if gpu_queue is not None:

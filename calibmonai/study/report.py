@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from calibmonai.study.plan import Task, read_marker, replicate_tag
-from calibmonai.study.stats import higher_is_better, mean_case_rank, paired_wilcoxon, sum_rank
+from calibmonai.study.stats import mean_case_rank, paired_wilcoxon, sum_rank
 
 __all__ = ["TIDY_COLUMNS", "RANK_METRICS", "collect_tidy", "write_tidy", "read_tidy", "write_report", "table1", "table2", "table3", "table4", "meep_table", "paired_table", "noise_table", "sensitivity_table", "backbone_table"]
 

@@ -86,16 +86,6 @@ def _run_files(task: Task, run_dir: str, *extra: str, workflow: str = "train.yam
     return files + [str(overrides)]
 
 
-def _parser(files: list[str], **overrides: Any) -> Any:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(files)
-    for k, v in overrides.items():
-        parser[k] = v
-    return parser
-
-
 def _workflow(files: list[str], run_id: str, **overrides: Any) -> Any:
     """``initialize``, ``run_id``, ``finalize`` of a bundle config (as :func:`calibmonai.bundle_tools.run_workflow`)."""
     from calibmonai.bundle_tools import run_workflow
