@@ -138,8 +138,10 @@ def export_bundle(
         meta["calibmonai_loss_kwargs"] = kwargs
         meta["calibmonai_backbone"] = backbone_name
         (tmp / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
-        if (src / "configs" / "logging.conf").is_file():
-            shutil.copy(src / "configs" / "logging.conf", tmp / "configs" / "logging.conf")
+        # the bundle's other config files (logging.conf, the split file, ...) travel as they are
+        for f in sorted((src / "configs").iterdir()):
+            if f.is_file() and f.suffix not in (".yaml", ".yml") and f.name != "metadata.json":
+                shutil.copy(f, tmp / "configs" / f.name)
         shutil.copy(src / "LICENSE", tmp / "LICENSE")
         for extra in ("data_license.txt",):
             if (src / "docs" / extra).is_file():

@@ -40,7 +40,7 @@ def _load_reference(path: str, like: Any) -> torch.Tensor:
     return torch.as_tensor(ref).float()
 
 
-def save_slice_png(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, conf: torch.Tensor, path: str, title: str = "") -> str:
+def save_slice_png(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, conf: torch.Tensor, path: str, title: str = "", num_classes: int = 4) -> str:
     """Image / ground truth / prediction / confidence of the middle axial slice, as one PNG."""
     import matplotlib
 
@@ -48,7 +48,7 @@ def save_slice_png(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor,
     import matplotlib.pyplot as plt
 
     z = image.shape[-1] // 2  # the middle axial slice of a volume; a 2D image is shown whole
-    panels = [(image, "image", "gray", None), (label, "ground truth", "viridis", (0, 3)), (pred, "prediction", "viridis", (0, 3)), (conf, "confidence (max p)", "magma", (0, 1))]
+    panels = [(image, "image", "gray", None), (label, "ground truth", "viridis", (0, num_classes - 1)), (pred, "prediction", "viridis", (0, num_classes - 1)), (conf, "confidence (max p)", "magma", (0, 1))]
     fig, axes = plt.subplots(1, 4, figsize=(13, 4))
     for ax, (vol, name, cmap, lim) in zip(axes, panels):
         sl = np.asarray(vol if np.ndim(vol) == 2 else vol[..., z], dtype=float).T[::-1]
@@ -204,7 +204,7 @@ def evaluate_run(
             ref_q += torch.bincount(bins, weights=q_b, minlength=num_bins)
         rows.append(row)
         if i == 0:
-            save_slice_png(np.asarray(image[0]), np.asarray(label[0, 0]), np.asarray(pred[0, 0]), np.asarray(conf[0]), os.path.join(output_dir, "slice.png"), f"{title} {name}")
+            save_slice_png(np.asarray(image[0]), np.asarray(label[0, 0]), np.asarray(pred[0, 0]), np.asarray(conf[0]), os.path.join(output_dir, "slice.png"), f"{title} {name}", num_classes=num_classes)
         progress(f"[evaluate] {title} case {i + 1}/{len(datalist)} {name}: DSC {_fmt(row['dsc_mean'])}, ECE {_fmt(row['ece'])} ({time.time() - t0:.0f} s)", "calibmonai.evaluation")
     if _rank_world()[1] > 1:  # every process's cases to every process; rank 0 writes output_dir
         rows, cal, output_dir, _scratch = _gather_cases(rows, cal, (ref_count, ref_p, ref_q), output_dir)

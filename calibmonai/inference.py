@@ -105,6 +105,8 @@ def scan_name_formatter(metadict: dict, saver: Any) -> dict:
     (``<case>_seg.nii.gz``), not after the first modality's file (``<case>_0000``)."""
     from monai.utils import ImageMetaKey
 
+    if metadict and metadict.get("case_name"):  # set by ProbabilityMapsd from the dataset item's case
+        return {"subject": f"{metadict['case_name']}.nii.gz", "idx": None}
     source = metadict.get(ImageMetaKey.FILENAME_OR_OBJ, "") if metadict else ""
     if isinstance(source, (list, tuple)):
         source = source[0]
@@ -170,13 +172,16 @@ class ProbabilityMapsd(MapTransform):
     Args:
         keys: the inverted prediction key (``pred``).
         num_classes: number of classes C (the last input channel is the field of view).
+        case_key: the item's case name (:func:`scan_datalist`), recorded in the maps' metadata as ``case_name`` so the
+            outputs are named after the case whatever its files are called.
     """
 
-    def __init__(self, keys: Any = "pred", num_classes: int = 2) -> None:
+    def __init__(self, keys: Any = "pred", num_classes: int = 2, case_key: str = "case") -> None:
         super().__init__(keys)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
         self.num_classes = num_classes
+        self.case_key = case_key
 
     def __call__(self, data: dict) -> dict:
         from monai.data import MetaTensor
@@ -195,6 +200,8 @@ class ProbabilityMapsd(MapTransform):
             conf, seg = prob.max(0, keepdim=True)
             entropy = (-(prob * torch.log(prob.clamp_min(1e-12))).sum(0, keepdim=True) / math.log(self.num_classes)).clamp(0, 1)
             meta = dict(getattr(inverted, "meta", {}))
+            if d.get(self.case_key):
+                meta["case_name"] = str(d[self.case_key])
             affine = getattr(inverted, "affine", None)
             for name, arr in (("seg", seg.to(torch.uint8)), ("conf", conf), ("uncertainty", entropy), ("prob", prob)):
                 d[name] = MetaTensor(arr, affine=affine, meta=dict(meta))

@@ -157,7 +157,7 @@ REQUIRED_METADATA = ["version", "monai_version", "pytorch_version", "numpy_versi
 
 
 def test_export_runs_standalone(cohort, tmp_path):
-    out = export_bundle(BUNDLE, "mbls", str(tmp_path / "exported"))
+    out = export_bundle(BUNDLE, "mbls", str(tmp_path / "exported"), untrained=True)
     for f in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):
         assert (out / f).is_file(), f
     meta = json.loads((out / "configs" / "metadata.json").read_text())
@@ -169,13 +169,16 @@ def test_export_runs_standalone(cohort, tmp_path):
     train = json.loads((out / "configs" / "train.json").read_text())
     assert train["method"] == "mbls" and "calibmonai.losses.get_loss" in train["loss"]
     with pytest.raises(FileExistsError):
-        export_bundle(BUNDLE, "mbls", str(out))
+        export_bundle(BUNDLE, "mbls", str(out), untrained=True)
     shutil.copytree(cohort, out / "data")
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
            "--epochs", "1", "--slices_per_volume", "2"]  # fmt: skip
     r = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (out / "models" / "model.pt").is_file()
+    # training from the export writes under runs/, never over the shipped models/
+    trained = out / "runs" / "mbls_alpha0.1_margin10.0" / "models" / "model.pt"
+    assert trained.is_file() and not (out / "models" / "model.pt").exists()
+    shutil.copy(trained, out / "models" / "model.pt")
     r = subprocess.run([*cmd[:4], "evaluate", "--config_file", "configs/evaluate.json"], cwd=out, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "eval" / "summary.md").is_file()

@@ -153,10 +153,8 @@ def test_exported_bundle_runs_inference(trained, tmp_path):
     from monai.bundle import ConfigParser
 
     out = tmp_path / "exported"
-    export_bundle(BUNDLE, "ce", str(out))
-    import shutil
-
-    shutil.copy(trained["run_dir"] / "models" / "model.pt", out / "models" / "model.pt")
+    export_bundle(BUNDLE, "ce", str(out), runs_dir=str(trained["runs"]))
+    assert (out / "models" / "model.pt").is_file() and (out / "models" / "calibrator_ts.pt").is_file()
     assert ConfigParser.load_config_files(cfgs)  # the repository configs still load
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.json",
@@ -221,3 +219,20 @@ def test_3d_network_with_sliding_window(tmp_path):
     seg = nib.load(str(tmp_path / "out" / "vol_seg.nii.gz"))
     assert seg.shape == (20, 18, 11)
     np.testing.assert_allclose(seg.affine, aff)
+
+
+def test_single_modality_scan_named_like_a_modality_file_is_skipped_when_done(trained, tmp_path):
+    """A one-file scan called ``x_0000.nii.gz`` is case ``x_0000``: its outputs carry that name, so a second run
+    without --overwrite finds and keeps them."""
+    folder = tmp_path / "scans"
+    _write_scans(trained["volume"], folder)
+    for f in ("reoriented.nii", "oblique.nii.gz"):
+        os.remove(folder / f)
+    os.rename(folder / "plain.nii.gz", folder / "x_0000.nii.gz")
+    out = tmp_path / "out"
+    _infer(trained, str(folder), out)
+    seg = out / "x_0000_seg.nii.gz"
+    assert seg.is_file() and not (out / "x_seg.nii.gz").exists()
+    seg.write_bytes(b"sentinel")
+    _infer(trained, str(folder), out)
+    assert seg.read_bytes() == b"sentinel"
