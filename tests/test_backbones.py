@@ -162,7 +162,7 @@ def test_backbone_trains_and_evaluates_2d(backbone, cohort, tmp_path):
     (run_dir,) = (tmp_path / "mni_tissue").iterdir()
     assert run_dir.name == run_name("mbls", {"margin": 10.0, "alpha": 0.1}, backbone)
     state = torch.load(run_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
-    net = _parser(config_files(BUNDLE, "mbls", backbone=backbone), **TINY[backbone]).get_parsed_content("network_def")
+    net = _parser(config_files(BUNDLE, "mbls", backbone=backbone), **SMALL, **TINY[backbone]).get_parsed_content("network_def")
     net.load_state_dict(state)  # the checkpoint is this backbone's
     summary = {r["metric"]: float(r["value"]) for r in csv.DictReader(open(run_dir / "eval" / "summary.csv"))}
     for key in ("ece", "cece", "brier", "nll", "dsc_mean"):
@@ -178,21 +178,24 @@ def test_backbone_trains_and_evaluates_2d(backbone, cohort, tmp_path):
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_backbone_3d_trains_and_slides(backbone):
     """Each fragment builds its 3D network from the keys a 3D bundle defines (spatial_dims: 3, patch_size: a 3D
-    list); a few MbLS steps on one fixed 32^3 batch lower the loss; a SlidingWindowInferer with the patch as ROI
-    covers a volume of another size."""
-    patch = [32, 32, 32]
+    list); three MbLS steps on one fixed 48 x 32 x 32 patch lower the loss; a SlidingWindowInferer with the patch as
+    ROI covers a volume of another size (padded along the first axis, two windows along the second).
+
+    48 x 32 x 32 rather than 32^3: SwinUNETR's bottleneck is the input / 32, and instance norm refuses a one-voxel
+    map in training; 48 is a multiple of 16 (UNETR, ResUNet) and Swin pads it to 64."""
+    patch = [48, 32, 32]
     parser = _parser([_train_yaml(), fragment("backbones", backbone)], spatial_dims=3, patch_size=patch, **TINY[backbone])
     net = parser.get_parsed_content("network_def")
     loss_fn = get_loss("mbls", 4, 3, margin=10.0, alpha=0.1)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 1, *patch, generator=gen)
+    x = torch.randn(1, 1, *patch, generator=gen)
     y = (x > 0.5).long() + (x > -0.5).long() + (x > 1.0).long()  # four classes the input determines voxel-wise
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
-    for _ in range(4):
+    for _ in range(3):
         opt.zero_grad()
         logits = net(x)
-        assert logits.shape == (2, 4, *patch)
+        assert logits.shape == (1, 4, *patch)
         loss = loss_fn(logits, y)
         loss.backward()
         opt.step()
@@ -200,5 +203,5 @@ def test_backbone_3d_trains_and_slides(backbone):
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
     inferer = SlidingWindowInferer(roi_size=patch, sw_batch_size=2, overlap=0.25)
     with torch.no_grad():
-        out = inferer(torch.randn(1, 1, 40, 32, 36, generator=gen), net.eval())
-    assert out.shape == (1, 4, 40, 32, 36) and torch.isfinite(out).all()
+        out = inferer(torch.randn(1, 1, 40, 44, 32, generator=gen), net.eval())
+    assert out.shape == (1, 4, 40, 44, 32) and torch.isfinite(out).all()
