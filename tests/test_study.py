@@ -242,10 +242,11 @@ def tiny(tmp_path_factory):
     first = run_study(spec, out=out, workers=0, max_tasks=7)
     markers = {tid: marker_path(out, tid).stat().st_mtime_ns for tid in first["ran"]}
     logs = {tid: (out / "logs" / f"{tid}.log").stat().st_size for tid in first["ran"]}
+    partial = write_report(out, out / "partial_report")  # whatever has finished
     second = run_study(spec, out=out, workers=2)
     third = run_study(spec, out=out, workers=0)
     report = write_report(out)
-    return {"spec": spec, "out": out, "first": first, "second": second, "third": third, "markers": markers, "logs": logs, "report": report}
+    return {"spec": spec, "out": out, "first": first, "second": second, "third": third, "markers": markers, "logs": logs, "report": report, "partial": partial}
 
 
 @pytest.mark.slow
@@ -261,6 +262,11 @@ def test_tiny_study_interrupted_and_resumed(tiny):
         assert marker_path(out, tid).stat().st_mtime_ns == mtime
         assert (out / "logs" / f"{tid}.log").stat().st_size == tiny["logs"][tid]
     assert set(task_status(tasks, out).values()) == {"done"}
+    # the report of the interrupted study: CE's tasks had finished (plan order), the other methods not yet
+    partial = tiny["partial"].read_text()
+    assert first["ran"][:6] == [f"{k}/mni_tissue_seg2d/unet/{'' if k == 'select' else 'seed0/'}ce" for k in ("train", "evaluate", "select", "posthoc", "noise", "analysis")]
+    assert "7 of 22 tasks finished" in partial and "Unfinished task kinds: analysis, evaluate, noise, posthoc, select, train" in partial
+    assert [r[0] for r in _table_cells(partial, "Table 1")] == ["ce"] and "_Not available: needs the reference ce and another method" in partial
     sel = read_marker(out, "select/mni_tissue_seg2d/unet/mbls")["result"]
     scores = {n: read_marker(out, f"train/mni_tissue_seg2d/unet/seed0/{n}")["result"]["best_metric"] for n in ("mbls_alpha0.1_margin5.0", "mbls_alpha0.1_margin10.0")}
     assert sel["scores"] == scores and sel["run_name"] == max(scores, key=lambda n: (scores[n], n == "mbls_alpha0.1_margin5.0"))
@@ -291,6 +297,7 @@ def test_tiny_study_redo_and_failure(tiny, tmp_path):
     failed = json.loads(marker_path(tmp_path / "bad", res["failed"][0], failed=True).read_text())
     assert "Traceback" in failed["traceback"] and failed["log"].endswith("ce.log")
     assert task_status(build_plan(bad, tmp_path / "bad"), tmp_path / "bad")[res["failed"][0]] == "failed"
+    assert "_No finished run yet._" in write_report(tmp_path / "bad").read_text()
 
 
 def _table_cells(md: str, title: str) -> list[list[str]]:
