@@ -341,6 +341,26 @@ def test_tiny_study_report(tiny):
     assert sum(r["selected"] is True for r in rows if r["evaluation"] == "validation") == 3
 
 
+@pytest.mark.slow
+def test_tiny_study_folder_moved(tiny, tmp_path):
+    """A study folder read at another path (a shared filesystem mounted elsewhere) gives the same tidy rows."""
+    import shutil
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tiny["out"], moved, ignore=shutil.ignore_patterns("*.pt", "*report"))
+    per_case = moved / "runs" / "mni_tissue_seg2d" / "unet" / "seed0" / "ce" / "eval" / "per_case.csv"
+    table = list(csv.DictReader(open(per_case)))
+    table[0]["dsc_mean"] = "0.123456"  # the moved copy, not the original, is what the report reads
+    with open(per_case, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    is_ce_dsc = lambda r: r["run"] == "ce" and r["evaluation"] == "test" and r["metric"] == "dsc_mean"  # noqa: E731
+    here, there = collect_tidy(tiny["out"]), collect_tidy(moved)
+    assert [r["value"] for r in there if is_ce_dsc(r)] == [0.123456] != [r["value"] for r in here if is_ce_dsc(r)]
+    assert [r for r in there if not is_ce_dsc(r)] == [r for r in here if not is_ce_dsc(r)]
+
+
 def _subset(spec_root):
     """The tiny study's MbLS part, without post-hoc and noise tasks: training, evaluation, selection, analysis."""
     # selection with the evaluations' resources: one submitit job array per resource class and wave, one fewer here
