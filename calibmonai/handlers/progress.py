@@ -42,10 +42,10 @@ class EpochLossLogger:
                 break
 
     def _log(self, engine: Any) -> None:
+        from calibmonai.progress import progress
+
         mean = self._sum / self._count if self._count else float("nan")
-        self.logger.info(
-            f"epoch {engine.state.epoch}/{engine.state.max_epochs}: mean training loss {mean:.4f} over {self._count} iteration(s)"
-        )
+        progress(f"epoch {engine.state.epoch}/{engine.state.max_epochs}: mean training loss {mean:.4f} over {self._count} iteration(s)", self.logger.name)
 
 
 class DisabledHandler:
