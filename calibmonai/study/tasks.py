@@ -167,6 +167,7 @@ def _train(task: Task, study_dir: Path) -> dict[str, Any]:
     record_file = run_dir / "study" / "train_record.json"
     if record_file.exists():
         record_file.unlink()  # a killed earlier try must not pass for this one
+    started = time.time()
     gpus = int(task.resources.gpus)
     extra = ["multi_gpu_train.yaml"] if gpus > 1 else []
     files = _run_files(task, str(run_dir), *extra) + [str(run_dir / "study" / "record.yaml")]
@@ -185,6 +186,8 @@ def _train(task: Task, study_dir: Path) -> dict[str, Any]:
     record = json.loads(record_file.read_text())
     if not os.path.isfile(record["ckpt_path"]):
         raise FileNotFoundError(f"training of {task.id} kept no checkpoint at {record['ckpt_path']} (did validation run? val_interval <= epochs).")
+    if os.path.getmtime(record["ckpt_path"]) < started - 2:
+        raise RuntimeError(f"training of {task.id} wrote no new checkpoint: {record['ckpt_path']} is from an earlier try (did validation run? val_interval <= epochs).")
     return record
 
 
