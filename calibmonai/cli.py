@@ -75,6 +75,12 @@ class CLI:
         if not report.ok:
             sys.exit(1)
 
+    def study(self) -> Any:
+        """Plan, run and report a study: calibmonai study plan|run|report STUDY.yaml (see studies/ and the README)."""
+        from calibmonai.study.cli import StudyCLI
+
+        return StudyCLI()
+
     def methods(self) -> list:
         """List the training methods."""
         from calibmonai.losses import METHODS
@@ -82,22 +88,16 @@ class CLI:
         return [f"{k}: {v.description}" for k, v in METHODS.items()]
 
 
-def _study_cli() -> Any:
-    from calibmonai.study.cli import StudyCLI
-
-    return StudyCLI()
-
-
 def _check_flags(argv: list[str]) -> None:
     """Refuse an unknown command or flag before the command runs, naming it and the accepted ones."""
     if not argv or argv[0].startswith("-"):
         return
     name = argv[0].replace("-", "_")
+    if name == "study":
+        return  # the sub-commands of `study` (plan, run, report) take their own flags
     target = getattr(CLI, name, None)
     if target is None or name.startswith("_"):
-        if name == "study":
-            return  # sub-commands of `study` check their own flags
-        commands = [c.replace("_", "-") for c in vars(CLI) if not c.startswith("_")] + ["study"]
+        commands = [c.replace("_", "-") for c in vars(CLI) if not c.startswith("_")]
         raise ValueError(f"unknown command {argv[0]!r}; commands: {', '.join(commands)}.")
     params = [p for p in inspect.signature(target).parameters if p != "self"]
     for arg in argv[1:]:
@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         _check_flags(args)
-        commands: Any = CLI()
-        if args and args[0] == "study":
-            commands = {"study": _study_cli()}
-        fire.Fire(commands, command=args, name="calibmonai")
+        fire.Fire(CLI(), command=args, name="calibmonai")
     except (FileNotFoundError, ValueError, FileExistsError, RuntimeError) as e:
         root = e
         while root.__cause__ is not None:  # MONAI's config parser wraps errors raised in expressions
