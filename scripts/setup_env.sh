@@ -55,6 +55,9 @@ _extras="test,demo"
 if [ "${_torch#* }" != "cpu" ]; then
   _extras="test,demo,gpu"  # Triton kernels of the losses and metrics (the CUDA torch wheels already bring triton)
 fi
+if [ -n "${CALIBMONAI_EXTRAS:-}" ]; then
+  _extras="$_extras,$CALIBMONAI_EXTRAS"  # optional extras asked for by the caller (scripts/test.sh: the tested ones)
+fi
 _want="$(cat "$_root/setup.cfg" "$_root/pyproject.toml" | sha256sum | cut -d' ' -f1) $_root torch=$_torch_version extras=$_extras"
 if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ] || ! "$_py" -c "import calibmonai, monai, nilearn, pytest" >/dev/null 2>&1; then
   echo "[setup] installing calibmonai (editable) with its ${_extras//,/, } extras, torch held at $_torch_version"
