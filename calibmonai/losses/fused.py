@@ -1,8 +1,8 @@
-"""CPU fast path of the calibration losses: one fused pass for value and gradient (see ``_fused_kernel``).
+"""Fast paths of the calibration losses: one fused pass for value and gradient — a numba kernel for float32 CPU
+logits (``_fused_kernel``) and a Triton kernel for CUDA logits where Triton is installed (``_triton_kernel``).
 
-The loss classes call :func:`fused_softmax_loss` for float32 CPU logits with ``reduction`` ``"mean"`` or
-``"sum"``; everything else (CUDA, float64, ``reduction="none"``, a custom base loss) runs the torch
-implementation, which stays the reference the fast path is tested against. The fast path's gradient is
+The loss classes call :func:`fused_softmax_loss` with ``reduction`` ``"mean"`` or ``"sum"``; everything else
+(float64, ``reduction="none"``, a custom base loss, CUDA without Triton) runs the torch implementation, which stays the reference the fast path is tested against. The fast path's gradient is
 computed in the forward pass, so it supports one backward pass per forward (no ``retain_graph`` re-use and no
 second-order gradients): switch it off with :func:`set_fused_enabled` or ``CALIBMONAI_FUSED=0`` for that.
 """

@@ -213,7 +213,9 @@ def compute_calibration_histograms(
         background_index: the background label.
         prob_tol: tolerance of the ``[0, 1]`` range and sum-to-one checks on probabilities.
         chunk_voxels: voxels per chunk of the torch backend (bounds the temporary memory).
-        backend: ``"numba"`` (one multi-threaded pass, CPU tensors), ``"torch"`` (chunked tensor ops, any device)
+        backend: ``"numba"`` (one multi-threaded pass, CPU tensors), ``"torch"`` (chunked tensor ops on CPU tensors;
+            tensors on another device always take the sync-free device path: a Triton kernel where installed,
+            whole-volume tensor operations otherwise)
             or ``"auto"`` (numba for CPU tensors when it is installed).
         with_nll: whether to fill ``nll_sum`` (one logarithm per voxel; skip it when the NLL is not reported).
 
@@ -424,7 +426,8 @@ class CalibrationMetrics(CumulativeIterationMetric):
         cece_classes: ``"all"`` (the ``C`` classes, default) or ``"up_to_max_label"`` (classes up to the highest
             label seen, as the MbLS/NACL reference code); see above.
         backend: ``"auto"`` (a one-pass numba kernel for CPU tensors when numba is installed), ``"numba"`` or
-            ``"torch"`` (chunked tensor operations, any device); both give the same values.
+            ``"torch"`` (chunked tensor operations); both give the same values. CUDA tensors take the sync-free
+            device path (Triton kernel or whole-volume tensor operations).
 
     ``metric(y_pred, y, mask=None, case_names=None)``: ``case_names`` (one per batch item) name the cases in
     warnings and per-case outputs.
