@@ -29,7 +29,8 @@ class ValidationCurveLogger:
     when the batch items name a soft reference (``reference_key``, a 4D NIfTI path as written by
     :func:`calibmonai.data.prepare_mni_tissue`), ``ref_ece`` (15-bin ECE of all class probabilities against the
     reference probabilities on brain voxels, as :func:`calibmonai.evaluation.evaluate_run`) and ``ref_mad``.
-    ``epoch`` is the trainer's epoch (MONAI's ``ValidationHandler`` runs the evaluator with it).
+    ``epoch`` is the trainer's epoch (MONAI's ``ValidationHandler`` runs the evaluator with it); ``iteration`` the
+    evaluator's iteration count (validation batches).
 
     Args:
         output_dir: folder of ``curves.csv`` (created); an existing file is replaced when the first row is written.
