@@ -13,7 +13,7 @@ from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import BasicUNetPlusPlus, SwinUNETR
 
-from calibmonai.bundle_tools import backbone_names, config_files, fragment, run_name, run_workflow
+from calibmonai.bundle_tools import REPO_BUNDLES, backbone_names, config_files, fragment, run_name, run_workflow
 from calibmonai.data import prepare_mni_tissue
 from calibmonai.losses import get_loss
 from calibmonai.networks import PaddedSwinUNETR, UNetPlusPlus, divisible_pad
@@ -79,6 +79,27 @@ def test_unet_fragment_is_the_bundle_default():
     with_unet = _parser(config_files(BUNDLE, "mbls", backbone="unet"))
     assert with_unet.get("network_def") == default.get("network_def")
     assert with_unet.get_parsed_content("method_tag") == "mbls_alpha0.1_margin10.0"  # same run folder
+
+
+def _bundles() -> list[str]:
+    return sorted(p.parent.parent.name for p in REPO_BUNDLES.glob("*/configs/train.yaml"))
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_bundle_composes_with_every_backbone(backbone):
+    """The keys a fragment reads (spatial_dims, in_channels, num_classes, patch_size) exist in every bundle, the
+    network builds with them, and the patch suits the backbone (UNETR: img_size = patch_size, multiples of 16)."""
+    assert "mni_tissue_seg2d" in _bundles()
+    for bundle in _bundles():
+        parser = _parser(config_files(bundle, "mbls", backbone=backbone), **TINY[backbone])
+        dims, patch = parser.get_parsed_content("spatial_dims"), list(parser.get_parsed_content("patch_size"))
+        assert dims in (2, 3) and len(patch) == dims, (bundle, dims, patch)
+        net = parser.get_parsed_content("network_def")
+        assert sum(p.numel() for p in net.parameters()) > 0
+        if backbone in ("unetr", "resunet", "unetpp"):
+            assert all(s % 16 == 0 for s in patch), (bundle, patch)
+        if backbone == "unetr":
+            assert tuple(net.feat_size) == tuple(s // 16 for s in patch), bundle  # img_size is the patch
 
 
 # ---------------------------------------------------------------- adapters
