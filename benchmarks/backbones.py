@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+#: the issue's order: the default first, then the convolutional variants, then the transformer hybrids
+ORDER = ["unet", "resunet", "attention_unet", "unetpp", "unetr", "swin_unetr"]
 SETTINGS = {"2d": {"spatial_dims": 2, "patch": [96, 112], "batch": 16}, "3d": {"spatial_dims": 3, "patch": [64, 64, 64], "batch": 2}}
 
 
@@ -142,7 +144,7 @@ def main() -> None:
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False).")
-    names = [b for b in args.backbones.split(",") if b] or backbone_names()
+    names = [b for b in args.backbones.split(",") if b] or sorted(backbone_names(), key=lambda b: (ORDER + [b]).index(b))
     unknown = sorted(set(names) - set(backbone_names()))
     if unknown:
         raise SystemExit(f"unknown backbone(s) {unknown}; available: {', '.join(backbone_names())}")

@@ -10,8 +10,8 @@ input's spatial size:
   ``patch_size ** 5`` (32); the adapter zero-pads the input to the next multiple and crops the logits back, so the
   2D bundle's 96 x 112 slices (and any sliding-window ROI) work unchanged.
 
-Both keep MONAI's parameter names (they subclass, they do not wrap), so a MONAI checkpoint of the same
-configuration loads with ``load_state_dict`` and the other way round.
+``PaddedSwinUNETR`` subclasses MONAI's class (same parameter names: a MONAI checkpoint of the same configuration
+loads as is); ``UNetPlusPlus`` holds MONAI's network as ``unetpp``, so that it stays TorchScript-scriptable.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNetPlusPlus, SwinUNETR
+from torch import nn
 
 __all__ = ["UNetPlusPlus", "PaddedSwinUNETR", "divisible_pad"]
 
@@ -59,17 +60,18 @@ def divisible_pad(x: torch.Tensor, k: int, value: float = 0.0) -> tuple[torch.Te
     return F.pad(x, pads, mode="constant", value=value), index
 
 
-class UNetPlusPlus(BasicUNetPlusPlus):
+class UNetPlusPlus(nn.Module):
     """UNet++ (MONAI ``BasicUNetPlusPlus``) returning one logits tensor, deep supervision off.
 
     Zhou, Z., Rahman Siddiquee, M. M., Tajbakhsh, N., Liang, J. "UNet++: A Nested U-Net Architecture for
     Medical Image Segmentation." DLMIA 2018. https://arxiv.org/abs/1807.10165
 
     MONAI's implementation returns a list of logits even without deep supervision. The bundles' trainers,
-    inferers and calibration losses expect one tensor, so this class returns the output of the full-depth
+    inferers and calibration losses expect one tensor, so this module returns the output of the full-depth
     decoder path (``x_0_4``, the first element of MONAI's list). Deep supervision (the intermediate outputs
     ``x_0_1 .. x_0_3`` weighted in the loss) is not offered: the calibration losses act on the logits the
-    network is evaluated with.
+    network is evaluated with. The MONAI network is the ``unetpp`` attribute (parameter names ``unetpp.*``); the
+    module is TorchScript-scriptable, as MONAI's.
 
     Args:
         spatial_dims: 2 or 3.
@@ -83,8 +85,8 @@ class UNetPlusPlus(BasicUNetPlusPlus):
     Raises:
         ValueError: when ``deep_supervision=True`` is passed.
 
-    Input ``(B, in_channels, *spatial)`` with spatial sizes that are multiples of 16 (four poolings by 2);
-    output ``(B, out_channels, *spatial)``.
+    Input ``(B, in_channels, *spatial)``, any spatial size (MONAI pads the upsampled maps to their skip
+    connections); output ``(B, out_channels, *spatial)``.
     """
 
     def __init__(
@@ -95,18 +97,19 @@ class UNetPlusPlus(BasicUNetPlusPlus):
         features: Sequence[int] = (32, 32, 64, 128, 256, 32),
         **kwargs,
     ) -> None:
+        super().__init__()
         if kwargs.pop("deep_supervision", False):
             raise ValueError(
                 "UNetPlusPlus returns the full-depth output only (deep_supervision=False); use "
                 "monai.networks.nets.BasicUNetPlusPlus with a deep-supervision loss to train on every decoder depth."
             )
-        super().__init__(
+        self.unetpp = BasicUNetPlusPlus(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=features,
             deep_supervision=False, **kwargs,
         )  # fmt: skip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x)[0]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unetpp(x)[0]
 
 
 class PaddedSwinUNETR(SwinUNETR):
@@ -131,6 +134,8 @@ class PaddedSwinUNETR(SwinUNETR):
             ``num_heads``, ``patch_size``, ``use_v2``, ...).
 
     Input ``(B, in_channels, *spatial)``, any spatial size; output ``(B, out_channels, *spatial)``.
+    Like MONAI's ``SwinUNETR`` it cannot be compiled by ``torch.jit.script``; ``torch.jit.trace`` at a fixed input
+    size works (the padding is then fixed too).
     """
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3, **kwargs) -> None:

@@ -124,11 +124,12 @@ def test_divisible_pad_hand_computed():
 def test_unetpp_returns_the_full_depth_output():
     kw = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "features": (4, 4, 8, 8, 16, 4)}
     ours, monai_net = UNetPlusPlus(**kw), BasicUNetPlusPlus(**kw)
-    monai_net.load_state_dict(ours.state_dict())  # same parameter names
-    x = torch.randn(2, 1, 32, 48)
+    monai_net.load_state_dict(ours.unetpp.state_dict())
+    x = torch.randn(2, 1, 32, 45)
     out = ours.eval()(x)
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 32, 48)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 32, 45)
     torch.testing.assert_close(out, monai_net.eval()(x)[0])
+    torch.testing.assert_close(torch.jit.script(ours)(x), out)  # exportable as TorchScript
     with pytest.raises(ValueError, match="deep_supervision=False"):
         UNetPlusPlus(**kw, deep_supervision=True)
 
