@@ -45,7 +45,8 @@ def _strip_ext(path: str) -> str:
 def find_scans(inputs: str | Sequence[str], num_modalities: int = 1) -> list[tuple[str, list[str]]]:
     """Resolve a folder, a glob or a list of files into ``(case name, [file per modality])``.
 
-    With ``num_modalities > 1`` the files of one case are ``<case>_0000.ext``, ``<case>_0001.ext``, ...; a
+    With ``num_modalities > 1`` the files of one case are ``<case>_0000.ext``, ``<case>_0001.ext``, ...; with one
+    modality a ``<case>_0000.ext`` file (nnU-Net's naming) is case ``<case>`` too, other names are their own case. A
     listed file that does not exist is kept (it fails later with its own reason).
     """
     if isinstance(inputs, (list, tuple)):
@@ -61,8 +62,10 @@ def find_scans(inputs: str | Sequence[str], num_modalities: int = 1) -> list[tup
     cases: dict[str, list[str]] = {}
     for f in files:
         stem = _strip_ext(f)
-        m = MODALITY_PATTERN.match(stem) if num_modalities > 1 else None
-        cases.setdefault(m.group("case") if m else stem, []).append(f)
+        m = MODALITY_PATTERN.match(stem)
+        if m and (num_modalities > 1 or m.group("mod") == "0000"):
+            stem = m.group("case")  # nnU-Net naming: <case>_0000 is the first (for one-modality bundles the only) channel
+        cases.setdefault(stem, []).append(f)
     return [(case, sorted(fs)) for case, fs in cases.items()]
 
 

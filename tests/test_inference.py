@@ -191,7 +191,8 @@ def test_find_scans_inputs_and_modality_pattern(tmp_path):
         ("b", [str(tmp_path / "b_0000.nii.gz"), str(tmp_path / "b_0001.nii.gz")]),
         ("c", [str(tmp_path / "c.mha")]),
     ]
-    assert [c for c, _ in find_scans(str(tmp_path / "*_0000.nii.gz"))] == ["a_0000", "b_0000"]
+    assert [c for c, _ in find_scans(str(tmp_path / "*_0000.nii.gz"))] == ["a", "b"]  # nnU-Net's single-channel naming
+    assert [c for c, _ in find_scans(str(tmp_path / "*_0001.nii.gz"))] == ["a_0001", "b_0001"]
     assert find_scans([str(tmp_path / "c.mha")]) == [("c", [str(tmp_path / "c.mha")])]
     with pytest.raises(FileNotFoundError, match="no scan found"):
         find_scans(str(tmp_path / "*.nrrd"))
@@ -222,8 +223,8 @@ def test_3d_network_with_sliding_window(tmp_path):
 
 
 def test_single_modality_scan_named_like_a_modality_file_is_skipped_when_done(trained, tmp_path):
-    """A one-file scan called ``x_0000.nii.gz`` is case ``x_0000``: its outputs carry that name, so a second run
-    without --overwrite finds and keeps them."""
+    """A one-file scan called ``x_0000.nii.gz`` (nnU-Net's naming) is case ``x``: its outputs carry that name, and a
+    second run without --overwrite finds and keeps them."""
     folder = tmp_path / "scans"
     _write_scans(trained["volume"], folder)
     for f in ("reoriented.nii", "oblique.nii.gz"):
@@ -231,8 +232,8 @@ def test_single_modality_scan_named_like_a_modality_file_is_skipped_when_done(tr
     os.rename(folder / "plain.nii.gz", folder / "x_0000.nii.gz")
     out = tmp_path / "out"
     _infer(trained, str(folder), out)
-    seg = out / "x_0000_seg.nii.gz"
-    assert seg.is_file() and not (out / "x_seg.nii.gz").exists()
+    seg = out / "x_seg.nii.gz"
+    assert seg.is_file() and not (out / "x_0000_seg.nii.gz").exists()
     seg.write_bytes(b"sentinel")
     _infer(trained, str(folder), out)
     assert seg.read_bytes() == b"sentinel"
