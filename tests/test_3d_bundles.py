@@ -434,3 +434,20 @@ def test_monai_tooling_accepts_both_bundles(la_h5, wmh):
 
     for bundle in (LA, WMH):
         jsonschema.validate(json.loads((REPO_BUNDLES / bundle / "configs" / "metadata.json").read_text()), SCHEMA_20240725)
+
+
+@pytest.mark.slow
+def test_posthoc_platt_and_isotonic_on_a_3d_run(la_nrrd):
+    """MEEP's post-hoc baselines on a 3D bundle: Platt and isotonic fitted on the validation split of the CE run
+    (shared fragments bundles/calibrate/), then evaluated; the calibrated probabilities are what the metrics read."""
+    ov = dict(la_nrrd["ov"], calibration_sample_size=5000)
+    run = la_nrrd["runs"] / "ce"
+    for name in ("platt", "isotonic"):
+        run_workflow("calibrate", config_files(LA, "ce", f"calibrate/{name}.yaml"), **ov)
+        assert json.loads((run / "models" / f"calibrator_{name}.json").read_text())["calibrator"] == name
+        run_workflow("evaluate", config_files(LA, "ce", "evaluate.yaml"), calibrator=name, **ov)
+        s = _summary(run / f"eval_{name}")
+        _check_summary(s)
+        assert _cases(run / f"eval_{name}") == _cases(run / "eval")
+    before, platt = _summary(run / "eval"), _summary(run / "eval_platt")
+    assert platt["brier"] != before["brier"]  # the calibrator changed the probabilities evaluated
