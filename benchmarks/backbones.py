@@ -7,7 +7,8 @@ Each backbone is built from its fragment on top of ``bundles/mni_tissue_seg2d/co
 builds it (``ConfigParser``, the fragment's own widths), and trained with the MbLS loss and Adam on random data:
 
 - ``2d``: the 2D bundle's patch 96 x 112 (``image_size``), batch 16 (``batch_size``);
-- ``3d``: ``spatial_dims: 3``, patch 64^3, batch 2 (the 3D bundles' ``batch_size``).
+- ``3d``: ``spatial_dims: 3``, patch 64^3, batch 2 (the WMH bundle's patch, the 3D bundles' ``batch_size``);
+- ``la``: ``spatial_dims: 3``, patch 144 x 144 x 80, batch 2 (the left-atrium bundle's patch).
 
 Every (backbone, setting) runs in a fresh Python process, so its memory is its own. Printed per row:
 
@@ -40,7 +41,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 #: the issue's order: the default first, then the convolutional variants, then the transformer hybrids
 ORDER = ["unet", "resunet", "attention_unet", "unetpp", "unetr", "swin_unetr"]
-SETTINGS = {"2d": {"spatial_dims": 2, "patch": [96, 112], "batch": 16}, "3d": {"spatial_dims": 3, "patch": [64, 64, 64], "batch": 2}}
+SETTINGS = {
+    "2d": {"spatial_dims": 2, "patch": [96, 112], "batch": 16},
+    "3d": {"spatial_dims": 3, "patch": [64, 64, 64], "batch": 2},  # wmh_seg3d's patch
+    "la": {"spatial_dims": 3, "patch": [144, 144, 80], "batch": 2},  # left_atrium_seg3d's patch
+}
 
 
 def _rss_bytes() -> int:
