@@ -250,13 +250,9 @@ class _DeviceGradient(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
-        grad = ctx.grad
-        if grad is None:
-            raise RuntimeError(
-                "the fused calibmonai loss supports one backward pass per forward; for retain_graph re-use, "
-                "run the torch implementation (calibmonai.losses.set_fused_enabled(False) or CALIBMONAI_FUSED=0)."
-            )
-        ctx.grad = None
+        from calibmonai.losses.fused import take_stored_grad
+
+        grad = take_stored_grad(ctx)
         scale = grad_output.to(grad.dtype)
         out = grad.mul_(scale) if ctx.dtype == grad.dtype else (grad * scale).to(ctx.dtype)
         return out, None, None, None

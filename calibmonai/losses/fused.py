@@ -13,7 +13,7 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -108,6 +108,18 @@ def _labels(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return to_class_indices(input, target, check_finite=False).reshape(b, -1)  # one-hot, float indices, bad shapes
 
 
+def take_stored_grad(ctx: Any) -> torch.Tensor:
+    """The gradient a fused forward pass stored on ``ctx`` (handed on once: a second backward raises)."""
+    grad = ctx.grad
+    if grad is None:
+        raise RuntimeError(
+            "the fused calibmonai loss supports one backward pass per forward; for retain_graph re-use, "
+            "run the torch implementation (calibmonai.losses.set_fused_enabled(False) or CALIBMONAI_FUSED=0)."
+        )
+    ctx.grad = None
+    return grad
+
+
 class _PrecomputedGradient(torch.autograd.Function):
     """Returns a loss value whose gradient with respect to ``input`` was computed in the forward pass."""
 
@@ -119,13 +131,7 @@ class _PrecomputedGradient(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
-        grad = ctx.grad
-        if grad is None:
-            raise RuntimeError(
-                "the fused calibmonai loss supports one backward pass per forward; for retain_graph re-use, "
-                "run the torch implementation (calibmonai.losses.set_fused_enabled(False) or CALIBMONAI_FUSED=0)."
-            )
-        ctx.grad = None
+        grad = take_stored_grad(ctx)
         scale = float(grad_output)
         return (grad if scale == 1.0 else grad * scale), None, None
 
