@@ -162,7 +162,7 @@ def test_paper_profile_settings():
     parser.read_config(config_files("mni_tissue_seg2d", "ce", "profiles/paper.yaml"))
     kw = parser.get_parsed_content("prepare_kwargs")
     assert kw["label_noise"]["shift_mm"] > 0 and sum(kw["split"]) == kw["num_subjects"]
-    assert parser.get_parsed_content("train::slice_sampling::3::prob") == 0.0  # no flips
+    assert parser.get_parsed_content("train::slice_sampling::2::prob") == 0.0  # no flips
     assert parser.get_parsed_content("dataset_name") == "mni_tissue_paper"
     assert "mni_tissue_paper" in parser.get_parsed_content("default_dataset_dir")
 
@@ -177,3 +177,37 @@ def test_demo_profile_methods_and_settings():
     assert [_method_spec(m)[1].get("loss_kwargs::margin") for m in PROFILE_METHODS["paper"] if m.startswith("mbls")] == [5.0, 8.0, 10.0]
     settings = _profile_settings("mni_tissue_seg2d", "paper")
     assert settings["epochs"] > 30 and settings["prepare_kwargs"]["label_noise"]["shift_mm"] > 0
+
+
+def _rows(nll, dsc, ece):
+    return [{"epoch": 10 * (i + 1), "nll": n, "dsc": d, "ece": e} for i, (n, d, e) in enumerate(zip(nll, dsc, ece))]
+
+
+def test_overfit_signature_hand_computed():
+    from calibmonai.regime import overfit_signature
+
+    # NLL 0.50 -> 0.40 (epoch 20) -> 0.46: a 15% rise after its minimum, DSC 0.80 -> 0.805 holds, ECE 0.02 -> 0.05
+    s = overfit_signature(_rows([0.5, 0.4, 0.46], [0.7, 0.80, 0.805], [0.1, 0.02, 0.05]))
+    assert s["min_nll_epoch"] == 20 and s["last_epoch"] == 30
+    assert s["nll_rise"] == pytest.approx(0.15)
+    assert (s["dsc_at_min"], s["dsc_last"], s["ece_at_min"], s["ece_last"], s["best_ece"]) == (0.80, 0.805, 0.02, 0.05, 0.02)
+    assert math.isnan(s["ref_ece_last"]) and s["signature"]
+    # each condition alone breaks it: NLL plateau (+1%), DSC falling by 0.05, ECE improving
+    assert not overfit_signature(_rows([0.5, 0.4, 0.404], [0.7, 0.8, 0.8], [0.1, 0.02, 0.05]))["signature"]
+    assert not overfit_signature(_rows([0.5, 0.4, 0.46], [0.7, 0.8, 0.75], [0.1, 0.02, 0.05]))["signature"]
+    assert not overfit_signature(_rows([0.5, 0.4, 0.46], [0.7, 0.8, 0.8], [0.1, 0.02, 0.01]))["signature"]
+    # the minimum at the last validation: no rise
+    assert overfit_signature(_rows([0.5, 0.4], [0.7, 0.8], [0.1, 0.02]))["nll_rise"] == 0.0
+    with pytest.raises(ValueError, match="at least one row"):
+        overfit_signature([])
+    with pytest.raises(ValueError, match="'ece'"):
+        overfit_signature([{"epoch": 1, "nll": 0.5, "dsc": 0.7}])
+
+
+def test_signature_table_and_unknown_candidate():
+    from calibmonai.regime import overfit_signature, run_candidates, signature_table
+
+    table = signature_table({"long": overfit_signature(_rows([0.5, 0.4, 0.46], [0.7, 0.8, 0.805], [0.1, 0.02, 0.05]))})
+    assert "| long | 20 of 30 | 0.400 → 0.460 (+15.0%) | 0.800 → 0.805 | 0.020 → 0.050 (0.020) |" in table and table.rstrip().endswith("| yes |")
+    with pytest.raises(ValueError, match="unknown candidate"):
+        run_candidates("longer_still")
