@@ -118,6 +118,12 @@ def run_demo(
         curves = os.path.join(os.path.dirname(eval_dir), "curves.csv")
         if os.path.isfile(curves):
             shutil.copy(curves, os.path.join(out, f"{tag}_curves.csv"))
+    curve_files = {spec: os.path.join(out, f"{spec.replace(':', '_').replace('=', '')}_curves.csv") for spec in methods}
+    curve_files = {k: v for k, v in curve_files.items() if os.path.isfile(v)}
+    if curve_files:  # the profile logs validation curves: every method's NLL / ECE / DSC per epoch in one figure
+        from calibmonai.handlers.curves import plot_curves
+
+        plot_curves(curve_files, os.path.join(out, "curves.png"), title=f"validation curves, profile {profile}")
     table = comparison_table(results)
     elapsed = time.time() - t0
     with open(os.path.join(out, "comparison.md"), "w") as f:
@@ -133,5 +139,5 @@ def run_demo(
         for m, s in results.items():
             w.writerow([m] + [s.get(k, math.nan) for k, _ in SUMMARY_COLUMNS] + [s.get(f"{k}_std", math.nan) for k, _ in SUMMARY_COLUMNS])
     print("\n" + table)
-    print(f"results in {out}/ (comparison.md, comparison.csv, *_reliability.png, *_slice.png); total {elapsed / 60:.1f} min")
+    print(f"results in {out}/ (comparison.md, comparison.csv, *_reliability.png, *_slice.png{', curves.png' if curve_files else ''}); total {elapsed / 60:.1f} min")
     return results

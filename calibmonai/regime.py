@@ -22,8 +22,8 @@ __all__ = ["CANDIDATES", "overfit_signature", "signature_table", "run_candidates
 #: candidate settings, each composed over ``configs/profiles/paper.yaml`` (config overrides; ``data_suffix`` names the
 #: candidate's own prepared folder when it changes ``prepare_kwargs``)
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "long": {"epochs": 600, "val_interval": 20},
+    "short": {"epochs": 150, "val_interval": 10},  # the profile's first schedule: NLL plateaus, no signature
+    "long": {"epochs": 600, "val_interval": 20},  # the profile's schedule now
     "wide_long": {"epochs": 400, "val_interval": 20, "network_def::channels": [32, 64, 128, 256]},
     "clean_long": {"epochs": 600, "val_interval": 20, "prepare_kwargs::label_noise": None, "data_suffix": "clean"},
 }

@@ -211,3 +211,19 @@ def test_signature_table_and_unknown_candidate():
     assert "| long | 20 of 30 | 0.400 → 0.460 (+15.0%) | 0.800 → 0.805 | 0.020 → 0.050 (0.020) |" in table and table.rstrip().endswith("| yes |")
     with pytest.raises(ValueError, match="unknown candidate"):
         run_candidates("longer_still")
+
+
+@pytest.mark.slow
+def test_run_candidates_writes_curves_table_and_figure(noisy_task, monkeypatch):
+    from calibmonai import regime
+
+    tiny = {"epochs": 3, "val_interval": 1, "volume_repeats": 1, "image_size": [32, 32], "network_def::channels": [4, 8, 16, 32]}
+    monkeypatch.setitem(regime.CANDIDATES, "tiny", tiny)
+    out = noisy_task / "regime"
+    data = str(noisy_task / "data")
+    sig = regime.run_candidates("tiny", out=str(out), data=data, runs=str(noisy_task / "regime_runs"))
+    rows = read_curves(str(out / "tiny_curves.csv"))
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert sig["tiny"] == {**regime.overfit_signature(rows), "minutes": sig["tiny"]["minutes"]}
+    assert (out / "candidates.png").stat().st_size > 1000
+    assert "| tiny | " in (out / "candidates.md").read_text()
