@@ -77,3 +77,11 @@ def test_one_epoch_with_the_cache_on_the_gpu(cohort, tmp_path):
     trainer = parser.get_parsed_content("train#trainer")
     trainer.run()
     assert trainer.state.epoch == 1 and torch.isfinite(torch.as_tensor(trainer.state.output[0]["loss"]))
+
+
+@pytest.mark.parametrize("bundle", sorted(p.parent.parent.name for p in (Path(__file__).resolve().parents[1] / "bundles").glob("*/configs/train.yaml")))
+def test_every_bundle_trains_from_a_thread_data_loader(bundle):
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.yaml"))
+    assert parser["train"]["dataloader"]["_target_"] == "ThreadDataLoader"
+    assert parser["train"]["dataloader"]["dataset"] == "@train#dataset"
