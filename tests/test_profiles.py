@@ -165,6 +165,13 @@ def test_paper_profile_settings():
     assert parser.get_parsed_content("train::slice_sampling::2::prob") == 0.0  # no flips
     assert parser.get_parsed_content("dataset_name") == "mni_tissue_paper"
     assert "mni_tissue_paper" in parser.get_parsed_content("default_dataset_dir")
+    # the schedule the candidate search found (regime "long") and the last epoch's weights evaluated
+    assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (600, 20)
+    from calibmonai.regime import CANDIDATES
+
+    assert {k: v for k, v in CANDIDATES["long"].items()} == {"epochs": 600, "val_interval": 20}
+    assert parser.get_parsed_content("ckpt_path").endswith("models/model_final.pt")
+    assert parser.get_parsed_content("validate::handlers::2::final_filename") == "model_final.pt"
 
 
 def test_demo_profile_methods_and_settings():
