@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 12 in one run (budget: 8 minutes on one H100/H200; the steps' timeouts add up to 475 s):
-#   0. the CUDA tests of the Triton kernels and the device metrics (correctness on this GPU, about 30 s)
+# Every GPU figure of issue 12 in one run (budget: 8 minutes on one H100/H200; the steps' timeouts add up to 480 s):
+#   0. the CUDA tests of the Triton kernels, the device metrics and the bundle's GPU-cached data (about 45 s)
 #   1. metrics: ECE + CECE + Brier on a 4 x 208^3 volume vs MONAI's CalibrationErrorMetric and one torch.sum,
 #      CUDA peak memory, host syncs per call, GPU vs CPU results, the torch-only fallback
 #   2. losses: fwd+bwd of every loss / F.cross_entropy at 2x4x96^3 and 2x4x160^3, Triton and torch paths, peak memory
@@ -47,11 +47,11 @@ step() {  # step <name> <timeout seconds> <command...>
   fi
 }
 
-step "CUDA tests" 90 "$PY" -m pytest -q -p no:cacheprovider -k "cuda" tests/test_losses_triton.py tests/test_metrics_torch_backend.py
+step "CUDA tests" 120 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or gpu" tests/test_losses_triton.py tests/test_metrics_torch_backend.py tests/test_bundle_device_pipeline.py
 step "metrics (4 x 208^3)" 75 "$PY" benchmarks/metrics.py --device cuda --size 208 --repeats 5
-step "losses (2x4x96^3, 2x4x160^3)" 120 "$PY" benchmarks/losses.py --device cuda --repeats 5
+step "losses (2x4x96^3, 2x4x160^3)" 100 "$PY" benchmarks/losses.py --device cuda --repeats 5
 # one small copy of the embedded task for both bundle benchmarks (not timed by them)
-step "prepare data" 60 "$PY" -c "from calibmonai.data import prepare_mni_tissue; prepare_mni_tissue('$data/mni', num_subjects=6, split=(4, 1, 1), progress=False)"
+step "prepare data" 55 "$PY" -c "from calibmonai.data import prepare_mni_tissue; prepare_mni_tissue('$data/mni', num_subjects=6, split=(4, 1, 1), progress=False)"
 step "training (bundle vs hand loop)" 70 "$PY" benchmarks/training.py --device cuda --dataset_dir "$data/mni" --iterations 60 --warmup 10
 step "inference (seconds per scan)" 60 "$PY" benchmarks/inference.py --device cuda --input_dir "$data/mni/images" --repeats 1
 echo
