@@ -21,12 +21,13 @@ class CLI:
         n_val = max(1, subjects // 6)
         return str(prepare_mni_tissue(out, num_subjects=subjects, split=(subjects - 2 * n_val, n_val, n_val), seed=seed))
 
-    def demo(self, out: str = "results/demo", data: str = "data/mni_tissue", runs: str = "runs", methods: str | None = None, epochs: int | None = None, subjects: int = 24, profile: str | None = None) -> None:
+    def demo(self, out: str = "results/demo", data: str = "data/mni_tissue", runs: str = "runs", methods: str | None = None, epochs: int | None = None, subjects: int = 24, profile: str | None = None, seed: int | None = None) -> None:
         """Train and evaluate CE, MbLS and MEEP on the embedded task; write the comparison to OUT.
-        --profile paper: the over-confidence regime (bundles/mni_tissue_seg2d/configs/profiles/paper.yaml)."""
+        --profile paper: the over-confidence regime (bundles/mni_tissue_seg2d/configs/profiles/paper.yaml);
+        --seed N: another training seed (use its own --runs folder)."""
         from calibmonai.demo import run_demo
 
-        run_demo(out=out, data=data, runs=runs, methods=methods, epochs=epochs, subjects=subjects, profile=profile)
+        run_demo(out=out, data=data, runs=runs, methods=methods, epochs=epochs, subjects=subjects, profile=profile, seed=seed)
 
     def export_bundle(
         self,

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from calibmonai.demo import comparison_table, run_demo
 
 
@@ -38,3 +40,26 @@ def test_cli_prepare_and_methods(tmp_path):
     assert (tmp_path / "d" / "datalist.json").is_file() and "subject 3/3" in r.stdout
     r = subprocess.run([sys.executable, "-m", "calibmonai.cli", "methods"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "mbls: margin-based label smoothing" in r.stdout
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_demo_seed_reaches_the_bundle(tmp_path, monkeypatch, seed):
+    import calibmonai.data
+    import calibmonai.demo as demo
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_workflow(run_id, files, **overrides):
+        seen.append((run_id, overrides))
+        raise Stop
+
+    monkeypatch.setattr(calibmonai.data, "prepare_mni_tissue", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "run_workflow", fake_run_workflow)
+    with pytest.raises(Stop):
+        demo.run_demo(out=str(tmp_path / "out"), data=str(tmp_path / "d"), runs=str(tmp_path / "r"), methods="ce", epochs=1, seed=seed)
+    ((run_id, overrides),) = seen
+    assert run_id == "training" and overrides["epochs"] == 1
+    assert overrides.get("seed") == seed and (seed is not None or "seed" not in overrides)
