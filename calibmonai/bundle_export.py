@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from calibmonai.bundle_tools import as_bool, bundle_dir, config_files, run_name
+from calibmonai.bundle_tools import as_bool, bundle_dir, bundle_parser, config_files, run_name
 
 __all__ = ["export_bundle", "parse_loss_kwargs"]
 
@@ -44,16 +44,6 @@ def parse_loss_kwargs(value: Any) -> dict[str, Any]:
         if isinstance(parsed, Mapping):
             return dict(parsed)
     raise ValueError(f"--loss_kwargs must be a dictionary such as \"{{'margin': 5.0}}\", got {value!r}.")
-
-
-def _parser(files: list[str], overrides: Mapping[str, Any]) -> Any:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(files)
-    for k, v in overrides.items():
-        parser[k] = v
-    return parser
 
 
 def export_bundle(
@@ -94,7 +84,7 @@ def export_bundle(
     base = {"runs_dir": str(runs_dir)}
     if kwargs_override:
         base["loss_kwargs"] = kwargs_override
-    train = _parser(train_files, base)
+    train = bundle_parser(train_files, **base)
     method_name, kwargs = train["method"], dict(train["loss_kwargs"])
     backbone_name = train.get("backbone", "unet")
     num_classes, spatial_dims = train["num_classes"], train.get("spatial_dims", 2)
@@ -113,9 +103,9 @@ def export_bundle(
     exported = {**_EXPORTED, "method_tag": tag, "loss_kwargs": kwargs}
     configs: dict[str, dict[str, Any]] = {"train": train.get()}
     if (src / "configs" / "evaluate.yaml").is_file():
-        configs["evaluate"] = _parser(config_files(str(src), method, "evaluate.yaml", backbone=backbone), base).get()
+        configs["evaluate"] = bundle_parser(config_files(str(src), method, "evaluate.yaml", backbone=backbone), **base).get()
     if (src / "configs" / "inference.yaml").is_file():
-        configs["inference"] = _parser(config_files(str(src), method, backbone=backbone, workflow="inference.yaml"), base).get()
+        configs["inference"] = bundle_parser(config_files(str(src), method, backbone=backbone, workflow="inference.yaml"), **base).get()
     meta = json.loads((src / "configs" / "metadata.json").read_text())
 
     # ---- everything checked: write into a temporary folder beside out, then move it in place ----

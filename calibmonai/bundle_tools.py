@@ -15,7 +15,7 @@ from calibmonai.losses import METHODS
 
 __all__ = [
     "run_name", "bundle_dir", "method_names", "backbone_names", "fragment", "config_files", "inference_config_files",
-    "run_workflow", "as_bool", "REPO_BUNDLES",
+    "bundle_parser", "run_workflow", "as_bool", "REPO_BUNDLES",
 ]  # fmt: skip
 
 REPO_BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
@@ -126,15 +126,22 @@ def inference_config_files(bundle: str, method: str, runs_dir: str = "runs", bac
     return config_files(bundle, method, backbone=backbone, workflow="inference.yaml"), {"runs_dir": runs_dir}
 
 
-def run_workflow(run_id: str, files: Sequence[str], **overrides: Any) -> Any:
-    """Run a bundle workflow in this process, like ``python -m monai.bundle run <run_id> --config_file ...``:
-    ``initialize`` (when the config has one), ``run_id``, then ``finalize`` (when present)."""
+def bundle_parser(files: Sequence[str], **overrides: Any) -> Any:
+    """A ``monai.bundle.ConfigParser`` over ``files`` (composed in order) with ``overrides`` set, as
+    ``--config_file "[...]" --key value`` set them (ids ``a#b`` or ``a::b``)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(list(files))
     for k, v in overrides.items():
         parser[k] = v
+    return parser
+
+
+def run_workflow(run_id: str, files: Sequence[str], **overrides: Any) -> Any:
+    """Run a bundle workflow in this process, like ``python -m monai.bundle run <run_id> --config_file ...``:
+    ``initialize`` (when the config has one), ``run_id``, then ``finalize`` (when present)."""
+    parser = bundle_parser(files, **overrides)
     if "initialize" in parser:
         parser.get_parsed_content("initialize")
     try:

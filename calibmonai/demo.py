@@ -9,7 +9,7 @@ import shutil
 import time
 from typing import Any, Sequence
 
-from calibmonai.bundle_tools import config_files, run_workflow
+from calibmonai.bundle_tools import bundle_parser, config_files, run_workflow
 from calibmonai.evaluation import SUMMARY_COLUMNS
 
 __all__ = ["run_demo", "comparison_table"]
@@ -36,10 +36,7 @@ def _method_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 def _profile_settings(bundle: str, profile: str) -> dict[str, Any]:
     """``epochs`` and ``prepare_kwargs`` of ``configs/profiles/<profile>.yaml`` composed over the bundle."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(config_files(bundle, "ce", f"profiles/{profile}.yaml"))
+    parser = bundle_parser(config_files(bundle, "ce", f"profiles/{profile}.yaml"))
     return {"epochs": int(parser.get_parsed_content("epochs")), "prepare_kwargs": dict(parser.get_parsed_content("prepare_kwargs"))}
 
 
@@ -96,6 +93,7 @@ def run_demo(
         prepare_mni_tissue(data, num_subjects=subjects, split=(subjects - 2 * n_val, n_val, n_val))
     os.makedirs(out, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
+    curve_files: dict[str, str] = {}  # the profile logs validation curves: {method: its copy in out}
     overrides: dict[str, Any] = {"dataset_dir": data, "runs_dir": runs, "epochs": epochs}
     if seed is not None:
         overrides["seed"] = int(seed)
@@ -105,12 +103,7 @@ def run_demo(
         run_workflow("training", config_files(bundle, method, *extra), **overrides, **loss_overrides)
         print(f"=== [{i + 1}/{len(methods)}] {spec}: evaluating on the test subjects ===", flush=True)
         files = config_files(bundle, method, *extra, "evaluate.yaml")
-        from monai.bundle import ConfigParser
-
-        parser = ConfigParser()
-        parser.read_config(files)
-        for k, v in {**overrides, **loss_overrides}.items():
-            parser[k] = v
+        parser = bundle_parser(files, **overrides, **loss_overrides)
         parser.get_parsed_content("evaluate")
         eval_dir = parser.get_parsed_content("eval_dir")
         summary = {r["metric"]: float(r["value"]) for r in csv.DictReader(open(os.path.join(eval_dir, "summary.csv")))}
@@ -121,10 +114,9 @@ def run_demo(
                 shutil.copy(os.path.join(eval_dir, png), os.path.join(out, f"{tag}_{png}"))
         curves = os.path.join(os.path.dirname(eval_dir), "curves.csv")
         if os.path.isfile(curves):
-            shutil.copy(curves, os.path.join(out, f"{tag}_curves.csv"))
-    curve_files = {spec: os.path.join(out, f"{spec.replace(':', '_').replace('=', '')}_curves.csv") for spec in methods}
-    curve_files = {k: v for k, v in curve_files.items() if os.path.isfile(v)}
-    if curve_files:  # the profile logs validation curves: every method's NLL / ECE / DSC per epoch in one figure
+            curve_files[spec] = os.path.join(out, f"{tag}_curves.csv")
+            shutil.copy(curves, curve_files[spec])
+    if curve_files:  # every method's NLL / ECE / DSC per epoch in one figure
         from calibmonai.handlers.curves import plot_curves
 
         plot_curves(curve_files, os.path.join(out, "curves.png"), title=f"validation curves, profile {profile}")

@@ -83,7 +83,7 @@ def run_candidates(
 ) -> dict[str, dict[str, Any]]:
     """Train ``method`` under each candidate of :data:`CANDIDATES` (over the paper profile), copy its curves to
     ``out`` and write ``candidates.md`` (signature table) and ``candidates.png`` (NLL/ECE/DSC per epoch)."""
-    from calibmonai.bundle_tools import config_files, run_workflow
+    from calibmonai.bundle_tools import bundle_parser, config_files, run_workflow
     from calibmonai.handlers.curves import plot_curves, read_curves
 
     if isinstance(candidates, str):
@@ -104,12 +104,9 @@ def run_candidates(
         print(f"=== [{i + 1}/{len(candidates)}] candidate {name}: {settings or 'the paper profile'} — {time.time() - t0:.0f} s elapsed ===", flush=True)
         t_run = time.time()
         run_workflow("training", files, **overrides)
-        src = os.path.join(runs, name, "mni_tissue_paper", method, "curves.csv")
-        if not os.path.isfile(src):  # run_dir = runs_dir/dataset_name/method_tag
-            found = [os.path.join(d, "curves.csv") for d, _, f in os.walk(os.path.join(runs, name)) if "curves.csv" in f]
-            if not found:
-                raise FileNotFoundError(f"candidate {name}: no curves.csv under {os.path.join(runs, name)}.")
-            src = found[0]
+        src = os.path.join(bundle_parser(files, **overrides).get_parsed_content("run_dir"), "curves.csv")
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"candidate {name}: its training wrote no validation curves ({src}).")
         dst = os.path.join(out, f"{name}_curves.csv")
         shutil.copy(src, dst)
         curves[name] = dst

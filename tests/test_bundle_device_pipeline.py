@@ -10,7 +10,7 @@ from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader, ThreadDataLoader
 from monai.transforms import FgBgToIndicesd, Randomizable, ToDeviced
 
-from calibmonai.bundle_tools import config_files
+from calibmonai.bundle_tools import REPO_BUNDLES, config_files
 from calibmonai.data import prepare_mni_tissue
 
 BUNDLE = "mni_tissue_seg2d"
@@ -79,9 +79,9 @@ def test_one_epoch_with_the_cache_on_the_gpu(cohort, tmp_path):
     assert trainer.state.epoch == 1 and torch.isfinite(torch.as_tensor(trainer.state.output[0]["loss"]))
 
 
-@pytest.mark.parametrize("bundle", sorted(p.parent.parent.name for p in (Path(__file__).resolve().parents[1] / "bundles").glob("*/configs/train.yaml")))
+@pytest.mark.parametrize("bundle", sorted(p.parent.parent.name for p in REPO_BUNDLES.glob("*/configs/train.yaml")))
 def test_every_bundle_trains_from_a_thread_data_loader(bundle):
     parser = ConfigParser()
-    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.yaml"))
+    parser.read_config(str(REPO_BUNDLES / bundle / "configs" / "train.yaml"))
     assert parser["train"]["dataloader"]["_target_"] == "ThreadDataLoader"
     assert parser["train"]["dataloader"]["dataset"] == "@train#dataset"

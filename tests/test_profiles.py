@@ -169,7 +169,7 @@ def test_paper_profile_settings():
     assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (600, 20)
     from calibmonai.regime import CANDIDATES
 
-    assert {k: v for k, v in CANDIDATES["long"].items()} == {"epochs": 600, "val_interval": 20}
+    assert CANDIDATES["long"] == {"epochs": 600, "val_interval": 20}
     assert parser.get_parsed_content("ckpt_path").endswith("models/model_final.pt")
     assert parser.get_parsed_content("validate::handlers::2::final_filename") == "model_final.pt"
 
