@@ -157,7 +157,8 @@ REQUIRED_METADATA = ["version", "monai_version", "pytorch_version", "numpy_versi
 
 
 def test_export_runs_standalone(cohort, tmp_path):
-    out = export_bundle(BUNDLE, "mbls", str(tmp_path / "exported"), untrained=True)
+    # runs_dir with no trained run: the export must not pick up weights from a ./runs the developer trained
+    out = export_bundle(BUNDLE, "mbls", str(tmp_path / "exported"), runs_dir=str(tmp_path / "no_runs"), untrained=True)
     for f in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):
         assert (out / f).is_file(), f
     meta = json.loads((out / "configs" / "metadata.json").read_text())
@@ -169,7 +170,7 @@ def test_export_runs_standalone(cohort, tmp_path):
     train = json.loads((out / "configs" / "train.json").read_text())
     assert train["method"] == "mbls" and "calibmonai.losses.get_loss" in train["loss"]
     with pytest.raises(FileExistsError):
-        export_bundle(BUNDLE, "mbls", str(out), untrained=True)
+        export_bundle(BUNDLE, "mbls", str(out), runs_dir=str(tmp_path / "no_runs"), untrained=True)
     shutil.copytree(cohort, out / "data")
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
            "--epochs", "1", "--slices_per_volume", "2"]  # fmt: skip

@@ -182,7 +182,7 @@ def test_export_validates_before_writing(trained, tmp_path):
     r = subprocess.run([sys.executable, "-m", "calibmonai.cli", "export-bundle", "--method", "ce", "--out", str(target),
                         "--runs_dir", str(trained["runs"]), "--colour", "red"], capture_output=True, text=True, env=ENV, timeout=300)  # fmt: skip
     assert r.returncode == 2 and "unknown flag --colour" in r.stderr and not target.exists()
-    out = export_bundle(BUNDLE, "mbls", str(target), untrained=True)
+    out = export_bundle(BUNDLE, "mbls", str(target), runs_dir=str(trained["runs"]), untrained=True)  # that folder has no mbls run
     assert not (out / "models" / "model.pt").exists()
     assert "untrained" in json.loads((out / "configs" / "metadata.json").read_text())["changelog"]["0.2.0"]
 
