@@ -138,7 +138,7 @@ def measure(backbone: str, setting: str, device: str, repeats: int, threads: int
     }  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from calibmonai.bundle_tools import backbone_names
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--settings", default="2d,3d", help="2d, 3d or both")
     parser.add_argument("--markdown", action="store_true", help="print the table in Markdown")
     parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SETTING"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(measure(*args.worker, device=args.device, repeats=args.repeats, threads=args.threads)))
         return

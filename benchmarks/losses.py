@@ -56,14 +56,14 @@ def plain_ce(a, b):
     return F.cross_entropy(a, b[:, 0])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="quarter-size inputs (quick check)")
     parser.add_argument("--reference", action="store_true", help="time the torch implementations (fused path off)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--methods", default="", help="comma-separated subset of the methods (default: all)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False).")

@@ -75,12 +75,12 @@ def peak_extra_cuda_bytes(fn, device: torch.device) -> int:
     return max(0, torch.cuda.max_memory_allocated(device) - base)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=208, help="cube side; 208^3 = 9.0 M voxels")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False).")

@@ -64,7 +64,7 @@ def run_one(n: int, sample_size: int) -> str:
     return f"{n / 1e6:>7.0f}M {t_stream:>16.1f} {m_stream / 2**20:>9.1f} | " + " | ".join(cells) + f" | T={t:.3f} (true 3.0)"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import subprocess
     import sys
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--voxels", type=float, nargs="+", default=[10e6, 50e6])
     parser.add_argument("--sample-size", type=int, default=200_000)
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.single:
         print(run_one(int(args.voxels[0]), args.sample_size))
         return

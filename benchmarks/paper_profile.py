@@ -1,0 +1,163 @@
+"""Time of the embedded bundle's profile ``paper`` (``calibmonai demo --profile paper``; issue 11 asks for its GPU
+and CPU time): data preparation, and for each method its training (set-up with the dataset cache, first epoch,
+steady seconds per epoch with the validations) and its evaluation on the test subjects.
+
+Usage: python benchmarks/paper_profile.py [--device cuda|cpu] [--epochs 40] [--methods ce,mbls:margin=5,...]
+           [--data DIR] [--full] [--set KEY=VALUE ...] [--json FILE]
+
+Without ``--full`` each method trains ``--epochs`` epochs (a multiple of the profile's ``val_interval``, so that the
+share of validation epochs is the profile's and the last epoch's weights that evaluation reads are written), and
+the profile's time is *projected* to its full schedule: set-up + first epoch + steady s/epoch x (epochs - 1) +
+evaluation, summed over the methods, plus the data preparation. ``--full`` trains the full schedule (the demo's own
+run, with the same numbers measured instead of projected). The printout says which figures are projected.
+
+The runs use the bundle as ``calibmonai demo --profile paper`` does (its configs composed with
+``bundle_tools.config_files``, the method's loss arguments from ``calibmonai.demo``), with ``device`` set from
+``--device``, its AMP default (on with CUDA) and outputs in a temporary folder. ``--set`` overrides any other
+config key (YAML value; used by the tests for a tiny network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+import yaml
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["a=1", "b::c=[4, 8]"]`` -> ``{"a": 1, "b::c": [4, 8]}`` (values read as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}.")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def projected_seconds(setup: float, epoch_times: list[float], evaluation: float, full_epochs: int) -> float:
+    """Set-up + first epoch + mean of the later epochs x (``full_epochs`` - 1) + evaluation; with one epoch
+    measured, that epoch stands for every epoch."""
+    if not epoch_times:
+        raise ValueError("no epoch was timed.")
+    first = epoch_times[0]
+    steady = sum(epoch_times[1:]) / (len(epoch_times) - 1) if len(epoch_times) > 1 else first
+    return setup + first + steady * (full_epochs - 1) + evaluation
+
+
+def time_method(spec: str, bundle: str, data: str, runs: str, epochs: int, dev: torch.device, sets: dict[str, Any]) -> dict[str, Any]:
+    """Train and evaluate one method of the profile; seconds of set-up, of each epoch, and of the evaluation."""
+    from ignite.engine import Events
+
+    from calibmonai.bundle_tools import bundle_parser, config_files
+    from calibmonai.demo import _method_spec
+
+    method, loss_overrides = _method_spec(spec)
+    overrides = {"dataset_dir": data, "runs_dir": runs, "epochs": epochs, "device": f"$torch.device('{dev}')", **sets, **loss_overrides}
+    files = config_files(bundle, method, "profiles/paper.yaml")
+    parser = bundle_parser(files, **overrides)
+    parser.get_parsed_content("initialize")
+    t0 = time.perf_counter()
+    trainer = parser.get_parsed_content("train#trainer")  # builds the cached dataset, the network, the evaluator
+    _sync(dev)
+    setup = time.perf_counter() - t0
+    stamps: list[float] = []
+
+    @trainer.on(Events.EPOCH_COMPLETED)  # attached after the bundle's handlers: the epoch's validation included
+    def _stamp(_engine) -> None:
+        _sync(dev)
+        stamps.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    parser.get_parsed_content("training")
+    _sync(dev)
+    training = time.perf_counter() - t0
+    epoch_times = [b - a for a, b in zip([t0] + stamps[:-1], stamps)]
+    t0 = time.perf_counter()
+    bundle_parser(config_files(bundle, method, "profiles/paper.yaml", "evaluate.yaml"), **overrides).get_parsed_content("evaluate")
+    _sync(dev)
+    evaluation = time.perf_counter() - t0
+    return {"method": spec, "setup_s": setup, "training_s": training, "epoch_s": epoch_times, "evaluation_s": evaluation,
+            "amp": bool(parser.get_parsed_content("amp"))}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from calibmonai.bundle_tools import bundle_parser, config_files
+    from calibmonai.demo import PROFILE_METHODS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--epochs", type=int, default=40, help="epochs trained per method (a multiple of val_interval; default 40)")
+    p.add_argument("--full", action="store_true", help="train the profile's full schedule (nothing projected)")
+    p.add_argument("--methods", default=",".join(PROFILE_METHODS["paper"]), help="comma-separated, as calibmonai demo takes them")
+    p.add_argument("--bundle", default="mni_tissue_seg2d")
+    p.add_argument("--data", default="", help="the profile's prepared task (default: prepared, and timed, in a temporary folder)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="any other config override")
+    p.add_argument("--json", default="", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False).")
+    sets = parse_sets(args.sets)
+    profile = bundle_parser(config_files(args.bundle, "ce", "profiles/paper.yaml"), **sets)
+    full_epochs = int(profile.get_parsed_content("epochs"))
+    val_interval = int(profile.get_parsed_content("val_interval"))
+    epochs = full_epochs if args.full else args.epochs
+    if epochs < 1 or epochs % val_interval:
+        raise SystemExit(f"--epochs {epochs} must be a positive multiple of val_interval ({val_interval}): evaluation reads the "
+                         "weights written at the last validation, and the projection assumes the profile's share of validation epochs.")  # fmt: skip
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({os.cpu_count()} cores), torch threads {torch.get_num_threads()}"
+    print(f"profile paper of {args.bundle}: {len(methods)} method(s), {epochs} of {full_epochs} epochs each, validation every "
+          f"{val_interval}; torch {torch.__version__}, {where}", flush=True)  # fmt: skip
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="calibmonai-paper-") as tmp:
+        data, prepare_s = args.data, 0.0
+        if not data:
+            from calibmonai.data import prepare_mni_tissue
+
+            data = os.path.join(tmp, "data")
+            t0 = time.perf_counter()
+            prepare_mni_tissue(data, progress=False, **dict(profile.get_parsed_content("prepare_kwargs")))
+            prepare_s = time.perf_counter() - t0
+            print(f"[prepare] the profile's task in {prepare_s:.1f} s", flush=True)
+        rows = []
+        for spec in methods:
+            r = time_method(spec, args.bundle, data, os.path.join(tmp, "runs"), epochs, dev, sets)
+            r["projected_s"] = projected_seconds(r["setup_s"], r["epoch_s"], r["evaluation_s"], full_epochs)
+            rows.append(r)
+            print(f"[{spec}] set-up {r['setup_s']:.1f} s, {epochs} epochs {r['training_s']:.1f} s, evaluation {r['evaluation_s']:.1f} s", flush=True)
+    measured = time.perf_counter() - t_all
+    word = "measured" if args.full else "projected"
+    print(f"\n{'method':<18}{'set-up s':>10}{'1st epoch s':>13}{'s/epoch':>10}{'eval s':>9}{f'{full_epochs} epochs, {word}':>24}")
+    for r in rows:
+        later = r["epoch_s"][1:] or r["epoch_s"]
+        print(f"{r['method']:<18}{r['setup_s']:>10.1f}{r['epoch_s'][0]:>13.2f}{sum(later) / len(later):>10.3f}{r['evaluation_s']:>9.1f}"
+              f"{r['projected_s'] / 60:>20.1f} min")  # fmt: skip
+    total = prepare_s + sum(r["projected_s"] for r in rows)
+    amp = rows[0]["amp"] if rows else False
+    print(f"profile paper, {len(methods)} method(s) x {full_epochs} epochs, data preparation included: {total / 60:.1f} min {word} "
+          f"on {where}, AMP {amp} (this run took {measured / 60:.1f} min)")  # fmt: skip
+    figures = {"device": where, "torch": torch.__version__, "amp": amp, "epochs_trained": epochs, "full_epochs": full_epochs,
+               "projected": not args.full, "prepare_s": prepare_s, "methods": rows, "total_s": total, "wall_s": measured}  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
