@@ -1,17 +1,21 @@
 """The embedded bundle's training data pipeline follows MONAI's fast-training recipe: deterministic transforms cached
 once, the cached volumes moved to ``cache_device`` (ToDeviced after the cache-able transforms), random crops and
-flips there, a ThreadDataLoader. On the CPU the pipeline gives the same batches as the plain DataLoader did."""
+flips there without MetaTensor bookkeeping and without a deep copy of the cache, a ThreadDataLoader. On the CPU
+the pipeline gives the same batches as MONAI's defaults and the plain DataLoader."""
 
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from monai.data import CacheDataset, DataLoader, ThreadDataLoader
-from monai.transforms import FgBgToIndicesd, Randomizable, ToDeviced
+from monai.data import CacheDataset, DataLoader, MetaTensor, ThreadDataLoader, get_track_meta
+from monai.transforms import Compose, FgBgToIndicesd, Randomizable, ToDeviced
 
 from calibmonai.bundle_tools import REPO_BUNDLES, config_files
 from calibmonai.data import prepare_mni_tissue
+from calibmonai.fast_training import UntrackedRandomCompose
+from calibmonai.handlers import EpochLossLogger
 
 BUNDLE = "mni_tissue_seg2d"
 SMALL = {"slices_per_volume": 2, "batch_size": 4, "network_def#channels": [4, 8, 16, 32], "epochs": 1}
@@ -62,8 +66,72 @@ def test_cached_volumes_live_on_cache_device_and_batches_match_a_plain_loader(co
     assert len(plain) == len(threaded) > 0
     for (xa, ya), (xb, yb) in zip(plain, threaded):
         assert xa.shape == xb.shape and xa.shape[-2:] == (96, 112)
-        torch.testing.assert_close(xa.as_tensor(), xb.as_tensor(), rtol=0, atol=0)
-        torch.testing.assert_close(ya.as_tensor(), yb.as_tensor(), rtol=0, atol=0)
+        torch.testing.assert_close(xa, xb, rtol=0, atol=0)
+        torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+
+
+def _batches(parser: ConfigParser, loader_cls=DataLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(0)
+    parser.get_parsed_content("initialize")
+    ds = parser.get_parsed_content("train#dataset")
+    kwargs = dict(batch_size=parser.get_parsed_content("train#dataloader#batch_size"), sampler=parser.get_parsed_content("train#sampler"), num_workers=0)
+    return [(b["image"], b["label"]) for b in loader_cls(ds, **kwargs)]
+
+
+def test_untracked_uncopied_random_part_gives_monai_defaults_values_as_plain_tensors(cohort, tmp_path):
+    """The bundle's UntrackedRandomCompose + copy_cache false against MONAI's defaults (a plain Compose, a deep copy
+    of the cached item at every access, MetaTensors): the same numbers in every batch, and the cache untouched."""
+    fast = _parser(cohort, tmp_path, volume_repeats=6)
+    reference = _parser(cohort, tmp_path / "ref", volume_repeats=6, **{"train#preprocessing#_target_": "Compose", "train#dataset#copy_cache": True})
+    assert isinstance(fast.get_parsed_content("train#preprocessing"), UntrackedRandomCompose)
+    assert type(reference.get_parsed_content("train#preprocessing")) is Compose
+    dataset = fast.get_parsed_content("train#dataset")
+    assert dataset.copy_cache is False
+    before = [{k: torch.as_tensor(v).clone() for k, v in item.items() if isinstance(v, torch.Tensor)} for item in dataset._cache]
+    got, want = _batches(fast), _batches(reference)
+    assert len(got) == len(want) == 3  # 6 visits of the one training volume, 2 volumes a batch
+    for (x, y), (xr, yr) in zip(got, want):
+        assert type(x) is torch.Tensor and type(y) is torch.Tensor  # no MetaTensor bookkeeping in the random part
+        assert isinstance(xr, MetaTensor) and isinstance(yr, MetaTensor)
+        torch.testing.assert_close(x, xr.as_tensor(), rtol=0, atol=0)
+        torch.testing.assert_close(y, yr.as_tensor(), rtol=0, atol=0)
+    assert len({float(x.sum()) for x, _ in got}) > 1  # different slices in different batches
+    for item, old in zip(dataset._cache, before):  # the random transforms never wrote into the cache
+        assert isinstance(item["image"], MetaTensor)  # the cached volumes keep their metadata
+        for k, v in old.items():
+            torch.testing.assert_close(torch.as_tensor(item[k]), v, rtol=0, atol=0)
+    assert get_track_meta()
+
+
+def test_epoch_loss_logger_reads_device_losses_once_per_epoch(caplog):
+    """The mean loss of the epoch, hand-computed, with no host read of any iteration's loss (a GPU would
+    synchronise at each): the logger reads its sum once, at the end of the epoch."""
+    reads = []
+
+    class Watched(torch.Tensor):
+        def item(self):
+            reads.append("item")
+            return super().item()
+
+        def __float__(self):
+            reads.append("float")
+            return super().__float__()
+
+    class Engine:
+        state = type("State", (), {"epoch": 1, "max_epochs": 1, "output": None})()
+
+    engine = Engine()
+    logger = EpochLossLogger()
+    logger._reset(engine)
+    for i, value in enumerate((0.5, 0.25, 2.0)):
+        loss = torch.tensor(value, requires_grad=True).as_subclass(Watched)
+        engine.state.output = [{"loss": loss, "pred": None}] if i % 2 else {"loss": loss}  # decollated or not
+        logger._accumulate(engine)
+    assert reads == [] and logger._count == 3
+    with caplog.at_level(logging.INFO, logger="calibmonai"):
+        logger._log(engine)
+    assert reads == ["float"]
+    assert "mean training loss 0.9167 over 3 iteration(s)" in caplog.text  # (0.5 + 0.25 + 2.0) / 3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only: the cached volumes on the GPU")

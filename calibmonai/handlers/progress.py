@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+import torch
+
 __all__ = ["EpochLossLogger", "tensorboard_stats_handler", "DisabledHandler"]
 
 
@@ -37,14 +39,16 @@ class EpochLossLogger:
         outputs = engine.state.output
         for out in outputs if isinstance(outputs, list) else [outputs]:
             if isinstance(out, dict) and self.loss_key in out:
-                self._sum += float(out[self.loss_key])
+                loss = out[self.loss_key]
+                # a tensor stays where it is (no host synchronisation per iteration on a GPU): read at the epoch's end
+                self._sum = self._sum + (loss.detach().double().sum() if isinstance(loss, torch.Tensor) else float(loss))
                 self._count += 1
                 break
 
     def _log(self, engine: Any) -> None:
         from calibmonai.progress import progress
 
-        mean = self._sum / self._count if self._count else float("nan")
+        mean = float(self._sum) / self._count if self._count else float("nan")
         progress(f"epoch {engine.state.epoch}/{engine.state.max_epochs}: mean training loss {mean:.4f} over {self._count} iteration(s)", self.logger.name)
 
 
