@@ -148,8 +148,11 @@ def test_one_epoch_with_the_cache_on_the_gpu(cohort, tmp_path):
 
 
 @pytest.mark.parametrize("bundle", sorted(p.parent.parent.name for p in REPO_BUNDLES.glob("*/configs/train.yaml")))
-def test_every_bundle_trains_from_a_thread_data_loader(bundle):
+def test_every_bundle_trains_from_a_thread_data_loader_and_untracked_sampling(bundle):
     parser = ConfigParser()
     parser.read_config(str(REPO_BUNDLES / bundle / "configs" / "train.yaml"))
     assert parser["train"]["dataloader"]["_target_"] == "ThreadDataLoader"
     assert parser["train"]["dataloader"]["dataset"] == "@train#dataset"
+    # and its random sampling runs without MetaTensor bookkeeping (the end-to-end runs of tests/test_*bundles.py
+    # train each one through it)
+    assert parser["train"]["preprocessing"]["_target_"] == "calibmonai.fast_training.UntrackedRandomCompose"
