@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.handlers import from_engine
 from monai.data import CacheDataset, DataLoader, MetaTensor, ThreadDataLoader, get_track_meta
 from monai.transforms import Compose, FgBgToIndicesd, Randomizable, ToDeviced
 
 from calibmonai.bundle_tools import REPO_BUNDLES, config_files
 from calibmonai.data import prepare_mni_tissue
 from calibmonai.fast_training import UntrackedRandomCompose
-from calibmonai.handlers import EpochLossLogger
+from calibmonai.handlers import EpochLossLogger, UndecollatedOutput, training_loss
 
 BUNDLE = "mni_tissue_seg2d"
 SMALL = {"slices_per_volume": 2, "batch_size": 4, "network_def#channels": [4, 8, 16, 32], "epochs": 1}
@@ -144,7 +145,7 @@ def test_one_epoch_with_the_cache_on_the_gpu(cohort, tmp_path):
     assert batch["image"].device.type == "cuda" and batch["label"].device.type == "cuda"
     trainer = parser.get_parsed_content("train#trainer")
     trainer.run()
-    assert trainer.state.epoch == 1 and torch.isfinite(torch.as_tensor(trainer.state.output[0]["loss"]))
+    assert trainer.state.epoch == 1 and torch.isfinite(torch.as_tensor(training_loss(trainer.state.output)))
 
 
 @pytest.mark.parametrize("bundle", sorted(p.parent.parent.name for p in REPO_BUNDLES.glob("*/configs/train.yaml")))
@@ -156,3 +157,67 @@ def test_every_bundle_trains_from_a_thread_data_loader_and_untracked_sampling(bu
     # and its random sampling runs without MetaTensor bookkeeping (the end-to-end runs of tests/test_*bundles.py
     # train each one through it)
     assert parser["train"]["preprocessing"]["_target_"] == "calibmonai.fast_training.UntrackedRandomCompose"
+    # its trainer keeps the output one dictionary (decollating reads the loss back to the host every iteration),
+    # and its loss handlers read that dictionary
+    assert parser["train"]["trainer"]["decollate"] is False
+    assert parser["train"]["handlers"][-1]["_target_"] == "calibmonai.handlers.UndecollatedOutput"
+    transforms = [h["output_transform"] for h in parser["train"]["handlers"] if "output_transform" in h]
+    assert transforms and set(transforms) == {"$calibmonai.handlers.training_loss"}
+
+
+def test_undecollated_output_wraps_dicts_only():
+    engine = type("E", (), {})()
+    engine.state = type("S", (), {})()
+    out = {"loss": torch.tensor(1.0), "pred": torch.zeros(4, 2, 3, 3)}
+    engine.state.output = out
+    UndecollatedOutput()(engine)
+    assert engine.state.output == [out] and engine.state.output[0] is out
+    decollated = [{"loss": 1.0}, {"loss": 1.0}]
+    engine.state.output = decollated
+    UndecollatedOutput()(engine)
+    assert engine.state.output is decollated
+
+
+def test_training_loss_reads_dict_and_decollated_outputs():
+    loss = torch.tensor(0.25)
+    assert training_loss({"loss": loss, "pred": None}) is loss
+    assert training_loss([{"loss": loss}, {"loss": torch.tensor(9.0)}]) is loss  # the decollated list: the first
+    assert training_loss({"total": 1.0}, loss_key="total") == 1.0
+    with pytest.raises(ValueError, match=r"no 'loss': got \['pred'\]"):
+        training_loss({"pred": None})
+    with pytest.raises(ValueError, match="no 'loss': got NoneType"):
+        training_loss(None)
+
+
+def test_one_epoch_without_decollating_logs_the_loss(cohort, tmp_path):
+    """A CPU epoch of the bundle's trainer: its output stays a dictionary, StatsHandler and the epoch logger log
+    the loss through it."""
+    parser = _parser(cohort, tmp_path, volume_repeats=2, **{"train#handlers#2#iteration_log": True})
+    parser.get_parsed_content("initialize")
+    trainer = parser.get_parsed_content("train#trainer")
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    collect = Collect(level=logging.INFO)
+    loggers = [logging.getLogger(n) for n in ("monai.handlers.StatsHandler", "calibmonai")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(collect)
+        lg.setLevel(logging.INFO)
+    try:
+        trainer.run()
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(collect)
+            lg.setLevel(level)
+    out = trainer.state.output
+    # one item holding the whole batch (what from_engine(['loss'], first=True) reads), not one per image
+    assert isinstance(out, list) and len(out) == 1 and out[0]["pred"].shape[0] == 2 * parser.get_parsed_content("slices_per_volume")
+    assert torch.is_tensor(out[0]["loss"]) and out[0]["loss"].ndim == 0  # never turned into a host number
+    assert from_engine(["loss"], first=True)(out) is out[0]["loss"]
+    assert any("mean training loss" in line for line in lines)
+    logged = [float(line.split("train_loss: ")[1].split()[0]) for line in lines if "train_loss: " in line]
+    assert len(logged) == trainer.state.iteration and logged[-1] == pytest.approx(float(out[0]["loss"]), abs=1e-4)

@@ -69,8 +69,8 @@ def test_rank0_only_handlers_are_the_reporting_ones():
         "train#handlers": ["StatsHandler", "EpochLossLogger", "tensorboard_stats_handler"],
         "validate#handlers": ["StatsHandler", "tensorboard_stats_handler", "CheckpointSaver"],
     }
-    # every rank keeps the learning-rate schedule and the (distributed) validation
-    assert [t for t, x in zip(targets["train#handlers"], parser["train#handlers"]) if "_disabled_" not in x] == ["LrScheduleHandler", "ValidationHandler"]
+    # every rank keeps the learning-rate schedule, the (distributed) validation and the shape of its output
+    assert [t for t, x in zip(targets["train#handlers"], parser["train#handlers"]) if "_disabled_" not in x] == ["LrScheduleHandler", "ValidationHandler", "UndecollatedOutput"]
 
 
 def _plain_parser(overrides, *extra):

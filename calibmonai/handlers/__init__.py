@@ -10,6 +10,7 @@ from calibmonai.handlers.calibration import (
     write_calibration_report,
 )
 from calibmonai.handlers.progress import DisabledHandler, EpochLossLogger, tensorboard_stats_handler
+from calibmonai.handlers.trainer_output import UndecollatedOutput, training_loss
 
 __all__ = [
     "BrierScore",
@@ -22,4 +23,6 @@ __all__ = [
     "DisabledHandler",
     "EpochLossLogger",
     "tensorboard_stats_handler",
+    "UndecollatedOutput",
+    "training_loss",
 ]
