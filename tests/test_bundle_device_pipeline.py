@@ -16,7 +16,7 @@ from monai.transforms import Compose, FgBgToIndicesd, Randomizable, ToDeviced
 from calibmonai.bundle_tools import REPO_BUNDLES, config_files
 from calibmonai.data import prepare_mni_tissue
 from calibmonai.fast_training import UntrackedRandomCompose
-from calibmonai.handlers import EpochLossLogger, UndecollatedOutput, training_loss
+from calibmonai.handlers import EpochLossLogger, UndecollatedOutput
 
 BUNDLE = "mni_tissue_seg2d"
 SMALL = {"slices_per_volume": 2, "batch_size": 4, "network_def#channels": [4, 8, 16, 32], "epochs": 1}
@@ -145,7 +145,7 @@ def test_one_epoch_with_the_cache_on_the_gpu(cohort, tmp_path):
     assert batch["image"].device.type == "cuda" and batch["label"].device.type == "cuda"
     trainer = parser.get_parsed_content("train#trainer")
     trainer.run()
-    assert trainer.state.epoch == 1 and torch.isfinite(torch.as_tensor(training_loss(trainer.state.output)))
+    assert trainer.state.epoch == 1 and torch.isfinite(torch.as_tensor(from_engine(["loss"], first=True)(trainer.state.output)))
 
 
 @pytest.mark.parametrize("bundle", sorted(p.parent.parent.name for p in REPO_BUNDLES.glob("*/configs/train.yaml")))
@@ -157,12 +157,12 @@ def test_every_bundle_trains_from_a_thread_data_loader_and_untracked_sampling(bu
     # and its random sampling runs without MetaTensor bookkeeping (the end-to-end runs of tests/test_*bundles.py
     # train each one through it)
     assert parser["train"]["preprocessing"]["_target_"] == "calibmonai.fast_training.UntrackedRandomCompose"
-    # its trainer keeps the output one dictionary (decollating reads the loss back to the host every iteration),
-    # and its loss handlers read that dictionary
+    # its trainer does not decollate each batch (which reads the loss back to the host every iteration), and its
+    # output is the one-item list that MONAI's from_engine(['loss'], first=True) reads
     assert parser["train"]["trainer"]["decollate"] is False
     assert parser["train"]["handlers"][-1]["_target_"] == "calibmonai.handlers.UndecollatedOutput"
     transforms = [h["output_transform"] for h in parser["train"]["handlers"] if "output_transform" in h]
-    assert transforms and set(transforms) == {"$calibmonai.handlers.training_loss"}
+    assert transforms and set(transforms) == {"$from_engine(['loss'], first=True)"}
 
 
 def test_undecollated_output_wraps_dicts_only():
@@ -176,17 +176,6 @@ def test_undecollated_output_wraps_dicts_only():
     engine.state.output = decollated
     UndecollatedOutput()(engine)
     assert engine.state.output is decollated
-
-
-def test_training_loss_reads_dict_and_decollated_outputs():
-    loss = torch.tensor(0.25)
-    assert training_loss({"loss": loss, "pred": None}) is loss
-    assert training_loss([{"loss": loss}, {"loss": torch.tensor(9.0)}]) is loss  # the decollated list: the first
-    assert training_loss({"total": 1.0}, loss_key="total") == 1.0
-    with pytest.raises(ValueError, match=r"no 'loss': got \['pred'\]"):
-        training_loss({"pred": None})
-    with pytest.raises(ValueError, match="no 'loss': got NoneType"):
-        training_loss(None)
 
 
 def test_one_epoch_without_decollating_logs_the_loss(cohort, tmp_path):

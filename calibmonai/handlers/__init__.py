@@ -10,7 +10,7 @@ from calibmonai.handlers.calibration import (
     write_calibration_report,
 )
 from calibmonai.handlers.progress import DisabledHandler, EpochLossLogger, tensorboard_stats_handler
-from calibmonai.handlers.trainer_output import UndecollatedOutput, training_loss
+from calibmonai.handlers.trainer_output import UndecollatedOutput
 
 __all__ = [
     "BrierScore",
@@ -24,5 +24,4 @@ __all__ = [
     "EpochLossLogger",
     "tensorboard_stats_handler",
     "UndecollatedOutput",
-    "training_loss",
 ]

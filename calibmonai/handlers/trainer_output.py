@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["UndecollatedOutput", "training_loss"]
+__all__ = ["UndecollatedOutput"]
 
 
 class UndecollatedOutput:
@@ -32,17 +32,3 @@ class UndecollatedOutput:
         if isinstance(engine.state.output, Mapping):
             engine.state.output = [engine.state.output]
 
-
-def training_loss(output: Any, loss_key: str = "loss") -> Any:
-    """The loss in a trainer's ``engine.state.output``: the first item's ``loss_key`` entry when the output is a list
-    of dictionaries (decollated, or wrapped by :class:`UndecollatedOutput`), else the dictionary's own. For the
-    ``output_transform`` of MONAI's ``StatsHandler`` and ``TensorBoardStatsHandler``.
-
-    Raises:
-        ValueError: when the output holds no ``loss_key``, naming what it holds.
-    """
-    item = output[0] if isinstance(output, (list, tuple)) and output else output
-    if not isinstance(item, Mapping) or loss_key not in item:
-        found = sorted(map(str, item)) if isinstance(item, Mapping) else type(item).__name__
-        raise ValueError(f"the engine's output holds no {loss_key!r}: got {found}.")
-    return item[loss_key]
