@@ -13,7 +13,9 @@ no validation (``val_interval`` beyond the run) and enough ``volume_repeats`` fo
 
 The hand loop takes the last batch the bundle's loader produced, moves it to the device once, and runs
 ``zero_grad / autocast forward + loss / GradScaler backward + step`` on it with a fresh network and optimiser
-built from the same config entries (``network_def``, ``loss``, ``lr``).
+built from the same config entries (``network_def``, ``loss``, ``lr``). Last, the bundle's loader runs alone (no
+network) for the same number of batches: printed as a diagnosis (a loader slower than the hand loop's step is what
+a thread loader cannot hide).
 
 Without ``--dataset_dir`` a small copy of the embedded MNI task (6 subjects) is written to a temporary folder
 first (not timed; about 15-40 s).
@@ -113,6 +115,22 @@ def run_bundle(parser, warmup: int, iterations: int, dev: torch.device) -> tuple
     return clock["t1"] - clock["t0"], clock["images"], clock["batch"]
 
 
+def run_loader(parser, warmup: int, iterations: int, dev: torch.device) -> float:
+    """Seconds of ``iterations`` batches of the bundle's own training loader alone (no network), after ``warmup``
+    ones, waiting for each batch's tensors on the device: the time the data pipeline needs per step, for the
+    diagnosis when the bundle falls behind the hand loop."""
+    loader = parser.get_parsed_content("train#dataloader")
+    t0 = None
+    for i, batch in enumerate(loader):
+        if i == warmup:
+            _sync(dev)
+            t0 = time.perf_counter()
+        if i == warmup + iterations:
+            _sync(dev)
+            return time.perf_counter() - t0
+    raise SystemExit(f"the bundle's loader yields {i + 1} batches per epoch, fewer than {warmup + iterations + 1}: raise volume_repeats.")
+
+
 def run_hand_loop(parser, batch: dict, warmup: int, iterations: int, dev: torch.device, amp: bool) -> tuple[float, int]:
     """Seconds and images of ``iterations`` steps of a plain PyTorch loop on one batch already on the device."""
     net = parser.get_parsed_content("network_def", lazy=False).to(dev)
@@ -180,12 +198,16 @@ def main(argv: list[str] | None = None) -> None:
               f"{warmup} warm-up + {iterations} timed iterations")
         t_bundle, n_bundle, batch = run_bundle(cfg, warmup, iterations, dev)
         t_hand, n_hand = run_hand_loop(cfg, batch, warmup, iterations, dev, amp)
+        t_loader = run_loader(cfg, warmup, iterations, dev)
     ips_bundle, ips_hand = n_bundle / t_bundle, n_hand / t_hand
     shape = tuple(_batch_tensor(batch, "image").shape)
     print(f"batch {shape}")
     print(f"bundle training (ConfigParser, train#trainer) {ips_bundle:10.1f} images/s  {t_bundle / iterations * 1e3:8.2f} ms/iteration")
     print(f"hand-written loop, data on the device          {ips_hand:10.1f} images/s  {t_hand / iterations * 1e3:8.2f} ms/iteration")
     print(f"bundle / hand loop                             {ips_bundle / ips_hand:10.2f}x (target >= 0.9)")
+    ms_loader, ms_bundle, ms_hand = (t / iterations * 1e3 for t in (t_loader, t_bundle, t_hand))
+    print(f"  diagnosis: the bundle's data loader alone {ms_loader:8.2f} ms/batch ({ms_loader / ms_hand:.2f}x the hand loop's step); "
+          f"the rest of the bundle's step over the hand loop's {ms_bundle - ms_hand:8.2f} ms")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,12 @@ def test_training_and_inference_benchmarks_print_consistent_figures(tiny_task):
     hand = float(re.search(r"hand-written loop.*?([\d.]+) images/s", text).group(1))
     ratio = float(re.search(r"bundle / hand loop\s+([\d.]+)x", text).group(1))
     assert bundle > 0 and hand > 0 and ratio == pytest.approx(bundle / hand, abs=0.006)
+    ms_hand = float(re.search(r"hand-written loop.*?([\d.]+) ms/iteration", text).group(1))
+    ms_bundle = float(re.search(r"bundle training .*?([\d.]+) ms/iteration", text).group(1))
+    m = re.search(r"data loader alone\s+([\d.]+) ms/batch \(([\d.]+)x the hand loop's step\); the rest .*?(-?[\d.]+) ms", text)
+    assert m, text
+    loader, share, rest = (float(g) for g in m.groups())
+    assert loader > 0 and share == pytest.approx(loader / ms_hand, abs=0.006) and rest == pytest.approx(ms_bundle - ms_hand, abs=0.02)
     text = _run("benchmarks/inference.py", "--device", "cpu", "--input_dir", str(tiny_task / "images"), "--repeats", "1")
     whole = float(re.search(r"inference workflow .*?([\d.]+) s per scan", text).group(1))
     network = float(re.search(r"of which the network .*?([\d.]+) s per scan", text).group(1))
