@@ -81,16 +81,11 @@ def _peak_rss_bytes() -> int:
 
 def build(backbone: str, setting: str) -> torch.nn.Module:
     """The network of ``bundles/backbones/<backbone>.yaml`` composed on the 2D bundle, at ``setting``'s size."""
-    from monai.bundle import ConfigParser
-
-    from calibmonai.bundle_tools import config_files
+    from calibmonai.bundle_tools import bundle_parser, config_files
 
     s = SETTINGS[setting]
-    parser = ConfigParser()
-    parser.read_config(config_files("mni_tissue_seg2d", "mbls", backbone=backbone))
-    parser["spatial_dims"] = s["spatial_dims"]
-    parser["image_size"] = list(s["patch"])
-    parser["patch_size"] = list(s["patch"])
+    files = config_files("mni_tissue_seg2d", "mbls", backbone=backbone)
+    parser = bundle_parser(files, spatial_dims=s["spatial_dims"], image_size=list(s["patch"]), patch_size=list(s["patch"]))
     return parser.get_parsed_content("network_def")
 
 

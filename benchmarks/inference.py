@@ -32,12 +32,8 @@ def _sync(dev: torch.device) -> None:
 
 
 def inference_parser(args, input_dir: str, runs_dir: str, output_dir: str):
-    from monai.bundle import ConfigParser
+    from calibmonai.bundle_tools import bundle_dir, bundle_parser, config_files
 
-    from calibmonai.bundle_tools import bundle_dir, config_files
-
-    parser = ConfigParser()
-    parser.read_config(config_files(args.bundle, args.method, backbone=args.backbone or None, workflow="inference.yaml"))
     overrides = {
         "bundle_root": str(bundle_dir(args.bundle).resolve()),
         "runs_dir": runs_dir,
@@ -48,9 +44,8 @@ def inference_parser(args, input_dir: str, runs_dir: str, output_dir: str):
     }
     if args.amp != "auto":
         overrides["amp"] = args.amp == "true"
-    for k, v in overrides.items():
-        parser[k] = v
-    return parser
+    files = config_files(args.bundle, args.method, backbone=args.backbone or None, workflow="inference.yaml")
+    return bundle_parser(files, **overrides)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,14 +53,9 @@ def _batch_tensor(batch, key: str) -> torch.Tensor:
     return torch.stack([_plain(item[key]) for item in batch])
 
 
-def bundle_parser(args, dataset_dir: str, runs_dir: str, volume_repeats: int):
-    from monai.bundle import ConfigParser
+def training_parser(args, dataset_dir: str, runs_dir: str, volume_repeats: int):
+    from calibmonai.bundle_tools import bundle_dir, bundle_parser, config_files
 
-    from calibmonai.bundle_tools import bundle_dir, config_files
-
-    files = config_files(args.bundle, args.method, backbone=args.backbone or None)
-    parser = ConfigParser()
-    parser.read_config(files)
     overrides = {
         "bundle_root": str(bundle_dir(args.bundle).resolve()),
         "dataset_dir": dataset_dir,
@@ -73,9 +68,7 @@ def bundle_parser(args, dataset_dir: str, runs_dir: str, volume_repeats: int):
     }
     if args.amp != "auto":
         overrides["amp"] = args.amp == "true"
-    for k, v in overrides.items():
-        parser[k] = v
-    return parser
+    return bundle_parser(config_files(args.bundle, args.method, backbone=args.backbone or None), **overrides)
 
 
 def run_bundle(parser, warmup: int, iterations: int, dev: torch.device) -> tuple[float, int, dict]:
@@ -188,10 +181,10 @@ def main(argv: list[str] | None = None) -> None:
         from calibmonai.data import load_datalist
 
         n_train = len(load_datalist(dataset_dir, "training"))
-        probe = bundle_parser(args, dataset_dir, os.path.join(tmp, "runs"), 1)
+        probe = training_parser(args, dataset_dir, os.path.join(tmp, "runs"), 1)
         volumes_per_batch = max(1, int(probe["batch_size"]) // int(probe["slices_per_volume"]))
         repeats = math.ceil((warmup + iterations + 1) * volumes_per_batch / n_train) + 1
-        cfg = bundle_parser(args, dataset_dir, os.path.join(tmp, "runs"), repeats)
+        cfg = training_parser(args, dataset_dir, os.path.join(tmp, "runs"), repeats)
         amp = bool(cfg.get_parsed_content("amp"))
         where = torch.cuda.get_device_name(dev) if cuda else f"CPU, threads {torch.get_num_threads()}"
         print(f"bundle {args.bundle}, method {args.method}, backbone {args.backbone or 'unet'}, {where}, AMP {amp}, "

@@ -31,4 +31,3 @@ class UndecollatedOutput:
     def __call__(self, engine: Any) -> None:
         if isinstance(engine.state.output, Mapping):
             engine.state.output = [engine.state.output]
-
