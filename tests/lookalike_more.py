@@ -61,6 +61,25 @@ def write_itk(path: str | Path, data: np.ndarray, spacing: Sequence[float], comp
     return path
 
 
+def write_metaimage_char(path: str | Path, data: np.ndarray, spacing: Sequence[float]) -> Path:
+    """Write an ``(x, y, z)`` array as a MetaImage of signed 8-bit voxels (``ElementType = MET_CHAR``, the type of
+    PROMISE12's reference segmentations), header written by hand: ITK's Python wheels can neither write nor (as
+    ``itk.imread`` without a pixel type) read this type."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(data)
+    raw = path.with_suffix(".raw")
+    raw.write_bytes(np.ascontiguousarray(arr.transpose(2, 1, 0)).astype(np.int8).tobytes())
+    header = [
+        "ObjectType = Image", "NDims = 3", "BinaryData = True", "BinaryDataByteOrderMSB = False",
+        "CompressedData = False", "TransformMatrix = 1 0 0 0 1 0 0 0 1", "Offset = 0 0 0", "CenterOfRotation = 0 0 0",
+        "AnatomicalOrientation = RAI", "ElementSpacing = " + " ".join(f"{float(s):g}" for s in spacing),
+        "DimSize = " + " ".join(str(n) for n in arr.shape), "ElementType = MET_CHAR", f"ElementDataFile = {raw.name}",
+    ]  # fmt: skip
+    path.write_text("\n".join(header) + "\n")
+    return path
+
+
 # ----------------------------------------------------------------------------------------------- FLARE
 
 
@@ -90,8 +109,8 @@ def write_flare(root: str | Path, n: int = 4, n_validation: int = 1) -> Path:
 
 def write_promise12(root: str | Path, n: int = 6, n_test: int = 2) -> Path:
     """PROMISE12 as unzipped: ``root/PROMISE12/TrainingData_Part{1,2,3}/CaseNN.mhd`` + ``.raw`` (int16
-    :func:`modality_volume` ``(0) + i``) and ``CaseNN_segmentation.mhd`` + ``.raw`` (uint8 :func:`label_volume`
-    of ``(0, 1)``), cases dealt in turn over the three parts, spacing 0.625 x 0.625 x 3.6 mm; ``TestData/`` with
+    :func:`modality_volume` ``(0) + i``) and ``CaseNN_segmentation.mhd`` + ``.raw`` (:func:`label_volume` of
+    ``(0, 1)`` as the publisher's signed 8-bit ``MET_CHAR``, :func:`write_metaimage_char`), cases dealt in turn over the three parts, spacing 0.625 x 0.625 x 3.6 mm; ``TestData/`` with
     ``Case00.mhd`` ... (no segmentation, names shared with training); ``__MACOSX/`` with AppleDouble twins; junk.
     Returns ``root/PROMISE12``."""
     top = Path(root) / "PROMISE12"
@@ -99,7 +118,7 @@ def write_promise12(root: str | Path, n: int = 6, n_test: int = 2) -> Path:
     for i in range(n):
         part = top / f"TrainingData_Part{i % 3 + 1}"
         write_itk(part / f"Case{i:02d}.mhd", modality_volume(0) + i, spacing)
-        write_itk(part / f"Case{i:02d}_segmentation.mhd", label_volume((0, 1)), spacing)
+        write_metaimage_char(part / f"Case{i:02d}_segmentation.mhd", label_volume((0, 1)), spacing)
     for p in range(1, 4):
         write_junk(top / f"TrainingData_Part{p}", ["Case00.mhd"])
         write_junk(top / "__MACOSX" / f"TrainingData_Part{p}", ["Case00.mhd", "Case00.raw"])

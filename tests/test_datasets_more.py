@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.transforms import EnsureChannelFirstd, LoadImage, LoadImaged
+from monai.transforms import EnsureChannelFirstd, LoadImage
 
 sys.path.insert(0, os.path.dirname(__file__))
 import lookalike_more as M  # noqa: E402
@@ -22,12 +22,13 @@ from lookalike import label_volume, modality_volume, write_nifti  # noqa: E402
 
 import calibmonai.datasets as D  # noqa: E402
 from calibmonai.datasets import common, flare, left_atrium, msd_hippocampus, promise12, wmh  # noqa: E402
+from calibmonai.datasets.itk_reader import load_imaged  # noqa: E402
 
 NAMES = ("flare21", "promise12", "msd_hippocampus", "left_atrium", "wmh")
 
 
 def _load(entry, keys=("image", "label")):
-    return EnsureChannelFirstd(keys)(LoadImaged(keys, image_only=True)(entry))
+    return EnsureChannelFirstd(keys)(load_imaged(keys, image_only=True)(entry))
 
 
 def _problems(name, root):
@@ -120,7 +121,7 @@ def test_promise12_cases_and_values(roots):
     assert [c.id for c in cases] == [f"Case{i:02d}" for i in range(6)]  # TestData/Case00.mhd is not a 7th case
     assert [c.extra["part"] for c in cases] == ["TrainingData_Part1", "TrainingData_Part2", "TrainingData_Part3"] * 2
     assert all(c.extra["layout"] == "promise12" and c.label.endswith(f"{c.id}_segmentation.mhd") for c in cases)
-    d = _load(cases[4].entry())  # MONAI picks its ITK reader for .mhd
+    d = _load(cases[4].entry())  # the ITK reader for .mhd, signed 8-bit segmentations as floats
     assert d["image"].shape == (1, 16, 16, 4) and float(d["image"].min()) == 104
     assert np.allclose(np.abs(np.diag(d["image"].affine.numpy()))[:3], (0.625, 0.625, 3.6))
     lab = d["label"][0].numpy()

@@ -401,7 +401,7 @@ class H5Reader(ImageReader):
 class LoadLeftAtriumd(MapTransform):
     """Load the left atrium files of a datalist entry whatever the layout: ``.h5`` paths through
     :class:`H5Reader` (the array named after the key, or ``datasets[key]``), others (``.nrrd``) through MONAI's
-    ``ITKReader``. The result is a ``MetaTensor`` per key, channel first when ``ensure_channel_first``.
+    ``ITKReader`` (:class:`~calibmonai.datasets.itk_reader.AnyPixelITKReader`, any voxel type). The result is a ``MetaTensor`` per key, channel first when ``ensure_channel_first``.
 
     Args:
         keys: the datalist keys to load.
@@ -419,9 +419,9 @@ class LoadLeftAtriumd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         names = dict(datasets or {})
         self._h5 = {k: H5Reader(names.get(str(k), str(k))) for k in self.keys}
-        from monai.data import ITKReader
+        from calibmonai.datasets.itk_reader import AnyPixelITKReader
 
-        self._itk = ITKReader()
+        self._itk = AnyPixelITKReader()
         self._loader = LoadImage(image_only=True, ensure_channel_first=ensure_channel_first)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -455,7 +455,6 @@ def load_transforms(
     """
     from monai.transforms import (
         EnsureTyped,
-        LoadImaged,
         Orientationd,
         ResizeWithPadOrCropd,
         Resized,
@@ -464,6 +463,8 @@ def load_transforms(
         Spacingd,
         SpatialPadd,
     )
+
+    from calibmonai.datasets.itk_reader import load_imaged
 
     p = protocol(dataset)
     opts = _options(p, preprocess)
@@ -477,7 +478,7 @@ def load_transforms(
     interp = ["bilinear", "nearest"][: len(keys)]
 
     if p.volumes:
-        out: list = [LoadImaged(keys, image_only=True, ensure_channel_first=True)]
+        out: list = [load_imaged(keys, image_only=True, ensure_channel_first=True)]
     else:
         from calibmonai.datasets.busi import LoadBUSId
 

@@ -120,10 +120,11 @@ def mhd_data_file(path: str | Path) -> Path | None:
 
 def read_itk(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Voxels and metadata of a file read as the loader reads it: MONAI's ``ITKReader`` (array in
-    ``(x, y, z)`` order, ``affine`` in RAS)."""
-    from monai.data import ITKReader
+    ``(x, y, z)`` order, ``affine`` in RAS), the reference segmentations' signed 8-bit voxels (``MET_CHAR``, a type
+    ITK's Python wrapping lacks) as floats (:class:`~calibmonai.datasets.itk_reader.AnyPixelITKReader`)."""
+    from calibmonai.datasets.itk_reader import AnyPixelITKReader
 
-    reader = ITKReader()
+    reader = AnyPixelITKReader()
     return reader.get_data(reader.read(str(path)))
 
 
