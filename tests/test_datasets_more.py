@@ -166,6 +166,23 @@ def test_promise12_bad_layouts(tmp_path, roots):
         promise12.find_cases(root, strict=False)
 
 
+def test_promise12_zenodo_copy_in_one_folder(tmp_path, roots):
+    # Zenodo's copy of the challenge data: the 50 training cases in one training_data/ folder beside zipped test sets
+    root = tmp_path / "PROMISE12_zenodo"
+    flat = root / "training_data"
+    flat.mkdir(parents=True)
+    for part in sorted(roots["promise"].glob("TrainingData_Part*")):
+        for f in part.glob("Case*"):
+            shutil.copy(f, flat / f.name)
+    for name in ("LICENSE.TXT", "test_data.zip", "livechallenge_test_data.zip"):
+        (root / name).write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    cases = promise12.find_cases(root)
+    assert [c.id for c in cases] == [f"Case{i:02d}" for i in range(6)]
+    assert all(Path(c.label).parent == flat for c in cases)
+    report = D.check_folder("promise12", root)
+    assert report.ok and report.n_usable == 6
+
+
 def test_msd_prostate_layout(tmp_path, roots):
     task = roots["prostate"]
     with pytest.raises(ValueError, match="choose layout"):

@@ -10,9 +10,13 @@ Two layouts are read (``layout="auto"`` picks the one found under the given fold
 into one folder; MetaImage header ``.mhd`` + raw voxels ``.raw``, read through MONAI's ``ITKReader``)::
 
     TrainingData_Part1/Case00.mhd  Case00.raw                            T2-weighted volume (MET_SHORT)
-    TrainingData_Part1/Case00_segmentation.mhd  Case00_segmentation.raw  reference (MET_UCHAR, 0/1)
+    TrainingData_Part1/Case00_segmentation.mhd  Case00_segmentation.raw  reference (MET_CHAR, signed 8-bit, 0/1)
     TrainingData_Part2/...  TrainingData_Part3/...                       Case00 ... Case49
     TestData/Case00.mhd ...                                              no reference: not read
+    training_data/Case00.mhd ...                                         Zenodo's copy: the 50 cases in one folder
+
+  The publisher's voxel types: T2 SHORT (16-bit signed), reference CHAR (8-bit signed, which ITK's Python wheels do
+  not wrap: :class:`~calibmonai.datasets.itk_reader.AnyPixelITKReader` reads it as float).
 
   Labels 0 background, 1 prostate (whole gland). Test-data folders (``TestData``, ``Test``, ``test_data``,
   ``LiveChallengeTestData``), and any folder of ``CaseNN.mhd`` files without a single ``_segmentation`` file
