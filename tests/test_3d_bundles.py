@@ -154,6 +154,9 @@ def test_bundle_keys_and_seed_folders():
         assert parser["in_channels"] == channels and parser["patch_size"] == patch
         assert parser["sw_overlap"] == 0.5 and parser["sw_mode"] == "gaussian"
         assert parser.get_parsed_content("run_dir") == f"/r/{name}/ce"
+        # 4 loader workers, never more than the machine's cores (PyTorch warns and may stall above them)
+        assert parser.get_parsed_content("num_workers") == min(4, os.cpu_count() or 1)
+        assert parser["train#dataloader#num_workers"] == parser["validate#dataloader#num_workers"] == "@num_workers"
         parser["seed"] = 2
         assert parser.get_parsed_content("run_dir") == f"/r/{name}/ce_seed2"
         inferer = parser.get_parsed_content("validate#inferer")
