@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from calibmonai.bundle_tools import as_bool, bundle_dir, bundle_parser, config_files, run_name
+from calibmonai.bundle_tools import as_bool, bundle_dir, bundle_parser, check_config_keys, config_files, run_name
+from calibmonai.prediction import check_checkpoint
 
 __all__ = ["export_bundle", "parse_loss_kwargs"]
 
@@ -55,6 +56,7 @@ def export_bundle(
     backbone: str | None = None,
     untrained: Any = False,
     overwrite: Any = False,
+    **config_overrides: Any,
 ) -> Path:
     """Write a self-contained bundle for one trained run of ``bundle`` x ``method`` (x ``backbone``) to ``out``.
 
@@ -67,6 +69,8 @@ def export_bundle(
         backbone: the backbone fragment the run was trained with (default: the bundle's UNet).
         untrained: export without weights (a training-ready bundle); otherwise a run without ``model.pt`` is an error.
         overwrite: replace a non-empty ``out``.
+        config_overrides: other config keys the run was trained with (``network_def#channels``, ``image_size``, ...),
+            set in every exported config; each must be a key of the training config.
 
     Every argument is checked before anything is written. Raises ``ValueError``/``FileNotFoundError`` naming the
     problem, ``FileExistsError`` for a non-empty ``out``.
@@ -81,7 +85,8 @@ def export_bundle(
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
         raise FileExistsError(f"{dst} exists and is not empty; pass --overwrite true to replace it.")
     kwargs_override = parse_loss_kwargs(loss_kwargs)
-    base = {"runs_dir": str(runs_dir)}
+    check_config_keys(train_files, config_overrides, "calibmonai export-bundle")
+    base = {"runs_dir": str(runs_dir), **config_overrides}
     if kwargs_override:
         base["loss_kwargs"] = kwargs_override
     train = bundle_parser(train_files, **base)
@@ -100,6 +105,8 @@ def export_bundle(
             f"no trained weights for run {tag} at {ckpt}: train it first, point --runs_dir at where it was trained, "
             "or pass --untrained true to export a bundle without weights."
         )
+    if ckpt.is_file():  # the weights must fit the exported network, or every user of the export fails
+        check_checkpoint(train.get_parsed_content("network_def"), str(ckpt))
     exported = {**_EXPORTED, "method_tag": tag, "loss_kwargs": kwargs}
     configs: dict[str, dict[str, Any]] = {"train": train.get()}
     if (src / "configs" / "evaluate.yaml").is_file():

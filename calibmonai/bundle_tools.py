@@ -15,7 +15,7 @@ from calibmonai.losses import METHODS
 
 __all__ = [
     "run_name", "bundle_dir", "method_names", "backbone_names", "fragment", "config_files", "inference_config_files",
-    "bundle_parser", "run_workflow", "as_bool", "REPO_BUNDLES",
+    "bundle_parser", "check_config_keys", "run_workflow", "as_bool", "REPO_BUNDLES",
 ]  # fmt: skip
 
 REPO_BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
@@ -136,6 +136,20 @@ def bundle_parser(files: Sequence[str], **overrides: Any) -> Any:
     for k, v in overrides.items():
         parser[k] = v
     return parser
+
+
+def check_config_keys(files: Sequence[str], overrides: Mapping[str, Any], command: str) -> None:
+    """Refuse an override whose top-level key (before ``#``/``::``) is not in the config composed of ``files``
+    (a mistyped flag would otherwise add a key nothing reads), naming the config's keys."""
+    if not overrides:
+        return
+    config = bundle_parser(files).config
+    unknown = [k for k in overrides if str(k).replace("::", "#").split("#", 1)[0] not in config]
+    if unknown:
+        raise ValueError(
+            f"unknown flag --{unknown[0]} for `{command}`: neither a flag of the command nor a key of its config "
+            f"({', '.join(map(str, files))}); config keys: {', '.join(sorted(k for k in config if not k.startswith('_')))}."
+        )
 
 
 def run_workflow(run_id: str, files: Sequence[str], **overrides: Any) -> Any:

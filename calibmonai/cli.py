@@ -39,12 +39,15 @@ class CLI:
         backbone: str | None = None,
         untrained: Any = False,
         overwrite: Any = False,
+        **config_overrides: Any,
     ) -> str:
         """Write a self-contained bundle for one trained run (BUNDLE x METHOD [x BACKBONE], hyper-parameters
-        LOSS_KWARGS, trained under RUNS_DIR) to OUT, with its weights and fitted calibrators."""
+        LOSS_KWARGS, trained under RUNS_DIR) to OUT, with its weights and fitted calibrators. Any other --KEY VALUE
+        is a config key the run was trained with (e.g. ``--network_def#channels "[16, 32, 64, 128]"``), set in
+        every exported config."""
         from calibmonai.bundle_export import export_bundle
 
-        return str(export_bundle(bundle, method, out, runs_dir=runs_dir, loss_kwargs=loss_kwargs, backbone=backbone, untrained=untrained, overwrite=overwrite))
+        return str(export_bundle(bundle, method, out, runs_dir=runs_dir, loss_kwargs=loss_kwargs, backbone=backbone, untrained=untrained, overwrite=overwrite, **config_overrides))
 
     def infer(
         self,
@@ -57,14 +60,18 @@ class CLI:
         runs_dir: str = "runs",
         overwrite: Any = False,
         save_probs: Any = False,
+        **config_overrides: Any,
     ) -> None:
         """Segment the scans of INPUT (folder, glob or file) into OUTPUT with a trained run of BUNDLE x METHOD
-        (or an exported bundle folder), writing *_seg, *_conf, *_uncertainty (and *_prob) NIfTI files."""
-        from calibmonai.bundle_tools import as_bool, inference_config_files, run_workflow
+        (or an exported bundle folder), writing *_seg, *_conf, *_uncertainty (and *_prob) NIfTI files. Any other
+        --KEY VALUE sets that key of the inference config, as with ``monai.bundle run`` (e.g. the training's
+        ``--network_def#channels "[16, 32, 64, 128]"`` or ``--image_size "[224, 224]"``)."""
+        from calibmonai.bundle_tools import as_bool, check_config_keys, inference_config_files, run_workflow
 
         overwrite, save_probs = as_bool(overwrite, "overwrite"), as_bool(save_probs, "save_probs")
         files, overrides = inference_config_files(bundle, method, runs_dir, backbone=backbone)
-        run_workflow("run", files, input_dir=input, output_dir=output, calibrator=calibrator, overwrite=overwrite, save_probs=save_probs, **overrides)
+        check_config_keys(files, config_overrides, "calibmonai infer")
+        run_workflow("run", files, input_dir=input, output_dir=output, calibrator=calibrator, overwrite=overwrite, save_probs=save_probs, **overrides, **config_overrides)
 
     def check_data(self, data: str, bundle: str = "acdc_seg2d") -> None:
         """Read the dataset folder DATA as BUNDLE's loader will and report, per case, what is wrong and how many
@@ -100,7 +107,10 @@ def _check_flags(argv: list[str]) -> None:
     if target is None or name.startswith("_"):
         commands = [c.replace("_", "-") for c in vars(CLI) if not c.startswith("_")]
         raise ValueError(f"unknown command {argv[0]!r}; commands: {', '.join(commands)}.")
-    params = [p for p in inspect.signature(target).parameters if p != "self"]
+    signature = inspect.signature(target).parameters
+    params = [p for p, v in signature.items() if p != "self" and v.kind != v.VAR_KEYWORD]
+    if any(v.kind == v.VAR_KEYWORD for v in signature.values()):
+        return  # the command passes other flags on as config keys and checks them against its config
     for arg in argv[1:]:
         if arg in ("--help", "-h") or not arg.startswith("--"):
             continue

@@ -10,18 +10,57 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["load_checkpoint", "predict_logits", "to_probabilities"]
+__all__ = ["load_checkpoint", "check_checkpoint", "predict_logits", "to_probabilities"]
 
 
-def load_checkpoint(network: torch.nn.Module, checkpoint: str, device: Any) -> torch.nn.Module:
-    """Load a MONAI ``CheckpointSaver`` file (a state dict, or ``{"model": state_dict}``) with ``map_location``."""
+def _read_state(checkpoint: str, device: Any) -> Any:
+    """The network's state dict of a MONAI ``CheckpointSaver`` file (a state dict, or ``{"model": state_dict}``)."""
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"no trained checkpoint at {checkpoint}: run the 'training' workflow of this run first.")
     state = torch.load(checkpoint, map_location=device, weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    return state
+
+
+def load_checkpoint(network: torch.nn.Module, checkpoint: str, device: Any) -> torch.nn.Module:
+    """Load a MONAI ``CheckpointSaver`` file (a state dict, or ``{"model": state_dict}``) with ``map_location``.
+
+    Raises:
+        FileNotFoundError: no file at ``checkpoint``.
+        ValueError: the checkpoint was saved from another architecture (naming the first differing tensors).
+    """
+    state = _read_state(checkpoint, device)
+    _check_architecture(network, state, checkpoint)
     network.load_state_dict(state)
     return network.to(device).eval()
+
+
+def check_checkpoint(network: torch.nn.Module, checkpoint: str) -> None:
+    """Raise ``ValueError`` when ``checkpoint``'s weights do not fit ``network`` (see :func:`load_checkpoint`)."""
+    _check_architecture(network, _read_state(checkpoint, "cpu"), checkpoint)
+
+
+def _check_architecture(network: torch.nn.Module, state: Any, checkpoint: str) -> None:
+    """Raise ``ValueError`` naming the checkpoint and the first differing tensors when ``state`` was saved from
+    another architecture than ``network`` (a training run with other ``network_def``/``backbone`` settings)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{checkpoint} holds no state dict (a {type(state).__name__})")
+    own = network.state_dict()
+    differ = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here" for k, v in state.items()
+              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]  # fmt: skip
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if not (differ or missing or unexpected):
+        return
+    lines = differ[:3] + [f"missing from the checkpoint: {', '.join(missing[:3])}"] * bool(missing)
+    lines += [f"not in this network: {', '.join(unexpected[:3])}"] * bool(unexpected)
+    raise ValueError(
+        f"{checkpoint} was trained with another network than this config's {type(network).__name__} "
+        f"({len(differ)} tensors of other shapes, {len(missing)} missing, {len(unexpected)} unexpected; "
+        + "; ".join(lines)
+        + "). Give this workflow the network settings the run was trained with (the same --backbone, "
+        "--network_def#channels, --in_channels ... overrides)."
+    )
 
 
 def predict_logits(image: Any, network: torch.nn.Module, inferer: Callable, device: Any) -> torch.Tensor:

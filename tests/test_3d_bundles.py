@@ -361,12 +361,12 @@ def test_meep_table_workflow_over_two_seeds(la_h5):
 
 @pytest.mark.slow
 def test_left_atrium_export_and_inference_on_a_new_scan(la_h5, tmp_path):
-    out = export_bundle(LA, "meep_ce_entropy_la", str(tmp_path / "export"), runs_dir=la_h5["ov"]["runs_dir"])
+    out = export_bundle(LA, "meep_ce_entropy_la", str(tmp_path / "export"), runs_dir=la_h5["ov"]["runs_dir"], **NET)
     assert (out / "models" / "model.pt").is_file() and (out / "configs" / "inference.json").is_file()
     scans = tmp_path / "scans"
     write_itk(scans / "patient one.nrrd", modality_volume(0, (16, 14, 8)).astype(np.uint8), (0.625, 0.625, 0.625), compression=True)
     files, overrides = inference_config_files(str(out), "meep_ce_entropy_la")
-    run_workflow("run", files, input_dir=str(scans), output_dir=str(tmp_path / "pred"), save_probs=True, **overrides, **NET)
+    run_workflow("run", files, input_dir=str(scans), output_dir=str(tmp_path / "pred"), save_probs=True, **overrides)  # NET exported
     seg = nib.load(str(tmp_path / "pred" / "patient one_seg.nii.gz"))
     conf = np.asarray(nib.load(str(tmp_path / "pred" / "patient one_conf.nii.gz")).dataobj)
     prob = np.asarray(nib.load(str(tmp_path / "pred" / "patient one_prob.nii.gz")).dataobj)
@@ -408,7 +408,7 @@ def test_wmh_trains_evaluates_exports_and_segments_two_modality_scans(wmh, tmp_p
     write_nifti(tmp_path / "one" / "solo_0000.nii.gz", modality_volume(0, (16, 16, 4)), (0.96, 0.96, 3.0))
     _raises(RuntimeError, "solo: expected 2 modality file", "run", files, input_dir=str(tmp_path / "one"), output_dir=str(tmp_path / "pred1"), **overrides, **NET)
     # the export evaluates its shipped weights to the same numbers
-    out = export_bundle(WMH, "meep_ce_entropy_wmh", str(tmp_path / "export"), runs_dir=wmh["ov"]["runs_dir"])
+    out = export_bundle(WMH, "meep_ce_entropy_wmh", str(tmp_path / "export"), runs_dir=wmh["ov"]["runs_dir"], **NET)
     exported = run_workflow("evaluate", [str(out / "configs" / "evaluate.json")], bundle_root=str(out), **{k: v for k, v in wmh["ov"].items() if k != "runs_dir"})
     assert (out / "eval" / "summary.csv").is_file() and exported is not None
     e = _summary(out / "eval")

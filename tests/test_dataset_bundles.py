@@ -270,7 +270,11 @@ def test_monai_workflow_properties(bundle, runs):
 def test_export_and_inference(bundle, runs, tmp_path):
     name = BUNDLES[bundle][0]
     info = runs.get(bundle)
-    out = export_bundle(bundle, "ce", str(tmp_path / "export"), runs_dir=info["overrides"]["runs_dir"])
+    small = {k: v for k, v in info["overrides"].items() if k in ("image_size", "network_def#channels", "preprocess")}
+    with pytest.raises(ValueError, match="trained with another network"):  # the run's small UNet is not the default
+        export_bundle(bundle, "ce", str(tmp_path / "export"), runs_dir=info["overrides"]["runs_dir"])
+    assert not (tmp_path / "export").exists()
+    out = export_bundle(bundle, "ce", str(tmp_path / "export"), runs_dir=info["overrides"]["runs_dir"], **small)
     for f in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/metadata.json", "models/model.pt",
               "docs/README.md", "docs/data_license.txt", "LICENSE"):  # fmt: skip
         assert (out / f).is_file(), f
@@ -289,8 +293,8 @@ def test_export_and_inference(bundle, runs, tmp_path):
             if src.suffix == ".mhd":
                 shutil.copy(src.with_suffix(".raw"), scans / src.with_suffix(".raw").name)
     pred = tmp_path / "pred"
-    small = {k: v for k, v in info["overrides"].items() if k in ("image_size", "network_def#channels", "preprocess")}
-    run_workflow("inference", [str(out / "configs" / "inference.json")], bundle_root=str(out), input_dir=str(scans), output_dir=str(pred), **small)
+    # the export carries the run's settings: no overrides needed
+    run_workflow("inference", [str(out / "configs" / "inference.json")], bundle_root=str(out), input_dir=str(scans), output_dir=str(pred))
     stem = case.id if len(case.images) > 1 else P.scan_datalist(name, str(scans))[0]["case"]
     from calibmonai.inference import case_name
 
