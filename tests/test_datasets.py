@@ -396,7 +396,7 @@ def test_busi_cases(busi_root):
     assert report.ok and report.n_cases == 5
 
 
-def test_busi_load_grey_and_union(busi_root):
+def test_busi_load_grey_and_union(busi_root, tmp_path):
     entry = next(e for part in busi.datalist(busi_root).values() for e in part if e["case"] == "benign (2)")
     d = busi.LoadBUSId()(entry)
     expected_grey = L.busi_image(2)[..., 0].astype(np.float32)
@@ -413,6 +413,15 @@ def test_busi_load_grey_and_union(busi_root):
     rgb_mask = next(e for part in busi.datalist(busi_root).values() for e in part if e["case"] == "malignant (1)")
     m = busi.LoadBUSId()(rgb_mask)["label"]
     assert int(m.sum()) == 4 * 5 and set(np.unique(m.numpy())) == {0, 1}
+    # some released masks are RGBA (an opaque alpha channel): the same 0/1 mask
+    from PIL import Image
+
+    rgba = np.concatenate([L.busi_mask(slice(2, 6), slice(3, 8), rgb=True), np.full((20, 24, 1), 255, np.uint8)], -1)
+    rgba_path = tmp_path / "malignant (9)_mask.png"
+    Image.fromarray(rgba, mode="RGBA").save(rgba_path)
+    assert Image.open(rgba_path).mode == "RGBA"
+    rgba_entry = {**rgb_mask, "label": str(rgba_path), "masks": [str(rgba_path)]}
+    assert np.array_equal(busi.LoadBUSId()(rgba_entry)["label"].numpy(), m.numpy())
     from monai.transforms import Compose
 
     out = Compose(busi.preprocessing(256))(entry)
