@@ -362,8 +362,22 @@ def test_broken_folder_stops_before_training(lookalikes, tmp_path):
 
 
 def test_partial_download_against_the_shipped_split_says_how_to_fix(lookalikes, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"not in the data folder.*write_split.*--split_from_data true"):
-        P.bundle_datalist("acdc", lookalikes["acdc_seg2d"], "training", split_file=REPO / "bundles/acdc_seg2d/configs/split.json")
+    shipped = REPO / "bundles/acdc_seg2d/configs/split.json"
+    with pytest.raises(FileNotFoundError, match=r"not in the data folder.*--split_from_data true.*write_split.*--split_from_data true"):
+        P.bundle_datalist("acdc", lookalikes["acdc_seg2d"], "training", split_file=shipped)
+    # --split_from_data true: every workflow uses the seeded split of the subjects found, the shipped file untouched
+    data, before = lookalikes["acdc_seg2d"], shipped.read_bytes()
+    module = get_dataset("acdc")
+    expected = module.make_split(sorted({c.subject for c in module.find_cases(data)}), seed=0)
+    parser = _read_config(config_files("acdc_seg2d", "ce", "evaluate.yaml"))
+    for k, v in {"dataset_dir": str(data), "cache_dir": str(tmp_path / "cache"), "split_from_data": "true"}.items():
+        parser[k] = v
+    training = parser.get_parsed_content("train#datalist")
+    validation = parser.get_parsed_content("validate#datalist")
+    test = parser.get_parsed_content("evaluate_datalist")
+    for part, entries in (("training", training), ("validation", validation), ("test", test)):
+        assert sorted({e["subject"] for e in entries}) == sorted(expected[part]) and entries, part
+    assert shipped.read_bytes() == before
 
 
 def test_checks_are_not_repeated_for_unchanged_files(lookalikes, tmp_path, monkeypatch):

@@ -337,6 +337,7 @@ def bundle_datalist(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     check: bool = True,
+    from_data: bool = False,
     **split_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """The datalist entries of one part (``training``, ``validation`` or ``test``) of a bundle's split.
@@ -345,7 +346,8 @@ def bundle_datalist(
        prepared);
     2. the cases are found by the dataset's reader; the split is ``split_file`` (a file of
        :func:`write_bundle_split`; ``split_kwargs`` such as MRBrainS18's ``fold`` pick a fold) or, when
-       ``split_file`` is ``None`` or does not exist, the seeded split of the subjects found;
+       ``from_data`` (the bundles' ``--split_from_data true``) or when ``split_file`` is ``None`` or does not
+       exist, the seeded split of the subjects found (``seed``; the same for every workflow of the run);
     3. with ``check``, every case of the split (all three parts) is checked first (:func:`check_cases`); any
        problem raises :class:`DatasetCheckError` whose message is the :func:`calibmonai.datasets.format_report` text,
        naming each file.
@@ -361,10 +363,12 @@ def bundle_datalist(
     root = _require_folder(dataset_dir, module.NAME)
     cases = module.find_cases(root, strict=False)
     fold = split_kwargs.get("fold")
-    if split_file is not None and Path(split_file).is_file():
+    if split_file is not None and Path(split_file).is_file() and not from_data:
         split = load_bundle_split(split_file, fold=fold if _takes_fold(module) else None)
     else:
-        if split_file is not None:
+        if from_data:
+            logger.info(f"split_from_data: the seeded split (seed {seed}) of the subjects in {root}, not {split_file}")
+        elif split_file is not None:
             logger.warning(
                 f"no split file at {split_file}: using the seeded split (seed {seed}) of the subjects in {root}"
             )
@@ -376,9 +380,10 @@ def bundle_datalist(
         datalist = common.make_datalist(in_split, split)
     except FileNotFoundError as e:
         raise FileNotFoundError(
-            f"{e} ({root}). For a partial or re-released download, write a split of this folder: python -m "
-            "monai.bundle run write_split --config_file <bundle>/configs/train.yaml --dataset_dir <folder> "
-            "--split_from_data true --split_file <new split.json>, and train with --split_file <new split.json>"
+            f"{e} ({root}). For a partial or re-released download, run every workflow with --split_from_data true "
+            "(the seeded split of the subjects found), or write that split once: python -m monai.bundle run "
+            "write_split --config_file <bundle>/configs/train.yaml --dataset_dir <folder> --split_from_data true "
+            "--split_file <new split.json>, and run with --split_file <new split.json>"
         ) from None
     if check:
         report = check_cases(module, in_split, root, cache_dir)
