@@ -42,13 +42,58 @@ def _strip_ext(path: str) -> str:
     return os.path.splitext(name)[0]
 
 
-def find_scans(inputs: str | Sequence[str], num_modalities: int = 1) -> list[tuple[str, list[str]]]:
+def _nifti_channels(path: str) -> int | None:
+    """The size of the 4th axis of a 4D NIfTI file (its channels), ``None`` for anything else."""
+    if not path.lower().endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        shape = nib.load(path).shape
+    except Exception:  # noqa: BLE001 - an unreadable file fails later with its own reason
+        return None
+    return int(shape[3]) if len(shape) == 4 else None
+
+
+def _name_pattern(names: Sequence[str]) -> re.Pattern:
+    """``[<case>_]<name>`` for the modality or label names, longest first (``t1ce`` before ``t1``), any case."""
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"^(?:(?P<case>.+)_)?(?P<name>{alternatives})$", re.IGNORECASE)
+
+
+def _folder_case(path: str) -> str:
+    """Case name of a file named after its modality alone (``<subject>/pre/FLAIR.nii.gz``): the subject folder."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    if folder.lower() in ("pre", "orig", "images"):
+        folder = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+    return folder
+
+
+def find_scans(
+    inputs: str | Sequence[str],
+    num_modalities: int = 1,
+    modality_names: Sequence[str] | None = None,
+    skip_names: Sequence[str] = (),
+) -> list[tuple[str, list[str]]]:
     """Resolve a folder, a glob or a list of files into ``(case name, [file per modality])``.
 
-    With ``num_modalities > 1`` the files of one case are ``<case>_0000.ext``, ``<case>_0001.ext``, ...; with one
-    modality a ``<case>_0000.ext`` file (nnU-Net's naming) is case ``<case>`` too, other names are their own case. A
-    listed file that does not exist is kept (it fails later with its own reason).
+    Files of one case, in channel order:
+
+    - ``<case>_0000.ext``, ``<case>_0001.ext``, ... (nnU-Net's naming; with one modality ``<case>_0000`` is case
+      ``<case>`` too);
+    - with ``modality_names`` (a dataset's own naming, e.g. BraTS ``("flair", "t1", "t1ce", "t2")``):
+      ``<case>_<name>.ext`` in the names' order, or ``<name>.ext`` alone in a subject folder (WMH's
+      ``<subject>/pre/FLAIR.nii.gz``, the left atrium's ``<patient>/lgemri.nrrd``: the case is the subject folder);
+      files named ``[<case>_]<skip name>`` (``skip_names``: reference segmentations such as BraTS ``seg``, other
+      series such as ACDC's ``4d`` cine) are not scans and are left out;
+    - any other file is a case of its own (for a multi-modal bundle: a 4D NIfTI file holding the modalities as its
+      4th axis, as the decathlon distributes them); where ``modality_names`` named the other files of the input, a
+      file that is neither named nor 4D (another series of the subject folder, ``3DT1.nii.gz``) is left out with a
+      warning.
+
+    Operating-system junk (``._*`` AppleDouble files, ``.DS_Store``, ...) is never a scan. A listed file that does not
+    exist is kept (it fails later with its own reason).
     """
+    from calibmonai.datasets.common import is_junk
+
     if isinstance(inputs, (list, tuple)):
         files = [str(f) for f in inputs]
     elif os.path.isdir(str(inputs)):
@@ -57,16 +102,39 @@ def find_scans(inputs: str | Sequence[str], num_modalities: int = 1) -> list[tup
         files = sorted(glob.glob(str(inputs)))
     else:
         files = [str(inputs)]
+    files = [f for f in files if not is_junk(f)]
     if not files:
         raise FileNotFoundError(f"no scan found in {inputs!r} (extensions {', '.join(SCAN_EXTENSIONS)}).")
-    cases: dict[str, list[str]] = {}
+    named = _name_pattern(modality_names) if modality_names else None
+    skipped = _name_pattern(skip_names) if skip_names else None
+    order = {n.lower(): i for i, n in enumerate(modality_names or ())}
+    cases: dict[str, list[tuple[int, str]]] = {}
+    others: list[str] = []
     for f in files:
         stem = _strip_ext(f)
+        if skipped is not None and skipped.match(stem):
+            continue  # a reference segmentation (or another series) beside the scans
+        m = named.match(stem) if named is not None else None
+        if m:
+            case = m.group("case") or _folder_case(f)
+            cases.setdefault(case, []).append((order[m.group("name").lower()], f))
+            continue
         m = MODALITY_PATTERN.match(stem)
         if m and (num_modalities > 1 or m.group("mod") == "0000"):
-            stem = m.group("case")  # nnU-Net naming: <case>_0000 is the first (for one-modality bundles the only) channel
-        cases.setdefault(stem, []).append(f)
-    return [(case, sorted(fs)) for case, fs in cases.items()]
+            cases.setdefault(m.group("case"), []).append((int(m.group("mod")), f))  # nnU-Net naming
+            continue
+        others.append(f)
+    for f in others:
+        if num_modalities > 1 and named is not None and cases and os.path.isfile(f) and _nifti_channels(f) != num_modalities:
+            logging.getLogger("calibmonai.inference").warning(
+                f"left out {f}: not one of the modality files ({', '.join(modality_names or ())}) nor a 4D file of "
+                f"{num_modalities} channels"
+            )
+            continue
+        cases.setdefault(_strip_ext(f), []).append((0, f))
+    if not cases:
+        raise FileNotFoundError(f"no scan found in {inputs!r}: only files named {', '.join(skip_names)} (not scans).")
+    return [(case, [f for _, f in sorted(entries)]) for case, entries in cases.items()]
 
 
 @dataclass
@@ -85,15 +153,20 @@ class ScanError(ValueError):
     """A scan that cannot be processed, with a one-line reason."""
 
 
-def scan_datalist(inputs: str | Sequence[str], num_modalities: int = 1) -> list[dict[str, Any]]:
+def scan_datalist(
+    inputs: str | Sequence[str],
+    num_modalities: int = 1,
+    modality_names: Sequence[str] | None = None,
+    skip_names: Sequence[str] = (),
+) -> list[dict[str, Any]]:
     """The inference dataset's items: ``{"case": name, "image": file or [file per modality]}`` of ``inputs``
     (a folder, a glob or a list of files; see :func:`find_scans`). No scan gives an empty list (so a bundle's
     config can be built and checked before any scan exists); :class:`ScanInferenceEngine` refuses to run on it."""
     try:
-        find_scans(inputs, num_modalities)
+        scans = find_scans(inputs, num_modalities, modality_names, skip_names)
     except FileNotFoundError:
         return []
-    return [{"case": case, "image": files if num_modalities > 1 else files[0], "files": files} for case, files in find_scans(inputs, num_modalities)]
+    return [{"case": case, "image": files if len(files) > 1 else files[0], "files": files} for case, files in scans]
 
 
 def case_name(path: str) -> str:
@@ -276,8 +349,11 @@ class ScanInferenceEngine:
         for f in files:
             if not os.path.isfile(f):
                 raise ScanError(f"file not found: {f}")
+        if len(files) == 1 and self.num_modalities > 1 and _nifti_channels(files[0]) == self.num_modalities:
+            return  # one 4D file holding every modality (the decathlon's layout); its axes are checked once read
         if len(files) != self.num_modalities:
-            raise ScanError(f"expected {self.num_modalities} modality file(s) per scan, got {len(files)}: {[os.path.basename(f) for f in files]}")
+            one_file = f" or one 4D NIfTI file of {self.num_modalities} channels" if self.num_modalities > 1 else ""
+            raise ScanError(f"expected {self.num_modalities} modality file(s) per scan{one_file}, got {len(files)}: {[os.path.basename(f) for f in files]}")
         for f in files:
             if f.lower().endswith((".nii", ".nii.gz")):
                 try:

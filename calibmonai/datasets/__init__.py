@@ -13,6 +13,10 @@ The API of a dataset module
     the raw values allowed in the publisher's label files (before mapping).
 ``MODALITIES: tuple[str, ...]``
     the image channels, in the fixed order of ``Case.images`` and of the network input.
+``SCAN_MODALITY_NAMES``, ``SCAN_SKIP_NAMES`` (optional)
+    how the publisher names the files of a scan, so that inference reads new scans named that way: the modality
+    names in channel order (``<case>_<name>`` or ``<subject folder>/<name>``) and the names of files beside them
+    that are not scans (reference segmentations); see :func:`calibmonai.inference.find_scans`.
 ``SPLIT_COUNTS: tuple[int, int, int] | None``
     (training, validation, test) subject counts of the paper for the full dataset.
 ``KNOWN_IDS: tuple[str, ...] | None``

@@ -37,6 +37,7 @@ __all__ = [
     "CLASS_NAMES",
     "LABEL_VALUES",
     "MODALITIES",
+    "SCAN_SKIP_NAMES",
     "SPLIT_COUNTS",
     "KNOWN_IDS",
     "read_info",
@@ -51,6 +52,9 @@ NAME = "acdc"
 CLASS_NAMES = ("background", "RV", "MYO", "LV")
 LABEL_VALUES = (0, 1, 2, 3)
 MODALITIES = ("cine-MRI",)
+#: inference on files named as published: a patient folder's ``_frameNN`` volumes; the ``_gt`` references and the ``_4d`` cine left out
+SCAN_SKIP_NAMES = ("gt", "4d")
+
 SPLIT_COUNTS = (70, 10, 20)
 #: the 100 training patients of the release
 KNOWN_IDS = tuple(f"patient{i:03d}" for i in range(1, 101))

@@ -56,6 +56,8 @@ __all__ = [
     "LABEL_VALUES",
     "MSD_LABEL_VALUES",
     "MODALITIES",
+    "SCAN_MODALITY_NAMES",
+    "SCAN_SKIP_NAMES",
     "SPLIT_COUNTS",
     "KNOWN_IDS",
     "REGIONS",
@@ -76,6 +78,10 @@ LABEL_VALUES = (0, 1, 2, 4)
 #: raw values of the MSD label files (``labelsTr``)
 MSD_LABEL_VALUES = (0, 1, 2, 3)
 MODALITIES = ("FLAIR", "T1", "T1ce", "T2")
+#: inference on files named as published: a BraTS case folder's ``<id>_flair`` ... ``<id>_t2`` (channel order of :data:`MODALITIES`), its ``<id>_seg`` left out
+SCAN_MODALITY_NAMES = ("flair", "t1", "t1ce", "t2")
+SCAN_SKIP_NAMES = ("seg",)
+
 #: file suffixes of the BraTS layout, in MODALITIES order
 SUFFIXES = ("flair", "t1", "t1ce", "t2")
 SPLIT_COUNTS = (235, 35, 65)

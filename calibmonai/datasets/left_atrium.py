@@ -55,6 +55,8 @@ __all__ = [
     "LABEL_VALUES",
     "H5_LABEL_VALUES",
     "MODALITIES",
+    "SCAN_MODALITY_NAMES",
+    "SCAN_SKIP_NAMES",
     "SPLIT_COUNTS",
     "KNOWN_IDS",
     "PUBLISHED_TEST_IDS",
@@ -81,6 +83,10 @@ LABEL_VALUES = (0, 255)
 #: values of the ``label`` array of the UA-MT ``mri_norm2.h5`` files
 H5_LABEL_VALUES = (0, 1)
 MODALITIES = ("LGE-MRI",)
+#: inference on files named as published: a challenge patient folder's ``lgemri.nrrd`` (case: the patient folder), its ``laendo``/``lawall`` labels left out
+SCAN_MODALITY_NAMES = ("lgemri",)
+SCAN_SKIP_NAMES = ("laendo", "lawall")
+
 SPLIT_COUNTS = (76, 4, 20)
 #: the 100 training patients of the challenge (sorted), as in UA-MT's ``2018LA_Seg_Training Set``
 KNOWN_IDS = tuple(

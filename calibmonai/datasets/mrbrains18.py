@@ -66,6 +66,8 @@ __all__ = [
     "LABEL_NAMES",
     "LABEL_MAP",
     "MODALITIES",
+    "SCAN_MODALITY_NAMES",
+    "SCAN_SKIP_NAMES",
     "FILES",
     "SPLIT_COUNTS",
     "KNOWN_IDS",
@@ -95,6 +97,10 @@ LABEL_NAMES = {
 #: raw label -> class index in CLASS_NAMES (background 0, CSF 1, GM 2, WM 3)
 LABEL_MAP = {0: 0, 1: 2, 2: 2, 3: 3, 4: 3, 5: 1, 6: 1, 7: 0, 8: 0, 9: 0, 10: 0}
 MODALITIES = ("T1", "T1-IR", "FLAIR")
+#: inference on files named as published: a subject's ``pre/reg_T1``, ``pre/reg_IR``, ``pre/FLAIR`` (channel order of :data:`MODALITIES`), ``segm`` left out
+SCAN_MODALITY_NAMES = ("reg_T1", "reg_IR", "FLAIR")
+SCAN_SKIP_NAMES = ("segm",)
+
 #: file stems in ``<subject>/pre/``, in MODALITIES order
 FILES = ("reg_T1", "reg_IR", "FLAIR")
 LABEL_FILE = "segm"

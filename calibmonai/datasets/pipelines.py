@@ -565,13 +565,17 @@ def slice_sampling(
 
 
 def scan_datalist(dataset: str, inputs: str | Sequence[str], num_modalities: int = 1) -> list[dict[str, Any]]:
-    """The inference items of a bundle: :func:`calibmonai.inference.scan_datalist` for volume datasets; for 2D-image
-    datasets (BUSI) the image files (:data:`IMAGE_EXTENSIONS`) of a folder, a glob or a list, minus BUSI's own
-    ``*_mask*.png`` files. An empty list when nothing is found (the inference engine then names the input)."""
+    """The inference items of a bundle: :func:`calibmonai.inference.scan_datalist` for volume datasets, which also
+    reads the files as the dataset names them (the reader module's ``SCAN_MODALITY_NAMES``, e.g. a BraTS case folder's
+    ``<id>_flair`` ... ``<id>_t2``, and ``SCAN_SKIP_NAMES``, e.g. its ``<id>_seg``); for 2D-image datasets (BUSI) the
+    image files (:data:`IMAGE_EXTENSIONS`) of a folder, a glob or a list, minus BUSI's own ``*_mask*.png`` files. An
+    empty list when nothing is found (the inference engine then names the input)."""
     from calibmonai.inference import scan_datalist as volume_datalist
 
-    if protocol(dataset).volumes:
-        return volume_datalist(inputs, num_modalities)
+    module = get_dataset(dataset)
+    if module.NAME not in PROTOCOLS or protocol(dataset).volumes:
+        names = getattr(module, "SCAN_MODALITY_NAMES", None)
+        return volume_datalist(inputs, num_modalities, names, getattr(module, "SCAN_SKIP_NAMES", ()))
     import glob
 
     if isinstance(inputs, (list, tuple)):

@@ -61,6 +61,7 @@ __all__ = [
     "CLASS_NAMES",
     "LABEL_VALUES",
     "MODALITIES",
+    "SCAN_SKIP_NAMES",
     "SPLIT_COUNTS",
     "KNOWN_IDS",
     "LAYOUTS",
@@ -86,6 +87,9 @@ CLASS_NAMES = ("background", "prostate")
 #: values of the PROMISE12 ``_segmentation`` files
 LABEL_VALUES = (0, 1)
 MODALITIES = ("T2",)
+#: inference on files named as published: ``CaseNN.mhd`` scans; the ``CaseNN_segmentation`` references left out
+SCAN_SKIP_NAMES = ("segmentation",)
+
 SPLIT_COUNTS = (35, 5, 10)
 #: the 50 PROMISE12 training cases (the ``promise12`` layout)
 KNOWN_IDS = tuple(f"Case{i:02d}" for i in range(50))

@@ -47,6 +47,8 @@ __all__ = [
     "LABEL_VALUES",
     "IGNORE_VALUE",
     "MODALITIES",
+    "SCAN_MODALITY_NAMES",
+    "SCAN_SKIP_NAMES",
     "SPLIT_COUNTS",
     "KNOWN_IDS",
     "SCANNERS",
@@ -64,6 +66,10 @@ LABEL_VALUES = (0, 1, 2)
 #: raw label of "other pathology": ignored in the loss and in every metric
 IGNORE_VALUE = 2
 MODALITIES = ("FLAIR", "T1")
+#: inference on files named as published: a subject's ``pre/FLAIR``, ``pre/T1`` (channel order of :data:`MODALITIES`); the reference ``wmh`` and the unregistered ``3DT1`` left out
+SCAN_MODALITY_NAMES = ("FLAIR", "T1")
+SCAN_SKIP_NAMES = ("wmh", "3DT1")
+
 SPLIT_COUNTS = (42, 3, 15)
 #: subject folder names are only known per scanner: the split is computed from the subjects found
 KNOWN_IDS = None

@@ -1,0 +1,115 @@
+"""Inference inputs named as the publishers name them: a BraTS case folder (<id>_flair ... <id>_t2 beside <id>_seg),
+the decathlon's 4D files, WMH's and MRBrainS18's <subject>/pre/<modality> folders, an ACDC patient folder, a left
+atrium patient folder, nnU-Net's <case>_0000 naming; operating-system junk is never a scan."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from calibmonai.datasets.pipelines import scan_datalist
+from calibmonai.inference import ScanError, ScanInferenceEngine, find_scans
+
+
+def _nii(path: Path, shape=(4, 4, 2)) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), str(path))
+    return str(path)
+
+
+def _junk(folder: Path, name: str) -> None:
+    (folder / f"._{name}").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60)  # AppleDouble, not a NIfTI
+    (folder / ".DS_Store").write_bytes(b"junk")
+
+
+def _names(items):
+    return [(i["case"], [Path(f).name for f in i["files"]]) for i in items]
+
+
+def test_brats_case_folders_in_channel_order(tmp_path):
+    cases = {}
+    for cid in ("BraTS19_2013_10_1", "BraTS19_TCIA10_103_1"):
+        folder = tmp_path / cid
+        for mod in ("t2", "seg", "t1ce", "flair", "t1"):  # written in another order than the channels
+            ext = ".nii" if cid.startswith("BraTS19_TCIA") else ".nii.gz"
+            _nii(folder / f"{cid}_{mod}{ext}")
+        _junk(folder, f"{cid}_flair.nii.gz")
+        cases[cid] = folder
+    items = scan_datalist("brats19", str(cases["BraTS19_2013_10_1"]), 4)
+    cid = "BraTS19_2013_10_1"
+    assert _names(items) == [(cid, [f"{cid}_flair.nii.gz", f"{cid}_t1.nii.gz", f"{cid}_t1ce.nii.gz", f"{cid}_t2.nii.gz"])]
+    assert items[0]["image"] == items[0]["files"]  # a list of four files: MONAI stacks them as channels
+    both = sorted(str(p) for folder in cases.values() for p in folder.iterdir())
+    assert [c for c, _ in _names(scan_datalist("brats19", both, 4))] == ["BraTS19_2013_10_1", "BraTS19_TCIA10_103_1"]
+    assert _names(scan_datalist("brats19", str(tmp_path / "BraTS19_TCIA10_103_1" / "*.nii"), 4))[0][1][1] == "BraTS19_TCIA10_103_1_t1.nii"
+
+
+def test_decathlon_4d_files_and_their_junk(tmp_path, caplog):
+    folder = tmp_path / "imagesTs"
+    for cid in ("BRATS_485", "BRATS_486"):
+        _nii(folder / f"{cid}.nii.gz", (4, 4, 2, 4))
+        _junk(folder, f"{cid}.nii.gz")
+    items = scan_datalist("brats19", str(folder), 4)
+    assert _names(items) == [("BRATS_485", ["BRATS_485.nii.gz"]), ("BRATS_486", ["BRATS_486.nii.gz"])]
+    assert items[0]["image"] == str(folder / "BRATS_485.nii.gz")  # one path: MONAI reads its 4th axis as channels
+    engine = ScanInferenceEngine.__new__(ScanInferenceEngine)
+    engine.num_modalities, engine.spatial_dims = 4, 3
+    engine._check_files(items[0]["files"])
+    three = _nii(tmp_path / "other" / "x.nii.gz", (4, 4, 2, 3))
+    with pytest.raises(ScanError, match=r"expected 4 modality file\(s\) per scan or one 4D NIfTI file of 4 channels, got 1"):
+        engine._check_files([three])
+    # beside named files, a file that is neither named nor 4D is left out, with a warning naming it
+    mixed = tmp_path / "mixed"
+    for mod in ("flair", "t1", "t1ce", "t2"):
+        _nii(mixed / f"c1_{mod}.nii.gz")
+    _nii(mixed / "notes_scan.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="calibmonai.inference"):
+        assert [c for c, _ in _names(scan_datalist("brats19", str(mixed), 4))] == ["c1"]
+    assert "left out" in caplog.text and "notes_scan.nii.gz" in caplog.text
+
+
+def test_subject_folders_of_wmh_mrbrains18_and_the_left_atrium(tmp_path, caplog):
+    pre = tmp_path / "training" / "Utrecht" / "0" / "pre"
+    for mod in ("T1", "3DT1", "FLAIR"):
+        _nii(pre / f"{mod}.nii.gz")
+    _nii(pre.parent / "wmh.nii.gz")
+    assert _names(scan_datalist("wmh", str(pre), 2)) == [("0", ["FLAIR.nii.gz", "T1.nii.gz"])]  # 3DT1 quietly not a scan
+    assert _names(scan_datalist("wmh", str(pre.parent), 2)) == []  # only the reference there
+    mrb = tmp_path / "MRBrainS18" / "training" / "070" / "pre"
+    for mod in ("FLAIR", "reg_IR", "reg_T1", "IR", "T1"):
+        _nii(mrb / f"{mod}.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="calibmonai.inference"):
+        items = scan_datalist("mrbrains18", str(mrb), 3)
+    assert _names(items) == [("070", ["reg_T1.nii.gz", "reg_IR.nii.gz", "FLAIR.nii.gz"])]
+    assert "IR.nii.gz: not one of the modality files (reg_T1, reg_IR, FLAIR)" in caplog.text
+    la = tmp_path / "Training Set" / "0RZDK210BSMWAA6467LU"
+    for name in ("lgemri", "laendo", "lawall"):
+        la.mkdir(parents=True, exist_ok=True)
+        (la / f"{name}.nrrd").write_bytes(b"NRRD0004\n")
+    assert _names(scan_datalist("left_atrium", str(la), 1)) == [("0RZDK210BSMWAA6467LU", ["lgemri.nrrd"])]
+
+
+def test_single_modality_folders_leave_references_out(tmp_path):
+    acdc = tmp_path / "patient001"
+    for name in ("patient001_4d", "patient001_frame01", "patient001_frame01_gt", "patient001_frame12", "patient001_frame12_gt"):
+        _nii(acdc / f"{name}.nii.gz")
+    _junk(acdc, "patient001_frame01.nii.gz")
+    assert _names(scan_datalist("acdc", str(acdc), 1)) == [("patient001_frame01", ["patient001_frame01.nii.gz"]),
+                                                          ("patient001_frame12", ["patient001_frame12.nii.gz"])]  # fmt: skip
+    part = tmp_path / "TrainingData_Part1"
+    part.mkdir()
+    for name in ("Case00.mhd", "Case00_segmentation.mhd", "._Case00.mhd"):
+        (part / name).write_text("ObjectType = Image\n")
+    assert _names(scan_datalist("promise12", str(part), 1)) == [("Case00", ["Case00.mhd"])]
+    # nnU-Net's naming is read by every bundle, and a one-modality bundle's <case>_0000 is <case>
+    nn = tmp_path / "nn"
+    for k in range(4):
+        _nii(nn / f"brain_{k:04d}.nii.gz")
+    assert _names(scan_datalist("brats19", str(nn), 4)) == [("brain", [f"brain_{k:04d}.nii.gz" for k in range(4)])]
+    assert find_scans(str(nn / "brain_0000.nii.gz"), 1) == [("brain", [str(nn / "brain_0000.nii.gz")])]
+    with pytest.raises(FileNotFoundError, match="only files named seg"):
+        find_scans([str(acdc / "patient001_frame01_gt.nii.gz")], 4, ("flair", "t1", "t1ce", "t2"), ("seg", "gt"))
