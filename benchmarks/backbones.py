@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--backbones", default="", help="comma-separated subset (default: every fragment)")
-    parser.add_argument("--settings", default="2d,3d", help="2d, 3d or both")
+    parser.add_argument("--settings", default="2d,3d", help=f"comma-separated, of {', '.join(SETTINGS)}")
     parser.add_argument("--markdown", action="store_true", help="print the table in Markdown")
     parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -96,17 +96,20 @@ class CLI:
         return [f"{k}: {v.description}" for k, v in METHODS.items()]
 
 
-def _check_flags(argv: list[str]) -> None:
-    """Refuse an unknown command or flag before the command runs, naming it and the accepted ones."""
+def check_command_flags(cls: type, argv: list[str], program: str) -> None:
+    """Refuse an unknown command of ``cls`` (a python-fire class) or an unknown flag of it before anything runs,
+    naming it and the accepted ones (python-fire alone runs the command first and complains afterwards)."""
     if not argv or argv[0].startswith("-"):
         return
     name = argv[0].replace("-", "_")
-    if name == "study":
-        return  # the sub-commands of `study` (plan, run, report) take their own flags
-    target = getattr(CLI, name, None)
-    if target is None or name.startswith("_"):
-        commands = [c.replace("_", "-") for c in vars(CLI) if not c.startswith("_")]
-        raise ValueError(f"unknown command {argv[0]!r}; commands: {', '.join(commands)}.")
+    target = getattr(cls, name, None)
+    if target is None or name.startswith("_") or not callable(target):
+        commands = [c.replace("_", "-") for c, v in vars(cls).items() if not c.startswith("_") and callable(v)]
+        raise ValueError(f"unknown command {argv[0]!r} of `{program}`; commands: {', '.join(commands)}.")
+    if name == "study" and cls is CLI:  # `calibmonai study <sub-command> ...`: the sub-command's own flags
+        from calibmonai.study.cli import StudyCLI
+
+        return check_command_flags(StudyCLI, argv[1:], f"{program} study")
     signature = inspect.signature(target).parameters
     params = [p for p, v in signature.items() if p != "self" and v.kind != v.VAR_KEYWORD]
     if any(v.kind == v.VAR_KEYWORD for v in signature.values()):
@@ -118,7 +121,11 @@ def _check_flags(argv: list[str]) -> None:
         if flag.startswith("no") and flag[2:] in params:
             continue
         if flag not in params:
-            raise ValueError(f"unknown flag --{flag} for `calibmonai {argv[0]}`; flags: {', '.join('--' + p for p in params)}.")
+            raise ValueError(f"unknown flag --{flag} for `{program} {argv[0]}`; flags: {', '.join('--' + p for p in params)}.")
+
+
+def _check_flags(argv: list[str]) -> None:
+    check_command_flags(CLI, argv, "calibmonai")
 
 
 def main(argv: list[str] | None = None) -> None:

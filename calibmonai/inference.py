@@ -100,8 +100,10 @@ def find_scans(
         files = sorted(os.path.join(str(inputs), f) for f in os.listdir(str(inputs)) if f.lower().endswith(SCAN_EXTENSIONS))
     elif any(ch in str(inputs) for ch in "*?["):
         files = sorted(glob.glob(str(inputs)))
-    else:
+    elif os.path.exists(str(inputs)):
         files = [str(inputs)]
+    else:
+        raise FileNotFoundError(f"the input {str(inputs)!r} does not exist.")
     files = [f for f in files if not is_junk(f)]
     if not files:
         raise FileNotFoundError(f"no scan found in {inputs!r} (extensions {', '.join(SCAN_EXTENSIONS)}).")
@@ -373,10 +375,13 @@ class ScanInferenceEngine:
 
     def run(self) -> InferenceSummary:
         """Segment every scan; raises ``RuntimeError`` listing the failures after all scans were tried."""
-        os.makedirs(self.output_dir, exist_ok=True)
         items = list(self.dataset.data)
         if not items:
-            raise FileNotFoundError(f"no scan found in {self.source!r} (extensions {', '.join(SCAN_EXTENSIONS)}).")
+            source = self.source
+            if isinstance(source, (str, os.PathLike)) and not any(ch in str(source) for ch in "*?[") and not os.path.exists(source):
+                raise FileNotFoundError(f"the input {str(source)!r} does not exist (give a folder of scans, a glob or a file).")
+            raise FileNotFoundError(f"no scan found in {source!r} (extensions {', '.join(SCAN_EXTENSIONS)}).")
+        os.makedirs(self.output_dir, exist_ok=True)
         transform = self.dataset.transform
         self.network.eval()
         summary = self.summary = InferenceSummary()

@@ -113,3 +113,20 @@ def test_single_modality_folders_leave_references_out(tmp_path):
     assert find_scans(str(nn / "brain_0000.nii.gz"), 1) == [("brain", [str(nn / "brain_0000.nii.gz")])]
     with pytest.raises(FileNotFoundError, match="only files named seg"):
         find_scans([str(acdc / "patient001_frame01_gt.nii.gz")], 4, ("flair", "t1", "t1ce", "t2"), ("seg", "gt"))
+
+
+def test_a_missing_input_is_named_and_nothing_is_created(tmp_path):
+    from types import SimpleNamespace
+
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match="the input .*nope' does not exist"):
+        find_scans(str(missing))
+    assert scan_datalist("acdc", str(missing), 1) == []
+    engine = ScanInferenceEngine.__new__(ScanInferenceEngine)
+    engine.dataset, engine.source, engine.output_dir = SimpleNamespace(data=[]), str(missing) + "/", str(tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"the input '.*nope/' does not exist \(give a folder of scans, a glob or a file\)"):
+        engine.run()
+    engine.source = str(tmp_path / "*.nii.gz")
+    with pytest.raises(FileNotFoundError, match="no scan found in"):
+        engine.run()
+    assert not (tmp_path / "out").exists()

@@ -433,3 +433,22 @@ def test_two_process_training_through_torchrun(tmp_path):
 
     net = UNet(spatial_dims=2, in_channels=1, out_channels=4, channels=[4, 8, 16, 32], strides=[2, 2, 2], num_res_units=1)
     load_checkpoint(net, record["ckpt_path"], "cpu")  # no "module." prefix left by DistributedDataParallel
+
+
+def test_mistyped_study_flags_are_refused_before_anything_runs(tmp_path, capsys):
+    from calibmonai.cli import main as cli_main
+    from calibmonai.study.__main__ import main as study_main
+
+    study = str(REPO / "studies" / "tiny.yaml")
+    out = tmp_path / "study"
+    for run, argv in ((cli_main, ["study", "run", study, "--out", str(out), "--max_tasks", "1", "--redoo", "noise/*"]),
+                      (study_main, ["plan", study, "--out", str(out), "--outt", "x"]),
+                      (cli_main, ["study", "plann", study])):  # fmt: skip
+        with pytest.raises(SystemExit) as code:
+            run(argv)
+        assert code.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown flag --redoo for `calibmonai study run`; flags: --study, --out, --executor, --redo," in err
+    assert "unknown flag --outt for `calibmonai study plan`; flags: --study, --out, --verbose." in err
+    assert "unknown command 'plann' of `calibmonai study`; commands: plan, run, report." in err
+    assert not out.exists()  # nothing planned, run or written

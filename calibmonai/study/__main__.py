@@ -8,10 +8,13 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     import fire
 
+    from calibmonai.cli import check_command_flags
     from calibmonai.study.cli import StudyCLI
 
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        fire.Fire(StudyCLI, command=argv, name="calibmonai study")
+        check_command_flags(StudyCLI, args, "calibmonai study")
+        fire.Fire(StudyCLI, command=args, name="calibmonai study")
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         root = e
         while root.__cause__ is not None:
