@@ -152,6 +152,28 @@ def test_case_level_aggregate_mean_std():
     assert agg["brier_skipped"] == 0
 
 
+def test_case_names_and_lists_of_cases():
+    p, y, _ = _data((3, 3, 6, 6))
+    m = CalibrationMetrics(("ece", "brier"))
+    with pytest.raises(ValueError, match=r"case_names must name each of the 3 cases of the batch \(y_pred \(3, 3, 6, 6\)\), got 1"):
+        m(p, y, case_names=["only_one"])
+    # MONAI's decollated form: a list of channel-first cases, each with its own name and mask item
+    mask = torch.ones(3, 1, 6, 6, dtype=torch.bool)
+    mask[1, :, :3] = False
+    listed = m(list(p), list(y), mask=list(mask), case_names=["a", "b", "c"])
+    assert m.case_names == ["a", "b", "c"]
+    batched = CalibrationMetrics(("ece", "brier"))(p, y, mask=mask)
+    assert torch.allclose(listed, batched, atol=1e-7)
+    with pytest.raises(ValueError, match="case_names must name each of the 3 listed cases, got 2"):
+        m(list(p), list(y), case_names=["a", "b"])
+    # another number of classes without reset(): named, not a torch size error
+    p2, y2, _ = _data((1, 4, 6, 6))
+    with pytest.raises(ValueError, match=r"has accumulated 3 classes; the batch has 4 .*call reset\(\)"):
+        m(p2, y2)
+    m.reset()
+    assert m(p2, y2).shape == (1, 2)
+
+
 def test_case_without_foreground_is_nan_and_skipped():
     p, y, _ = _data((3, 3, 6, 6))
     y[1] = 0  # case 1 has no foreground

@@ -406,7 +406,14 @@ class CalibrationMetrics(CumulativeIterationMetric):
       either mean.
     - Brier (Brier 1950): mean over voxels of ``sum_k (p_k - y_k)^2``; Brier+ (stratified Brier; Wallace &
       Dahabreh 2012): the same on ground-truth foreground voxels only.
-    - NLL: mean ``-log p_y`` over the ECE voxels.
+    - NLL: mean ``-log p_y`` over the ECE voxels, with ``p_y`` clamped at ``1e-12`` (at most 27.63 per voxel, also
+      for saturated logits whose true ``-log p_y`` is larger).
+
+    Numerical conventions: confidences are binned in float32 (``floor(p * num_bins)``, 1.0 in the last bin), so a
+    value less than one float32 step below an interior edge (``0.7`` stored as ``0.699999988`` with 10 bins) may land
+    in the upper bin; with the default 15 bins every float32 value lands in its exact bin. A float ``mask`` is true
+    where it is non-zero. The ``std`` of ``aggregate("case")`` is the population std (``ddof=0``); papers often
+    report the sample std, ``std * sqrt(n / (n - 1))`` over ``n`` cases.
 
     Call once per batch (each batch item is one case), then ``aggregate()``:
     ``level="case"`` gives the mean (and std) over cases of the per-case values (the MbLS tables), skipping
@@ -477,6 +484,13 @@ class CalibrationMetrics(CumulativeIterationMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, case_names: Sequence[str] | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """Per-case values ``(B, len(metric_names))``; also accumulates the pooled histograms."""
+        if case_names is not None and len(list(case_names)) != y_pred.shape[0]:
+            raise ValueError(f"case_names must name each of the {y_pred.shape[0]} cases of the batch (y_pred {tuple(y_pred.shape)}), got {len(list(case_names))}: {list(case_names)}.")
+        if self._pooled is not None and self._pooled.cls_count.shape[1] != y_pred.shape[1]:
+            raise ValueError(
+                f"this metric has accumulated {self._pooled.cls_count.shape[1]} classes; the batch has {y_pred.shape[1]} "
+                f"(y_pred {tuple(y_pred.shape)}): call reset() before evaluating a task with another number of classes."
+            )
         hist = compute_calibration_histograms(
             y_pred, y, self.num_bins, mask=mask, foreground=self.foreground, softmax=self.softmax,
             classwise="cece" in self.metric_names, background_index=self.background_index, prob_tol=self.prob_tol,
@@ -494,6 +508,27 @@ class CalibrationMetrics(CumulativeIterationMetric):
             if bad:
                 warnings.warn(f"{names[i]}: no voxel selected for {', '.join(bad)} (no foreground?); value is NaN and skipped.")
         return out.float()
+
+    def _compute_list(self, y_pred: Sequence[torch.Tensor], y: Sequence[torch.Tensor] | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        """A list of channel-first cases (MONAI's decollated form): each item computed as a batch of one, with its own
+        ``case_names`` entry and ``mask`` item."""
+        if y is None:
+            raise ValueError("the calibration metrics need the labels y.")
+        n = len(y_pred)
+        names, mask = kwargs.pop("case_names", None), kwargs.pop("mask", None)
+        if len(y) != n:
+            raise ValueError(f"y_pred and y must list the same cases, got {n} and {len(y)}.")
+        if names is not None and len(list(names)) != n:
+            raise ValueError(f"case_names must name each of the {n} listed cases, got {len(list(names))}: {list(names)}.")
+        if mask is not None and len(mask) != n:
+            raise ValueError(f"mask must hold one item per listed case ({n}), got {len(mask)}.")
+        return torch.cat([
+            self._compute_tensor(
+                p.detach().unsqueeze(0), t.detach().unsqueeze(0), mask=None if mask is None else torch.as_tensor(mask[i]).unsqueeze(0),
+                case_names=None if names is None else [list(names)[i]], **kwargs,
+            )
+            for i, (p, t) in enumerate(zip(y_pred, y))
+        ], dim=0)  # fmt: skip
 
     def _case_values(self) -> torch.Tensor:
         data = self.get_buffer()
