@@ -291,3 +291,16 @@ def test_registry_lists_every_method():
     assert get_loss("mbls", margin=3.0).margin == 3.0
     assert get_loss("mbls_l2").penalty == "l2"
     assert isinstance(get_loss("meep_dice_kl").base_loss, torch.nn.Module)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the fused CPU kernel and MONAI's NACLLoss
+def test_nacl_checks_the_classes_and_dims_it_was_built_for(dtype):
+    from calibmonai.losses import get_loss
+
+    z = torch.randn(2, 3, 8, 9, dtype=dtype)
+    y = torch.randint(0, 3, (2, 1, 8, 9))
+    assert torch.isfinite(get_loss("nacl", num_classes=3, spatial_dims=2)(z, y))
+    for kwargs, words in (({"num_classes": 4, "spatial_dims": 2}, r"built for 4 classes and 2D inputs .* \(2, 3, 8, 9\) \(3 classes, 2D\)"),
+                          ({"num_classes": 3, "spatial_dims": 3}, r"built for 3 classes and 3D inputs .* \(3 classes, 2D\)")):  # fmt: skip
+        with pytest.raises(ValueError, match=words):
+            get_loss("nacl", **kwargs)(z, y)

@@ -54,6 +54,8 @@ class TargetFormatAdapter(_Loss):
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         target_format: str = "channel",
         fused: FusedTerms | None = None,
+        num_classes: int | None = None,
+        spatial_dims: int | None = None,
     ) -> None:
         """
         Args:
@@ -62,6 +64,8 @@ class TargetFormatAdapter(_Loss):
             fused: the same loss as terms of the fused CPU kernel (:mod:`calibmonai.losses.fused`), used for
                 float32 CPU logits; the registry sets it only for the MONAI losses built with the settings the
                 kernel reproduces (tested equal to MONAI's value and gradient).
+            num_classes, spatial_dims: what the wrapped loss was built for (MONAI's ``NACLLoss`` takes both), checked
+                on every input whichever path computes it (``ValueError`` naming the shape).
         """
         super().__init__()
         if target_format not in ("channel", "indices"):
@@ -69,8 +73,17 @@ class TargetFormatAdapter(_Loss):
         self.loss = loss
         self.target_format = target_format
         self.fused = fused
+        self.num_classes, self.spatial_dims = num_classes, spatial_dims
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if (self.num_classes is not None or self.spatial_dims is not None) and input.ndim >= 3 and input.shape[1] >= 2:
+            # (malformed inputs get the common checks' messages below)
+            classes, dims = input.shape[1], input.ndim - 2
+            if (self.num_classes is not None and classes != self.num_classes) or (self.spatial_dims is not None and dims != self.spatial_dims):
+                raise ValueError(
+                    f"this loss was built for {self.num_classes} classes and {self.spatial_dims}D inputs "
+                    f"(num_classes, spatial_dims), got logits of shape {tuple(input.shape)} ({classes} classes, {dims}D)."
+                )
         if self.fused is not None:
             out = fused_softmax_loss(input, target, self.fused, "mean")
             if out is not None:

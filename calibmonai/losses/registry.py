@@ -52,7 +52,7 @@ def _focal(gamma: float = 2.0, **kw: Any) -> _Loss:
 def _nacl(num_classes: int, spatial_dims: int, alpha: float = 0.1, **kw: Any) -> _Loss:
     fused = FusedTerms(ce=1.0, nacl=alpha) if not kw else None
     loss = NACLLoss(classes=num_classes, dim=spatial_dims, alpha=alpha, **kw)
-    return TargetFormatAdapter(loss, "indices", fused)
+    return TargetFormatAdapter(loss, "indices", fused, num_classes=num_classes, spatial_dims=spatial_dims)
 
 
 METHODS: dict[str, Method] = {
