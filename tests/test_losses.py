@@ -304,3 +304,11 @@ def test_nacl_checks_the_classes_and_dims_it_was_built_for(dtype):
                           ({"num_classes": 3, "spatial_dims": 3}, r"built for 3 classes and 3D inputs .* \(3 classes, 2D\)")):  # fmt: skip
         with pytest.raises(ValueError, match=words):
             get_loss("nacl", **kwargs)(z, y)
+
+
+@pytest.mark.parametrize("name", ["ce", "mbls", "meep_ce_entropy", "ce_dice"])
+def test_unbatched_input_is_named(name):
+    from calibmonai.losses import get_loss
+
+    with pytest.raises(ValueError, match=r"an unbatched \(C, \*spatial\) input needs input\[None\]"):
+        get_loss(name)(torch.randn(3, 8, 9), torch.zeros(1, 8, 9, dtype=torch.long))

@@ -65,7 +65,8 @@ def to_class_indices(input: torch.Tensor, target: torch.Tensor, check_finite: bo
     else:
         raise ValueError(
             f"target shape {tshape} does not match input shape {tuple(input.shape)}: expected class indices "
-            f"{(b, 1) + spatial} or {(b,) + spatial}, or one-hot {(b, c) + spatial}."
+            f"{(b, 1) + spatial} or {(b,) + spatial}, or one-hot {(b, c) + spatial} (the input is read as logits "
+            f"(B, C, *spatial) = {tuple(input.shape)}; an unbatched (C, *spatial) input needs input[None])."
         )
     if idx.is_floating_point():
         if not bool(torch.isfinite(idx).all()) or not bool((idx == idx.round()).all()):
