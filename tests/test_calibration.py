@@ -283,3 +283,35 @@ def test_calibrator_files_load_without_running_code(tmp_path):
         loaded = load_calibrator(path, num_classes=3)
         with torch.no_grad():
             torch.testing.assert_close(loaded(logits, image), cal.eval()(logits, image))
+
+
+def test_non_finite_or_malformed_fitting_data_is_refused():
+    import warnings
+
+    from calibmonai.calibration import VoxelSample
+
+    x = torch.randn(1, 3, 16, 16) * 3
+    y = x.argmax(1)
+    x[0, 1, 0, 0] = float("nan")  # one voxel: before, TS fitted T = 0.05 and Platt NaN parameters, silently
+    s = StratifiedVoxelSampler(3, 10_000)
+    with pytest.raises(ValueError, match=r"logits \(1, 3, 16, 16\) hold 1 non-finite value\(s\) \(NaN or Inf\)"):
+        s.add(x, y)
+    mask = torch.ones(1, 1, 16, 16, dtype=torch.bool)
+    mask[0, 0, 0, 0] = False
+    s.add(x, y, mask=mask)  # the NaN voxel masked out: nothing to refuse
+    assert len(s.sample()) == 16 * 16 - 1
+    ok = (torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0]), torch.ones(5, dtype=torch.float64))
+    for logits, labels, weights, words in (
+        (ok[0].clone().fill_(float("inf")), ok[1], ok[2], "5 non-finite logit value"),
+        (torch.empty(0, 3), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.float64), r"N >= 1 voxels"),
+        (ok[0], torch.tensor([0, 1, 3, 1, 0]), ok[2], r"labels must lie in \[0, 2\], got \[0, 3\]"),
+        (ok[0], ok[1][:4], ok[2], r"labels and weights must be \(5,\)"),
+        (ok[0], ok[1], -ok[2], "non-negative"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=words):
+            VoxelSample(logits, labels, weights)
+    ts = TemperatureScaling(3)
+    ts.fit(VoxelSample(*ok))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading the fitted temperature warns about nothing
+        assert ts.temperature > 0

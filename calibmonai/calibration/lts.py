@@ -32,8 +32,8 @@ class LocalTemperatureScaling(Calibrator):
 
     ``t_z`` (from the logits) and ``t_x`` (from the image) come from two branches of dilated 5x5 convolutions
     whose last layers are zero-initialised; a sigmoid gate ``g`` computed from both mixes them,
-    ``t = g t_z + (1 - g) t_x``, and ``T = ReLU(t + 1) + eps``, so the untrained model is the identity (T = 1
-    everywhere). Trained with Adam on the validation NLL; the state with the lowest NLL on a held-out part of
+    ``t = g t_z + (1 - g) t_x``, and ``T = ReLU(t + 1) + eps``, so the untrained model is almost the identity (T = 1
+    + eps everywhere). Trained with Adam on the validation NLL; the state with the lowest NLL on a held-out part of
     the validation data is kept.
 
     Ding, Z., Han, X., Liu, P., Niethammer, M. "Local Temperature Scaling for Probability Calibration." ICCV 2021.

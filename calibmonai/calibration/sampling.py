@@ -15,6 +15,25 @@ class VoxelSample:
     """
 
     def __init__(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
+        """
+        Raises:
+            ValueError: naming the shapes or values, for logits that are not ``(N, C)`` with ``N >= 1`` and ``C >= 2``,
+                labels or weights that are not ``(N,)``, non-finite logits, labels outside ``[0, C)``, or negative or
+                non-finite weights: a calibrator fitted on them would be silently wrong (a single NaN logit makes
+                the temperature and Platt fits NaN).
+        """
+        if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 2:
+            raise ValueError(f"logits must be (N, C) with N >= 1 voxels and C >= 2 classes, got {tuple(logits.shape)}.")
+        n, c = logits.shape
+        if tuple(labels.shape) != (n,) or tuple(weights.shape) != (n,):
+            raise ValueError(f"labels and weights must be ({n},) like the logits {tuple(logits.shape)}, got {tuple(labels.shape)} and {tuple(weights.shape)}.")
+        bad = int((~torch.isfinite(logits)).sum())
+        if bad:
+            raise ValueError(f"{bad} non-finite logit value(s) (NaN or Inf) in the sample: a diverged network or a corrupt scan?")
+        if int(labels.min()) < 0 or int(labels.max()) >= c:
+            raise ValueError(f"labels must lie in [0, {c - 1}], got [{int(labels.min())}, {int(labels.max())}].")
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise ValueError("weights must be finite and non-negative.")
         self.logits, self.labels, self.weights = logits, labels, weights
 
     def __len__(self) -> int:
@@ -58,6 +77,12 @@ class StratifiedVoxelSampler:
         if mask is not None:
             keep = mask.detach().reshape(-1).bool().cpu()
             flat, lab = flat[keep], lab[keep]
+        bad = int((~torch.isfinite(flat)).sum())
+        if bad:
+            raise ValueError(
+                f"the logits {tuple(logits.shape)} hold {bad} non-finite value(s) (NaN or Inf) among the voxels sampled: "
+                "a diverged network or a corrupt scan? A calibrator fitted on them would be NaN."
+            )
         for c in range(self.num_classes):
             sel = lab == c
             n = int(sel.sum())

@@ -41,7 +41,7 @@ class TemperatureScaling(Calibrator):
 
     @property
     def temperature(self) -> float:
-        return float(self.log_t.exp())
+        return float(self.log_t.detach().exp())
 
     def calibrate_flat(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits / self.log_t.exp().to(logits.dtype), dim=-1)
