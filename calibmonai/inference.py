@@ -23,7 +23,7 @@ from monai.data import NibabelWriter
 from monai.transforms import MapTransform
 
 __all__ = [
-    "find_scans", "scan_datalist", "case_name", "scan_name_formatter", "infer_scans", "save_transforms", "InferenceSummary",
+    "input_files", "find_scans", "scan_datalist", "case_name", "scan_name_formatter", "infer_scans", "save_transforms", "InferenceSummary",
     "ScanInferenceEngine", "CalibratedLogProbabilitiesd", "ProbabilityMapsd", "AtomicNibabelWriter", "SCAN_EXTENSIONS",
     "MODALITY_PATTERN",
 ]  # fmt: skip
@@ -67,6 +67,29 @@ def _folder_case(path: str) -> str:
     return folder
 
 
+def input_files(inputs: str | Sequence[str], extensions: Sequence[str]) -> list[str]:
+    """The files of an inference input, without operating-system junk (``._*``, ``.DS_Store``, ...): a list of files
+    as given, a folder's files ending in one of ``extensions`` or a glob's matches (both naturally sorted), or one file.
+
+    Raises:
+        FileNotFoundError: a single path (no glob characters) that does not exist, naming it.
+    """
+    from calibmonai.datasets.common import is_junk, natural_key
+
+    if isinstance(inputs, (list, tuple)):
+        files = [str(f) for f in inputs]
+    elif os.path.isdir(str(inputs)):
+        ends = tuple(e.lower() for e in extensions)
+        files = sorted((os.path.join(str(inputs), f) for f in os.listdir(str(inputs)) if f.lower().endswith(ends)), key=natural_key)
+    elif any(ch in str(inputs) for ch in "*?["):
+        files = sorted(glob.glob(str(inputs)), key=natural_key)
+    elif os.path.exists(str(inputs)):
+        files = [str(inputs)]
+    else:
+        raise FileNotFoundError(f"the input {str(inputs)!r} does not exist.")
+    return [f for f in files if not is_junk(f)]
+
+
 def find_scans(
     inputs: str | Sequence[str],
     num_modalities: int = 1,
@@ -92,19 +115,7 @@ def find_scans(
     Operating-system junk (``._*`` AppleDouble files, ``.DS_Store``, ...) is never a scan. A listed file that does not
     exist is kept (it fails later with its own reason).
     """
-    from calibmonai.datasets.common import is_junk
-
-    if isinstance(inputs, (list, tuple)):
-        files = [str(f) for f in inputs]
-    elif os.path.isdir(str(inputs)):
-        files = sorted(os.path.join(str(inputs), f) for f in os.listdir(str(inputs)) if f.lower().endswith(SCAN_EXTENSIONS))
-    elif any(ch in str(inputs) for ch in "*?["):
-        files = sorted(glob.glob(str(inputs)))
-    elif os.path.exists(str(inputs)):
-        files = [str(inputs)]
-    else:
-        raise FileNotFoundError(f"the input {str(inputs)!r} does not exist.")
-    files = [f for f in files if not is_junk(f)]
+    files = input_files(inputs, SCAN_EXTENSIONS)
     if not files:
         raise FileNotFoundError(f"no scan found in {inputs!r} (extensions {', '.join(SCAN_EXTENSIONS)}).")
     named = _name_pattern(modality_names) if modality_names else None

@@ -130,3 +130,17 @@ def test_a_missing_input_is_named_and_nothing_is_created(tmp_path):
     with pytest.raises(FileNotFoundError, match="no scan found in"):
         engine.run()
     assert not (tmp_path / "out").exists()
+
+
+def test_busi_images_through_the_same_input_listing(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "benign"
+    folder.mkdir()
+    for name in ("benign (10).png", "benign (2).png", "benign (2)_mask.png", "benign (2)_mask_1.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(folder / name)
+    _junk(folder, "benign (2).png")
+    items = scan_datalist("busi", str(folder), 1)
+    assert [i["case"] for i in items] == ["benign (2)", "benign (10)"]  # natural order, masks and junk left out
+    assert scan_datalist("busi", str(folder / "*.png"), 1) == items
+    assert scan_datalist("busi", str(tmp_path / "nope"), 1) == []

@@ -576,15 +576,11 @@ def scan_datalist(dataset: str, inputs: str | Sequence[str], num_modalities: int
     if module.NAME not in PROTOCOLS or protocol(dataset).volumes:
         names = getattr(module, "SCAN_MODALITY_NAMES", None)
         return volume_datalist(inputs, num_modalities, names, getattr(module, "SCAN_SKIP_NAMES", ()))
-    import glob
+    from calibmonai.inference import input_files
 
-    if isinstance(inputs, (list, tuple)):
-        files = [str(f) for f in inputs]
-    elif os.path.isdir(str(inputs)):
-        files = [str(p) for p in common.list_dir(inputs, dirs=False) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    elif any(ch in str(inputs) for ch in "*?["):
-        files = sorted(glob.glob(str(inputs)), key=common.natural_key)
-    else:
-        files = [str(inputs)]
+    try:
+        files = input_files(inputs, IMAGE_EXTENSIONS)
+    except FileNotFoundError:
+        return []
     files = [f for f in files if "_mask" not in Path(f).stem.lower()]
     return [{"case": Path(f).stem, "image": f, "files": [f]} for f in files]

@@ -484,8 +484,9 @@ class CalibrationMetrics(CumulativeIterationMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, case_names: Sequence[str] | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """Per-case values ``(B, len(metric_names))``; also accumulates the pooled histograms."""
-        if case_names is not None and len(list(case_names)) != y_pred.shape[0]:
-            raise ValueError(f"case_names must name each of the {y_pred.shape[0]} cases of the batch (y_pred {tuple(y_pred.shape)}), got {len(list(case_names))}: {list(case_names)}.")
+        case_names = None if case_names is None else list(case_names)
+        if case_names is not None and len(case_names) != y_pred.shape[0]:
+            raise ValueError(f"case_names must name each of the {y_pred.shape[0]} cases of the batch (y_pred {tuple(y_pred.shape)}), got {len(case_names)}: {case_names}.")
         if self._pooled is not None and self._pooled.cls_count.shape[1] != y_pred.shape[1]:
             raise ValueError(
                 f"this metric has accumulated {self._pooled.cls_count.shape[1]} classes; the batch has {y_pred.shape[1]} "
@@ -500,7 +501,7 @@ class CalibrationMetrics(CumulativeIterationMetric):
         self._pooled = pooled if self._pooled is None else self._pooled.add_(pooled)
         values = calibration_errors(hist, self.include_background, self.background_index, self.cece_classes)
         start = len(self._case_names)
-        names = list(case_names) if case_names is not None else [f"case {start + i}" for i in range(y_pred.shape[0])]
+        names = case_names if case_names is not None else [f"case {start + i}" for i in range(y_pred.shape[0])]
         self._case_names.extend(names)
         out = torch.stack([values[m] for m in self.metric_names], dim=1)
         for i in range(out.shape[0]):
@@ -516,16 +517,17 @@ class CalibrationMetrics(CumulativeIterationMetric):
             raise ValueError("the calibration metrics need the labels y.")
         n = len(y_pred)
         names, mask = kwargs.pop("case_names", None), kwargs.pop("mask", None)
+        names = None if names is None else list(names)
         if len(y) != n:
             raise ValueError(f"y_pred and y must list the same cases, got {n} and {len(y)}.")
-        if names is not None and len(list(names)) != n:
-            raise ValueError(f"case_names must name each of the {n} listed cases, got {len(list(names))}: {list(names)}.")
+        if names is not None and len(names) != n:
+            raise ValueError(f"case_names must name each of the {n} listed cases, got {len(names)}: {names}.")
         if mask is not None and len(mask) != n:
             raise ValueError(f"mask must hold one item per listed case ({n}), got {len(mask)}.")
         return torch.cat([
             self._compute_tensor(
                 p.detach().unsqueeze(0), t.detach().unsqueeze(0), mask=None if mask is None else torch.as_tensor(mask[i]).unsqueeze(0),
-                case_names=None if names is None else [list(names)[i]], **kwargs,
+                case_names=None if names is None else [names[i]], **kwargs,
             )
             for i, (p, t) in enumerate(zip(y_pred, y))
         ], dim=0)  # fmt: skip
