@@ -145,6 +145,8 @@ def evaluate_run(
     regions: Mapping[str, Sequence[int]] | None = None,
     mask_key: str | None = None,
     cece_classes: str = "all",
+    missed_distance: str | float = "diagonal",
+    empty_reference: str = "nan",
 ) -> dict[str, Any]:
     """Evaluate a trained network on whole volumes and write ``output_dir``:
     ``per_case.csv``, ``summary.csv``, ``summary.md``, ``reliability.png``, ``reference_reliability.png``,
@@ -160,6 +162,10 @@ def evaluate_run(
     ``cece_classes``: ``"all"`` (default) averages the class-wise ECE over every class; ``"up_to_max_label"``
     over classes 0 .. the highest label of the case, as the MbLS reference code does (to compare with its tables).
 
+    ``missed_distance`` and ``empty_reference``: the scores of a class that the prediction or the reference lacks
+    (:class:`calibmonai.metrics.SegmentationMetrics`; by default a missed structure's ASD and HD95 are the image's
+    diagonal and a class absent from the reference is left out).
+
     Under an initialised ``torch.distributed`` group (``multi_gpu_evaluate.yaml``, one process per GPU) each
     process evaluates a contiguous share of the cases; the per-case rows are gathered and the calibration
     histograms all-reduced, so rank 0 writes the same files as one process would, and every process returns the
@@ -171,7 +177,7 @@ def evaluate_run(
 
     load_checkpoint(network, checkpoint, device)
     cal = CalibrationMetrics(num_bins=num_bins, foreground="label", cece_classes=cece_classes)
-    seg = SegmentationMetrics(num_classes, class_names, regions=regions)
+    seg = SegmentationMetrics(num_classes, class_names, regions=regions, missed_distance=missed_distance, empty_reference=empty_reference)
     ref_count = torch.zeros(num_bins, dtype=torch.float64)
     ref_p = torch.zeros(num_bins, dtype=torch.float64)
     ref_q = torch.zeros(num_bins, dtype=torch.float64)

@@ -265,6 +265,38 @@ def test_wmh_label_2_counts_in_no_metric(tmp_path):
     assert float(plain["wrong"]["brier"]) > float(plain["right"]["brier"]) + 0.05
 
 
+def test_evaluation_scores_a_missed_structure_with_the_diagonal(tmp_path):
+    """A network that never predicts the foreground: before, MONAI's inf distance became NaN and was left out, so the
+    run's mean HD95/ASD was empty (better than any real prediction); now the image's diagonal in mm."""
+    from calibmonai.evaluation import evaluate_run
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    shape = (12, 10, 6)
+    affine = np.diag([0.8, 1.2, 3.0, 1.0])
+    label = np.zeros(shape, np.uint8)
+    label[3:7, 3:7, 2:4] = 1
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), affine), str(tmp_path / "img.nii.gz"))
+    nib.save(nib.Nifti1Image(label, affine), str(tmp_path / "lab.nii.gz"))
+    net = torch.nn.Conv3d(1, 2, 1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.copy_(torch.tensor([2.0, -2.0]))  # background everywhere
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict()}, ckpt)
+    items = [{"case": "c0", "image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}]
+    pre = Compose([LoadImaged(("image", "label")), EnsureChannelFirstd(("image", "label"))])
+    diag = math.sqrt((11 * 0.8) ** 2 + (9 * 1.2) ** 2 + (5 * 3.0) ** 2)
+    for kwargs, want in (({}, diag), ({"missed_distance": "nan"}, math.nan)):
+        out = tmp_path / f"eval_{len(kwargs)}"
+        summary = evaluate_run(net, str(ckpt), items, pre, lambda x, n: n(x), 2, ["background", "fg"], str(out), **kwargs)
+        row = next(csv.DictReader(open(out / "per_case.csv")))
+        assert float(row["dsc_mean"]) == 0.0
+        for key in ("hd95_mean", "asd_mean"):
+            got = float(row[key]) if row[key] not in ("", "nan") else math.nan
+            assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-5), (kwargs, key, row[key])
+            assert (math.isnan(summary[key]) and math.isnan(want)) or summary[key] == pytest.approx(want, rel=1e-5)
+
+
 def test_meep_table_means_over_seeds(tmp_path):
     def summary(folder: Path, values: dict) -> None:
         folder.mkdir(parents=True)

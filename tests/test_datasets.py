@@ -429,6 +429,24 @@ def test_busi_load_grey_and_union(busi_root, tmp_path):
     assert float(out["image"].max()) == 1.0 and set(np.unique(out["label"].numpy())) == {0, 1}
 
 
+def test_busi_distances_are_in_pixels_of_the_original_image(busi_root):
+    """The resize keeps the image's extent (MONAI's Resized scales the affine): the evaluation's spacing is
+    (width / 256, height / 256) original pixels, so a 4-pixel shift of a 24-pixel-wide image's mask measures 4 * 24/256."""
+    from monai.transforms import Compose
+
+    from calibmonai.datasets.pipelines import load_transforms
+    from calibmonai.evaluation import _spacing
+    from calibmonai.metrics import SegmentationMetrics
+
+    entry = next(e for part in busi.datalist(busi_root).values() for e in part if e["case"] == "benign (2)")
+    d = Compose(load_transforms("busi", [256, 256]))(entry)
+    spacing = _spacing(d["image"])
+    assert spacing == pytest.approx([24 / 256, 20 / 256])  # the look-alike's images: 24 wide, 20 high
+    lab = torch.as_tensor(d["label"]).long()[None]
+    shifted = torch.roll(lab, 4, dims=2)  # 4 resized pixels along the width
+    assert SegmentationMetrics(2)(shifted, lab, spacing)[0]["hd95_mean"] == pytest.approx(4 * 24 / 256, rel=1e-5)
+
+
 def test_busi_known_ids_split():
     assert len(busi.KNOWN_IDS) == 647 and busi.KNOWN_IDS[0] == "benign (1)" and busi.KNOWN_IDS[-1] == "malignant (210)"
     s = busi.make_split(busi.KNOWN_IDS, seed=0)

@@ -294,6 +294,68 @@ def test_segmentation_metrics_dice_and_distances():
     assert agg["dsc_a"] == pytest.approx(row["dsc_a"]) and agg["dsc_a_std"] == 0.0
 
 
+def _two_cubes():
+    lab = torch.zeros(1, 1, 20, 20, 20, dtype=torch.long)
+    lab[0, 0, 2:8, 2:8, 2:8] = 1
+    lab[0, 0, 10:16, 10:16, 10:16] = 2
+    return lab
+
+
+def test_segmentation_missed_structure_scores_the_diagonal_not_a_perfect_distance():
+    # MONAI gives inf for a class the prediction misses; left out of the mean, the mean HD95 would be 0 (perfect)
+    from calibmonai.metrics.segmentation import image_diagonal
+
+    lab = _two_cubes()
+    pred = lab.masked_fill(lab == 2, 0)
+    spacing = (0.7, 0.9, 2.5)
+    diag = math.sqrt((19 * 0.7) ** 2 + (19 * 0.9) ** 2 + (19 * 2.5) ** 2)
+    assert image_diagonal((20, 20, 20), spacing) == pytest.approx(diag)
+    assert image_diagonal((5, 3)) == pytest.approx(math.sqrt(16 + 4))
+    row = SegmentationMetrics(3)(pred, lab, spacing)[0]
+    assert row["dsc_class1"] == pytest.approx(1.0) and row["dsc_class2"] == 0.0 and row["dsc_mean"] == pytest.approx(0.5)
+    assert row["hd95_class1"] == 0.0 and row["hd95_class2"] == pytest.approx(diag) and row["hd95_mean"] == pytest.approx(diag / 2)
+    assert row["asd_class2"] == pytest.approx(diag) and row["asd_mean"] == pytest.approx(diag / 2)
+    # voxels without spacing; a fixed distance (BraTS's 373.13 mm); MONAI's inf as NaN, left out of the mean
+    assert SegmentationMetrics(3)(pred, lab)[0]["hd95_class2"] == pytest.approx(19 * math.sqrt(3))
+    assert SegmentationMetrics(3, missed_distance=373.13)(pred, lab, spacing)[0]["asd_class2"] == pytest.approx(373.13)
+    row = SegmentationMetrics(3, missed_distance="nan")(pred, lab, spacing)[0]
+    assert math.isnan(row["hd95_class2"]) and row["hd95_mean"] == 0.0 and row["dsc_class2"] == 0.0
+
+
+def test_segmentation_class_absent_from_the_reference():
+    lab = _two_cubes().masked_fill(_two_cubes() == 2, 0)  # the reference lacks class 2
+    fp = lab.clone()
+    fp[0, 0, 15:18, 15:18, 15:18] = 2  # a false-positive class-2 blob
+    spacing = (1.0, 1.0, 2.0)
+    diag = math.sqrt(2 * 19**2 + 38**2)
+    # default ("nan", MONAI's ignore_empty): every score of class 2 NaN, left out of the means
+    for pred in (lab, fp):
+        row = SegmentationMetrics(3)(pred, lab, spacing)[0]
+        assert all(math.isnan(row[f"{k}_class2"]) for k in ("dsc", "asd", "hd95"))
+        assert row["dsc_mean"] == pytest.approx(1.0) and row["hd95_mean"] == 0.0
+    # "score" (the BraTS challenge's rule): nothing predicted where there is nothing is perfect, a false positive
+    # scores DSC 0 and the missed distance
+    seg = SegmentationMetrics(3, empty_reference="score")
+    row = seg(lab, lab, spacing)[0]
+    assert (row["dsc_class2"], row["asd_class2"], row["hd95_class2"]) == (1.0, 0.0, 0.0)
+    row = seg(fp, lab, spacing)[0]
+    assert row["dsc_class2"] == 0.0 and row["hd95_class2"] == pytest.approx(diag) and row["asd_class2"] == pytest.approx(diag)
+    assert row["dsc_mean"] == pytest.approx(0.5)
+
+
+def test_segmentation_empty_rules_on_regions_and_bad_arguments():
+    from calibmonai.metrics.segmentation import BRATS_REGIONS
+
+    gt = torch.tensor([0, 1, 2, 2, 0, 0]).view(1, 1, 6, 1, 1).repeat(1, 1, 1, 4, 4)  # no label 3: ET absent
+    pred = torch.tensor([0, 1, 2, 2, 3, 0]).view(1, 1, 6, 1, 1).repeat(1, 1, 1, 4, 4)  # ET predicted
+    row = SegmentationMetrics(4, regions=BRATS_REGIONS, empty_reference="score")(pred, gt)[0]
+    assert row["dsc_ET"] == 0.0 and row["hd95_ET"] == pytest.approx(math.sqrt(25 + 9 + 9))
+    assert row["dsc_WT"] == pytest.approx(2 * 3 / 7)
+    for bad in ({"missed_distance": "max"}, {"missed_distance": -1.0}, {"missed_distance": math.inf}, {"empty_reference": "zero"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SegmentationMetrics(3, **bad)
+
+
 def test_segmentation_regions():
     from calibmonai.metrics.segmentation import BRATS_REGIONS
 

@@ -11,7 +11,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
 from monai.networks.utils import one_hot
 
-__all__ = ["SegmentationMetrics", "labels_to_regions", "BRATS_REGIONS"]
+__all__ = ["SegmentationMetrics", "labels_to_regions", "image_diagonal", "BRATS_REGIONS"]
 
 #: BraTS evaluation regions (labels 1 NCR/NET, 2 ED, 4 ET as in BraTS 2019; remapped to 3 when 4 is not used)
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}
@@ -22,16 +22,43 @@ def labels_to_regions(labels: torch.Tensor, regions: Mapping[str, Sequence[int]]
     return torch.cat([torch.isin(labels, torch.as_tensor(list(v), device=labels.device)) for v in regions.values()], dim=1).float()
 
 
+def image_diagonal(shape: Sequence[int], spacing: Sequence[float] | None = None) -> float:
+    """Length of the image's diagonal, between the centres of opposite corner voxels: the largest distance two
+    voxels of the image can have (``sqrt(sum(((n_i - 1) * s_i)^2))``, in the units of ``spacing``; voxels without)."""
+    s = [1.0] * len(shape) if spacing is None else [float(x) for x in spacing]
+    if len(s) != len(shape):
+        raise ValueError(f"spacing needs one value per spatial dimension of {tuple(shape)}, got {list(s)}.")
+    return float(math.sqrt(sum(((int(n) - 1) * x) ** 2 for n, x in zip(shape, s))))
+
+
+#: what a class absent from the reference scores (``empty_reference``)
+EMPTY_REFERENCE = ("nan", "score")
+
+
 class SegmentationMetrics:
     """Per-case, per-class Dice (DSC), average symmetric surface distance (ASD) and 95th-percentile Hausdorff
     distance (HD95) with MONAI's ``DiceMetric``, ``SurfaceDistanceMetric`` and ``HausdorffDistanceMetric``,
     in physical units when ``spacing`` is given.
+
+    Empty classes (MONAI gives ``inf`` or NaN, which a mean over classes or cases would leave out, so that a network
+    that misses a structure entirely would get a *better* mean HD95 than one that finds it roughly):
+
+    - present in the reference, absent from the prediction: DSC 0 and ASD/HD95 ``missed_distance``, by default the
+      image's diagonal (:func:`image_diagonal`: the largest distance in the image, the convention of the BraTS
+      challenge's scoring, whose fixed 373.13 mm is the diagonal of its volumes);
+    - absent from the reference (``empty_reference``): ``"nan"`` (default, MONAI's ``ignore_empty``: nothing to
+      measure, every score NaN and left out of the means); ``"score"`` (the BraTS challenge's rule, for a class that
+      many cases lack, e.g. BraTS's enhancing tumour): DSC 1 and distances 0 when the prediction is empty too, DSC 0
+      and distances ``missed_distance`` when it is not.
 
     Args:
         num_classes: number of label classes (background included).
         class_names: names of the classes (defaults to ``class1``...); background is never reported.
         regions: optional ``{name: labels}`` evaluation regions (e.g. :data:`BRATS_REGIONS`) replacing classes.
         distances: whether to compute ASD and HD95 (slow on large volumes).
+        missed_distance: ASD and HD95 of a class one side lacks: ``"diagonal"`` (default), ``"nan"`` (left out of
+            the means, MONAI's ``inf`` made NaN) or a distance (in the units of the spacing).
+        empty_reference: ``"nan"`` or ``"score"``, see above.
     """
 
     def __init__(
@@ -40,9 +67,20 @@ class SegmentationMetrics:
         class_names: Sequence[str] | None = None,
         regions: Mapping[str, Sequence[int]] | None = None,
         distances: bool = True,
+        missed_distance: str | float = "diagonal",
+        empty_reference: str = "nan",
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        if isinstance(missed_distance, str):
+            if missed_distance not in ("diagonal", "nan"):
+                raise ValueError(f"missed_distance must be 'diagonal', 'nan' or a distance >= 0, got {missed_distance!r}.")
+        elif isinstance(missed_distance, bool) or not isinstance(missed_distance, (int, float)) or not (0 <= float(missed_distance) < math.inf):
+            raise ValueError(f"missed_distance must be 'diagonal', 'nan' or a finite distance >= 0, got {missed_distance!r}.")
+        if empty_reference not in EMPTY_REFERENCE:
+            raise ValueError(f"empty_reference must be one of {EMPTY_REFERENCE}, got {empty_reference!r}.")
+        self.missed_distance = missed_distance
+        self.empty_reference = empty_reference
         self.num_classes = num_classes
         self.regions = dict(regions) if regions else None
         if self.regions:
@@ -88,12 +126,22 @@ class SegmentationMetrics:
                 warnings.simplefilter("ignore")  # MONAI warns for empty classes; those are NaN below
                 values["asd"] = self.asd(p, g, **kw)
                 values["hd95"] = self.hd95(p, g, **kw)
+        # which reported channels each case has in the prediction and in the reference: (B, K) booleans
+        first = 0 if self.regions else 1
+        p_any = p[:, first:].flatten(2).any(-1).cpu()
+        g_any = g[:, first:].flatten(2).any(-1).cpu()
+        if not self.distances or self.missed_distance == "nan":
+            missed = math.nan
+        elif self.missed_distance == "diagonal":
+            missed = image_diagonal(pred.shape[2:], spacing)
+        else:
+            missed = float(self.missed_distance)
         rows = []
         for b in range(pred.shape[0]):
             row: dict[str, float] = {}
             for key, v in values.items():
                 vals = [float(x) for x in v[b].tolist()]
-                vals = [x if math.isfinite(x) else float("nan") for x in vals]
+                vals = [self._empty_rule(key, x, bool(pa), bool(ga), missed) for x, pa, ga in zip(vals, p_any[b], g_any[b])]
                 for name, x in zip(self.names, vals):
                     row[f"{key}_{name}"] = x
                 finite = [x for x in vals if not math.isnan(x)]
@@ -101,6 +149,18 @@ class SegmentationMetrics:
             rows.append(row)
         self.rows.extend(rows)
         return rows
+
+    def _empty_rule(self, key: str, value: float, in_pred: bool, in_ref: bool, missed: float) -> float:
+        """A score where a side lacks the class (the class docstring's rules); MONAI's value otherwise."""
+        if in_pred and in_ref:
+            return value if math.isfinite(value) else math.nan
+        if in_ref:  # missed entirely
+            return 0.0 if key == "dsc" else missed
+        if self.empty_reference == "nan":
+            return math.nan
+        if not in_pred:  # absent from both: nothing predicted where there is nothing
+            return 1.0 if key == "dsc" else 0.0
+        return 0.0 if key == "dsc" else missed
 
     def aggregate(self) -> dict[str, float]:
         """Mean and std over cases of every column (NaN cases skipped)."""
