@@ -227,8 +227,23 @@ def test_report_tables_against_numpy():
     seed_means = lambda method, metric: [np.mean([value(method, 0, s, c, metric, "unet") for c in (0, 1)]) for s in (0, 1)]  # noqa: E731
     assert [r[0] for r in body] == ["ce", "meep_ce_kl"] and body[1][1:] == [_pm(seed_means("meep_ce_kl", k)) for k in ("dsc_mean", "hd95_mean", "brier", "brier_plus", "ece")]
     pairs = {(p["method"], p["metric"]): p for p in paired_table(rows, "b", "unet")}
-    p = pairs[("mbls", "ece")]  # 4 pairs (2 seeds x 2 cases), differences 0.2 + 0.0001 x (0, 1, 2, 3): exact p = 2 / 16
-    assert p["n"] == 4 and p["mean_diff"] == pytest.approx(0.20015) and p["p_value"] == pytest.approx(0.125)
+    # 2 pairs, one per case (each averaged over the 2 seeds first: the seeds' repeats are not independent cases),
+    # differences 0.2 + 0.0001 x (1, 2): exact two-sided p = 2 / 4
+    p = pairs[("mbls", "ece")]
+    assert p["n"] == 2 and p["mean_diff"] == pytest.approx(0.20015) and p["p_value"] == pytest.approx(0.5)
+
+
+def test_table2_ranks_a_case_a_method_lacks_last():
+    rows, value = _synthetic_rows()
+    rows = [r for r in rows if not (r["method"] == "meep_ce_kl" and r["case"] == "c1")]  # a partly finished study
+    header, body = table2(rows, "b", "unet")
+    ranks = {r[0]: r[4] for r in body}
+    # c0 as before (DSC: meep best; ASD, ECE, CECE: meep worst): ce 1.75, mbls 2.25, mbls_l2 2.75, meep 3.25;
+    # c1 without meep: meep last (4) on every metric, the others as on c0 among themselves but DSC ranks 3, 2, 1
+    c1 = {"ce": (3 + 1 + 1 + 1) / 4, "mbls": (2 + 2 + 2 + 2) / 4, "mbls_l2": (1 + 3 + 3 + 3) / 4, "meep_ce_kl": 4.0}
+    c0 = {"ce": 1.75, "mbls": 2.25, "mbls_l2": 2.75, "meep_ce_kl": 3.25}
+    assert ranks == {m: f"{(c0[m] + c1[m]) / 2:.2f}" for m in c0}  # 1.62 (1.625), 2.12, 2.62, 3.62
+    assert ranks != {"ce": "1.75", "mbls": "2.25", "mbls_l2": "2.75", "meep_ce_kl": "3.25"}  # c0 alone (the shared cases)
 
 
 # ---------------------------------------------------------------- the tiny study end to end

@@ -217,29 +217,31 @@ def table1(rows: Sequence[Mapping[str, Any]], bundle: str, backbone: str, refere
 
 
 def table2(rows: Sequence[Mapping[str, Any]], bundle: str, backbone: str, reference: str = "ce") -> tuple[list[str], list[list[str]]]:
-    """Table 2: ECE and CECE (mean ± std over test cases) and the rankings over :data:`RANK_METRICS`."""
+    """Table 2: ECE and CECE (mean ± std over test cases) and the rankings over :data:`RANK_METRICS`.
+
+    The mean case-rank ranks the methods on every case any of them has: a case a method lacks (a partly finished
+    study) ranks it last there, as a missing value does (:func:`calibmonai.study.stats.rank_values`)."""
     data = _per_case(_selected_test(rows, bundle, backbone))
     methods = _method_order(data, reference)
     header = ["method", "ECE", "CECE", "sum-rank", "mean case-rank"]
     if not methods:
         return header, []
     metrics = [k for k in RANK_METRICS if all(k in data[m] for m in methods)]
-    cases = sorted(set.intersection(*[set(data[m][k]) for m in methods for k in metrics])) if metrics else []
+    cases = sorted(set.union(*[set(data[m][k]) for m in methods for k in metrics])) if metrics else []
     means = {m: {k: _mean_std(data[m][k].values())[0] for k in metrics} for m in methods}
     sr = sum_rank(means, metrics) if metrics else {}
-    cr = mean_case_rank({m: {k: [data[m][k][c] for c in cases] for k in metrics} for m in methods}, metrics) if metrics and cases else {}
+    cr = mean_case_rank({m: {k: [data[m][k].get(c, math.nan) for c in cases] for k in metrics} for m in methods}, metrics) if metrics and cases else {}
     body = [[m, _pm(data[m].get("ece", {}).values()), _pm(data[m].get("cece", {}).values()), f"{sr.get(m, math.nan):g}", f"{cr.get(m, math.nan):.2f}"] for m in methods]
     return header, body
 
 
 def paired_table(rows: Sequence[Mapping[str, Any]], bundle: str, backbone: str, reference: str = "ce", metrics: Sequence[str] = ("dsc_mean", "hd95_mean", "ece", "cece", "brier")) -> list[dict[str, Any]]:
-    """Per-case differences of every method against ``reference`` (pairs: the same case and seed/fold), with
-    the Wilcoxon signed-rank p-value; one record per method x metric."""
-    sel = _selected_test(rows, bundle, backbone)
-    values: dict[str, dict[str, dict[tuple[str, str], float]]] = defaultdict(lambda: defaultdict(dict))
-    for r in sel:
-        values[r["method"]][r["metric"]][(str(r["seed"]), str(r["fold"]), r["case"])] = float(r["value"])
-    out = []
+    """Per-case differences of every method against ``reference`` with the Wilcoxon signed-rank p-value; one record
+    per method x metric. Each case is first averaged over seeds/folds (as in the tables): the pairs are the test
+    cases both methods have, since the seeds' repeats of one case are not independent cases (counting them as such
+    would make the p-value too small)."""
+    values = _per_case(_selected_test(rows, bundle, backbone))
+    out: list[dict[str, Any]] = []
     if reference not in values:
         return out
     for m in _method_order(values, reference):
@@ -589,7 +591,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
                 methods = list(dict.fromkeys(p["method"] for p in pairs))
                 cell = {(p["method"], p["metric"]): f"{p['mean_diff']:+.4f} (p={p['p_value']:.3g}, n={int(p['n'])})" for p in pairs}
                 section(
-                    f"Paired comparisons against {ref}: mean per-case difference (Wilcoxon signed-rank p, pairs)",
+                    f"Paired comparisons against {ref}: mean per-case difference (Wilcoxon signed-rank p, cases)",
                     _md(["method"] + [NAMES.get(k, k) for k in metrics], [[m] + [cell.get((m, k), "n/a") for k in metrics] for m in methods])
                     + "\nA p-value above 0.05 means the difference is within case-to-case variation (few cases cannot reach small p-values: "
                     "with n pairs the exact two-sided test cannot go below 2^(1-n)).",
