@@ -8,6 +8,10 @@ Layout of ``bundles/``: one folder per dataset bundle (model-zoo layout: ``confi
 
 from __future__ import annotations
 
+import ast
+import difflib
+import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,7 +19,7 @@ from calibmonai.losses import METHODS
 
 __all__ = [
     "run_name", "bundle_dir", "method_names", "backbone_names", "fragment", "config_files", "inference_config_files",
-    "bundle_parser", "check_config_keys", "run_workflow", "as_bool", "REPO_BUNDLES",
+    "bundle_parser", "check_config_keys", "check_command_line_keys", "run_workflow", "as_bool", "REPO_BUNDLES",
 ]  # fmt: skip
 
 REPO_BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
@@ -149,6 +153,83 @@ def check_config_keys(files: Sequence[str], overrides: Mapping[str, Any], comman
         raise ValueError(
             f"unknown flag --{unknown[0]} for `{command}`: neither a flag of the command nor a key of its config "
             f"({', '.join(map(str, files))}); config keys: {', '.join(sorted(k for k in config if not k.startswith('_')))}."
+        )
+
+
+#: arguments of ``monai.bundle run`` itself and the overrides its ``--tracking mlflow`` settings read (not config keys)
+_RUN_ARGUMENTS = frozenset(
+    {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
+     "workflow_type", "workflow_name", "properties_path", "output_dir", "tracking_uri", "experiment_name", "run_name",
+     "save_execute_config"}
+)  # fmt: skip
+
+
+def _command_line_flags(tokens: Sequence[str]) -> dict[str, Any]:
+    """``{name: value}`` of the ``--name value`` / ``--name=value`` flags of a Fire command line (a flag without a
+    value is ``True``)."""
+    flags: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token[2:].partition("=")
+            if eq:
+                flags[name] = value
+            elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                flags[name] = tokens[i + 1]
+                i += 1
+            else:
+                flags[name] = True
+        i += 1
+    return flags
+
+
+def _as_file_list(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    text = str(value).strip()
+    if text.startswith("["):
+        try:
+            return [str(v) for v in ast.literal_eval(text)]
+        except (ValueError, SyntaxError):
+            pass
+    return [text]
+
+
+def check_command_line_keys(argv: Sequence[str] | None = None) -> None:
+    """Under ``python -m monai.bundle run ...``: refuse a flag that is neither an argument of MONAI's ``run`` nor a
+    top-level key (before ``#``/``::``) of the config composed of its ``--config_file`` (MONAI adds such a key and
+    nothing reads it: ``--data_dir`` for ``--dataset_dir`` would train on the default data, ``--epcohs 1`` for the
+    default number of epochs), suggesting the nearest keys. Overrides of an ``--args_file`` are checked too.
+    A no-op in any other process (``ConfigWorkflow`` from Python, ``calibmonai`` commands, which check their flags).
+    The bundles call it first in ``initialize``.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] != "run" or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
+        return
+    flags = _command_line_flags(argv[2:])
+    args_file = flags.get("args_file")
+    if isinstance(args_file, str) and os.path.isfile(args_file):
+        from monai.bundle import ConfigParser
+
+        flags = {**ConfigParser.load_config_file(args_file), **flags}
+    files = flags.get("config_file")
+    if not files or files is True:
+        return
+    files = _as_file_list(files)
+    if not all(os.path.isfile(f) for f in files):
+        return  # MONAI names the missing file
+    config = bundle_parser(files).config
+    keys = sorted(k for k in config if not str(k).startswith("_"))
+    for name in flags:
+        root = str(name).replace("::", "#").split("#", 1)[0]
+        if root in config or root.replace("-", "_") in _RUN_ARGUMENTS:
+            continue
+        near = difflib.get_close_matches(root, keys, n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join('--' + k for k in near)}?" if near else ""
+        raise ValueError(
+            f"unknown flag --{name}: not a key of the config ({', '.join(files)}) nor an argument of "
+            f"`monai.bundle run`, so nothing would read it.{hint} Config keys: {', '.join(keys)}."
         )
 
 

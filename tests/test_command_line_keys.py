@@ -1,0 +1,90 @@
+"""`python -m monai.bundle run` flags that no config key reads are refused (MONAI would add the key silently)."""
+
+import glob
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import monai
+import pytest
+
+from calibmonai.bundle_tools import _as_file_list, _command_line_flags, check_command_line_keys
+
+REPO = Path(__file__).resolve().parent.parent
+MAIN = os.path.join(os.path.dirname(monai.__file__), "bundle", "__main__.py")  # sys.argv[0] under `python -m monai.bundle`
+TRAIN = [str(REPO / "bundles/mni_tissue_seg2d/configs/train.yaml"), str(REPO / "bundles/methods/mbls.yaml")]
+
+
+def _argv(*flags: str) -> list[str]:
+    return [MAIN, "run", "training", "--config_file", str(TRAIN)] + list(flags)
+
+
+def test_flags_are_parsed_as_fire_reads_them():
+    assert _command_line_flags(["training", "--a", "1", "--b=x y", "--c", "--d#e", "-2"]) == {"a": "1", "b": "x y", "c": True, "d#e": "-2"}
+    assert _as_file_list("['a.yaml', 'b.yaml']") == ["a.yaml", "b.yaml"] and _as_file_list("a.yaml") == ["a.yaml"]
+
+
+def test_config_keys_and_run_arguments_pass():
+    check_command_line_keys(_argv("--epochs", "1", "--dataset_dir=/x", "--loss_kwargs#margin", "5", "--network_def::channels", "[4, 8]"))
+    check_command_line_keys(_argv("--tracking", "mlflow", "--experiment_name", "e", "--logging_file", "l.conf", "--meta_file", "m.json"))
+
+
+def test_a_mistyped_key_is_refused_with_the_nearest_keys():
+    with pytest.raises(ValueError, match=r"unknown flag --data_dir: .*Did you mean --dataset_dir"):
+        check_command_line_keys(_argv("--epochs", "1", "--data_dir", "/data"))
+    with pytest.raises(ValueError, match=r"--epcohs.*Did you mean --epochs"):
+        check_command_line_keys(_argv("--epcohs=1"))
+    with pytest.raises(ValueError, match="unknown flag --marginn#x"):
+        check_command_line_keys(_argv("--marginn#x", "1"))
+
+
+def test_args_file_overrides_are_checked(tmp_path):
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"config_file": TRAIN, "epoch": 3}))
+    with pytest.raises(ValueError, match="--epoch:.*Did you mean --epochs"):
+        check_command_line_keys([MAIN, "run", "training", "--args_file", str(args)])
+    args.write_text(json.dumps({"config_file": TRAIN, "epochs": 3}))
+    check_command_line_keys([MAIN, "run", "training", "--args_file", str(args)])
+
+
+def test_other_processes_are_left_alone():
+    # ConfigWorkflow from Python, calibmonai's own commands (they check their flags), a missing config file (MONAI names it)
+    check_command_line_keys(["pytest", "run", "--config_file", str(TRAIN), "--nonsense", "1"])
+    check_command_line_keys([MAIN, "verify_metadata", "--config_file", str(TRAIN), "--nonsense", "1"])
+    check_command_line_keys([MAIN, "run", "training", "--config_file", "['/no/such.yaml']", "--nonsense", "1"])
+
+
+def test_every_documented_bundle_command_uses_config_keys():
+    """Each `python -m monai.bundle run` line of the README and the bundles' docs and configs whose config files
+    exist in this checkout (relative to the repository root) passes the check: the docs name no key nothing reads."""
+    checked = 0
+    docs = [REPO / "README.md"] + [Path(p) for p in glob.glob(str(REPO / "bundles/*/docs/README.md"))] + [Path(p) for p in glob.glob(str(REPO / "bundles/*/configs/*.yaml"))]
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        for doc in docs:
+            for m in re.finditer(r"-m monai\.bundle run ([^\n`]*)", doc.read_text().replace("\\\n", " ")):
+                try:
+                    tokens = shlex.split(m.group(1))
+                except ValueError:
+                    continue
+                files = _command_line_flags(tokens).get("config_file")
+                if not files or not all(os.path.isfile(f) for f in _as_file_list(files)):
+                    continue  # placeholders (<bundle>, $B, ...)
+                check_command_line_keys([MAIN, "run"] + tokens)
+                checked += 1
+    finally:
+        os.chdir(cwd)
+    assert checked >= 50, checked
+
+
+def test_monai_bundle_run_stops_before_training(tmp_path):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN), "--bundle_root", str(tmp_path / "b"), "--epcohs", "1"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "unknown flag --epcohs" in r.stderr and "Did you mean --epochs" in r.stderr
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").rglob("*.pt"))  # nothing trained
