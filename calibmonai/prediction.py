@@ -16,8 +16,19 @@ __all__ = ["load_checkpoint", "check_checkpoint", "predict_logits", "to_probabil
 def _read_state(checkpoint: str, device: Any) -> Any:
     """The network's state dict of a MONAI ``CheckpointSaver`` file (a state dict, or ``{"model": state_dict}``)."""
     if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"no trained checkpoint at {checkpoint}: run the 'training' workflow of this run first.")
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
+        where = "" if os.path.isabs(checkpoint) else (
+            f" (a path relative to {os.getcwd()}: from another folder, pass --bundle_root <the bundle's folder>)"
+        )
+        raise FileNotFoundError(f"no trained checkpoint at {checkpoint}{where}: run the 'training' workflow of this run first.")
+    try:
+        # weights_only: a checkpoint is data (a crafted pickle in a downloaded bundle would otherwise run code)
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, OSError for these
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(
+            f"the checkpoint {checkpoint} cannot be read: it is empty, truncated or corrupt, or holds more than "
+            f"tensors and plain values ({type(e).__name__}: {reason}). Train the run again or copy the file again."
+        ) from e
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     return state

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from calibmonai.calibration.sampling import VoxelSample
 
-__all__ = ["Calibrator", "weighted_nll", "fit_lbfgs", "CALIBRATORS", "load_calibrator"]
+__all__ = ["Calibrator", "weighted_nll", "fit_lbfgs", "CALIBRATORS", "load_calibrator", "file_sha256"]
 
 CALIBRATORS: dict[str, type] = {}
 
@@ -59,6 +60,7 @@ class Calibrator(torch.nn.Module):
             raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
         self.num_classes = int(num_classes)
         self.fitted = False
+        self.fitted_on: dict[str, str] = {}  # what it was fitted to (see ``save``), e.g. the checkpoint's SHA-256
 
     def _check_logits(self, logits: torch.Tensor) -> None:
         if logits.ndim < 2 or logits.shape[1] != self.num_classes:
@@ -89,11 +91,14 @@ class Calibrator(torch.nn.Module):
     def set_extra(self, extra: dict[str, Any]) -> None:
         return None
 
-    def save(self, path: str | os.PathLike) -> str:
-        """Write the calibrator (atomically: a temporary file renamed)."""
+    def save(self, path: str | os.PathLike, fitted_on: Mapping[str, str] | None = None) -> str:
+        """Write the calibrator (atomically: a temporary file renamed). ``fitted_on``: what it was fitted to, e.g.
+        ``{"checkpoint": "model.pt", "sha256": ...}`` (:func:`file_sha256`), kept as ``fitted_on`` when loaded."""
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         payload = {"kind": self.name, "num_classes": self.num_classes, "config": self.config(), "state": self.state_dict(), "extra": self.extra_state()}
+        if fitted_on:
+            payload["fitted_on"] = {str(k): str(v) for k, v in fitted_on.items()}
         tmp = path + ".tmp"
         torch.save(payload, tmp)
         os.replace(tmp, path)
@@ -125,4 +130,14 @@ def load_calibrator(path: str | os.PathLike, num_classes: int | None = None, map
     cal.set_extra(payload.get("extra", {}))
     cal.load_state_dict(payload["state"])
     cal.fitted = True
+    cal.fitted_on = dict(payload.get("fitted_on") or {})
     return cal
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex): which checkpoint a calibrator was fitted on."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -11,7 +11,7 @@ import torch
 
 from calibmonai.progress import progress
 
-from calibmonai.calibration.base import CALIBRATORS, Calibrator, load_calibrator
+from calibmonai.calibration.base import CALIBRATORS, Calibrator, file_sha256, load_calibrator
 from calibmonai.calibration.sampling import StratifiedVoxelSampler
 
 __all__ = ["calibrate_run", "calibrator_path", "run_calibrator"]
@@ -22,13 +22,26 @@ def calibrator_path(output_dir: str, name: str) -> str:
     return os.path.join(output_dir, "models", f"calibrator_{name}.pt")
 
 
-def run_calibrator(name: str | None, output_dir: str, num_classes: int) -> Calibrator | None:
-    """The fitted calibrator ``name`` of a run (``None`` when ``name`` is ``None``), class count checked."""
+def run_calibrator(name: str | None, output_dir: str, num_classes: int, checkpoint: str | None = None) -> Calibrator | None:
+    """The fitted calibrator ``name`` of a run (``None`` when ``name`` is ``None``), class count checked.
+
+    A calibrator fitted on other weights than the run's checkpoint (``checkpoint``, by default ``model.pt`` beside
+    the calibrator: the run was trained again after calibrating) is refused: its temperature or mapping belongs to
+    the old network. Calibrators saved without that record (older versions) are not checked."""
     if name in (None, "", "none", "None"):
         return None
     if name not in CALIBRATORS:
         raise ValueError(f"Unknown calibrator {name!r}; available calibrators: {', '.join(CALIBRATORS)}.")
-    return load_calibrator(calibrator_path(output_dir, name), num_classes=num_classes).eval()
+    path = calibrator_path(output_dir, name)
+    cal = load_calibrator(path, num_classes=num_classes).eval()
+    checkpoint = checkpoint or os.path.join(os.path.dirname(path), "model.pt")
+    recorded = cal.fitted_on.get("sha256")
+    if recorded and os.path.isfile(checkpoint) and file_sha256(checkpoint) != recorded:
+        raise ValueError(
+            f"calibrator {path} was fitted on other weights than {checkpoint} (the run was trained again after "
+            f"calibrating): run the 'calibrate' workflow again (bundles/calibrate/{name}.yaml) to fit it to these weights."
+        )
+    return cal
 
 
 def calibrate_run(
@@ -93,9 +106,10 @@ def calibrate_run(
     else:
         info = cal.fit([s[1] for s in slices], epochs=lts_epochs, seed=seed)
     path = calibrator_path(output_dir, name)
-    cal.save(path)
-    summary = {"calibrator": name, **info, **cal.parameters_summary(), "path": path}
+    fitted_on = {"checkpoint": os.path.basename(checkpoint), "sha256": file_sha256(checkpoint)}
+    cal.save(path, fitted_on=fitted_on)
+    summary = {"calibrator": name, **info, **cal.parameters_summary(), "path": path, "fitted_on": fitted_on}
     with open(os.path.splitext(path)[0] + ".json", "w") as f:
         json.dump(summary, f, indent=2, default=float)
-    progress(f"[calibrate] {name} fitted: " + ", ".join(f"{k}={v}" for k, v in summary.items() if k != "path") + f"; saved to {path}", "calibmonai.calibration")
+    progress(f"[calibrate] {name} fitted: " + ", ".join(f"{k}={v}" for k, v in summary.items() if k not in ("path", "fitted_on")) + f"; saved to {path}", "calibmonai.calibration")
     return summary
