@@ -384,9 +384,36 @@ class ScanInferenceEngine:
         if not bool(torch.isfinite(torch.as_tensor(image)).all()):
             raise ScanError("the scan contains non-finite voxel values (NaN or Inf)")
 
+    def _is_output(self, item: dict) -> bool:
+        """Whether ``item`` is an output of an earlier run in this output folder (``<case>_seg<ext>``, ...): with the
+        output folder the input folder, the second run would otherwise segment its own outputs."""
+        out = os.path.realpath(self.output_dir)
+        files = list(item.get("files") or ([item["image"]] if isinstance(item["image"], str) else item["image"]))
+        return all(
+            os.path.realpath(os.path.dirname(os.path.abspath(f))) == out
+            and str(f).lower().endswith(self.output_ext.lower())
+            and re.fullmatch(rf".+_({'|'.join(OUTPUT_SUFFIXES)})", os.path.basename(str(f))[: -len(self.output_ext)]) is not None
+            for f in files
+        )
+
+    def _existing_outputs(self, case: str) -> tuple[list[str], list[str]]:
+        """``(existing, missing)``: this run's outputs of ``case`` that exist and do not, and any other output of
+        ``case`` that an earlier run left (``_prob`` of a run with probability maps) among the existing."""
+        wanted = [os.path.join(self.output_dir, f"{case}_{p}{self.output_ext}") for p in self.postfixes]
+        others = [os.path.join(self.output_dir, f"{case}_{p}{self.output_ext}") for p in OUTPUT_SUFFIXES if p not in self.postfixes]
+        existing = [f for f in wanted + others if os.path.isfile(f)]
+        return existing, [f for f in wanted if not os.path.isfile(f)]
+
     def run(self) -> InferenceSummary:
         """Segment every scan; raises ``RuntimeError`` listing the failures after all scans were tried."""
         items = list(self.dataset.data)
+        earlier = [it for it in items if self._is_output(it)]
+        if earlier:
+            items = [it for it in items if not self._is_output(it)]
+            _log(f"[inference] left out {len(earlier)} file(s) of the output folder that are outputs of an earlier run "
+                 f"(e.g. {os.path.basename(str((earlier[0].get('files') or [earlier[0]['image']])[0]))})")  # fmt: skip
+            if not items:
+                raise FileNotFoundError(f"no scan found in {self.source!r}: only outputs of an earlier run ({len(earlier)} file(s)).")
         if not items:
             source = self.source
             if isinstance(source, (str, os.PathLike)) and not any(ch in str(source) for ch in "*?[") and not os.path.exists(source):
@@ -401,12 +428,17 @@ class ScanInferenceEngine:
             case = item["case"]
             files = list(item.get("files") or ([item["image"]] if isinstance(item["image"], str) else item["image"]))
             prefix = f"[inference] {i + 1}/{len(items)} {case}"
-            outputs = [os.path.join(self.output_dir, f"{case}_{p}{self.output_ext}") for p in self.postfixes]
-            if not self.overwrite and all(os.path.isfile(p) for p in outputs):
+            existing, missing = self._existing_outputs(case)
+            if not self.overwrite and existing and not missing:
                 summary.skipped.append(case)
                 _log(f"{prefix}: outputs exist, skipped (use --overwrite)")
                 continue
             try:
+                if not self.overwrite and existing:  # never rewrite some outputs and keep others (of another run)
+                    raise ScanError(
+                        f"some outputs exist ({', '.join(os.path.basename(f) for f in existing)}) and others do not "
+                        f"({', '.join(os.path.basename(f) for f in missing)}): nothing written; --overwrite true to redo the scan's outputs"
+                    )
                 self._check_files(files)
                 try:
                     data = transform(dict(item))

@@ -144,6 +144,47 @@ def test_existing_outputs_are_kept_unless_overwrite(trained, tmp_path, capsys):
     assert nib.load(str(seg)).shape == trained["volume"].shape
 
 
+def test_partial_outputs_are_never_completed_with_another_runs_files(trained, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    _write_scans(trained["volume"], folder)
+    for f in ("reoriented.nii", "oblique.nii.gz"):
+        os.remove(folder / f)
+    out = tmp_path / "out"
+    _infer(trained, str(folder), out)
+    seg = out / "plain_seg.nii.gz"
+    seg.write_bytes(b"sentinel")
+    # probability maps asked for later: the existing seg/conf/uncertainty are not rewritten beside a new prob
+    capsys.readouterr()
+    with pytest.raises(Exception, match="Failed to evaluate"):  # MONAI's wrapper of the engine's RuntimeError
+        _infer(trained, str(folder), out, save_probs=True)
+    text = capsys.readouterr().out
+    assert ("FAILED plain: some outputs exist (plain_seg.nii.gz, plain_conf.nii.gz, plain_uncertainty.nii.gz) and others "
+            "do not (plain_prob.nii.gz): nothing written; --overwrite true to redo") in text  # fmt: skip
+    assert seg.read_bytes() == b"sentinel" and not (out / "plain_prob.nii.gz").exists()
+    # one output removed: the others are kept, nothing is written
+    os.remove(out / "plain_conf.nii.gz")
+    with pytest.raises(Exception, match="Failed to evaluate"):
+        _infer(trained, str(folder), out)
+    assert "FAILED plain: some outputs exist (plain_seg.nii.gz, plain_uncertainty.nii.gz)" in capsys.readouterr().out
+    assert seg.read_bytes() == b"sentinel" and not (out / "plain_conf.nii.gz").exists()
+    _infer(trained, str(folder), out, overwrite=True, save_probs=True)
+    assert all(nib.load(str(out / f"plain_{k}.nii.gz")).shape[:3] == trained["volume"].shape for k in ("seg", "conf", "uncertainty", "prob"))
+
+
+def test_outputs_written_beside_the_scans_are_not_segmented_again(trained, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    _write_scans(trained["volume"], folder)
+    os.remove(folder / "oblique.nii.gz")
+    _infer(trained, str(folder), folder)  # the output folder is the input folder
+    before = sorted(p.name for p in folder.iterdir())
+    assert "plain_seg.nii.gz" in before
+    capsys.readouterr()
+    _infer(trained, str(folder), folder)
+    text = capsys.readouterr().out
+    assert "left out 6 file(s) of the output folder that are outputs of an earlier run" in text
+    assert "2 skipped" in text and sorted(p.name for p in folder.iterdir()) == before  # no plain_seg_seg.nii.gz
+
+
 def test_exported_bundle_runs_inference(trained, tmp_path):
     folder = tmp_path / "scans"
     _write_scans(trained["volume"], folder)
