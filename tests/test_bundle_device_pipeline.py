@@ -4,6 +4,7 @@ flips there without MetaTensor bookkeeping and without a deep copy of the cache,
 the pipeline gives the same batches as MONAI's defaults and the plain DataLoader."""
 
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,30 @@ def test_one_epoch_without_decollating_logs_the_loss(cohort, tmp_path):
     assert any("mean training loss" in line for line in lines)
     logged = [float(line.split("train_loss: ")[1].split()[0]) for line in lines if "train_loss: " in line]
     assert len(logged) == trainer.state.iteration and logged[-1] == pytest.approx(float(out[0]["loss"]), abs=1e-4)
+
+
+def test_an_epoch_without_any_batch_stops_before_validation_and_checkpointing():
+    """The loader gave no batch (every item failed in its threads): before, the untrained network was validated and
+    saved as the best model with exit status 0; now the run stops first, whatever the handlers' order."""
+    from ignite.engine import Engine, Events
+
+    class NoBatch:  # a loader whose length is known but whose items all failed
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            return iter([])
+
+    for data, epochs, validations in ((NoBatch(), 2, []), ([1, 2, 3], 3, [1, 2, 3])):
+        engine = Engine(lambda e, b: {"loss": torch.tensor(float(b))})
+        seen = []
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(e.state.epoch))  # ValidationHandler's place
+        EpochLossLogger().attach(engine)
+        if validations:
+            engine.run(data, max_epochs=epochs)  # epochs 2 and 3 start on a spent iterator: not an empty epoch
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ignite's own "Data iterator can not provide data anymore"
+                with pytest.raises(RuntimeError, match="epoch 1 ran no training iteration: the training data loader gave no batch"):
+                    engine.run(data, max_epochs=epochs)
+        assert seen == validations

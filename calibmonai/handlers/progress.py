@@ -14,6 +14,11 @@ class EpochLossLogger:
     """Log the mean of ``engine.state.output[loss_key]`` over each epoch (``logging``, logger ``calibmonai``), so
     a training run reports its loss at least once per epoch whatever the iteration-log interval.
 
+    An epoch in which the data loader gives no batch at all (every item failed in the loader's threads, an empty
+    training split) stops the run with a ``RuntimeError`` before the epoch's validation and checkpointing (the
+    check is the first handler of the trainer's ``EPOCH_COMPLETED``): otherwise the untrained network would be
+    validated and saved as the best model.
+
     Args:
         loss_key: key of the loss in the engine's output dictionaries (MONAI trainers: ``"loss"``).
         logger_name: name of the ``logging`` logger (a bundle's ``logging.conf`` routes it).
@@ -30,10 +35,25 @@ class EpochLossLogger:
 
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._check_not_empty)
+        # first among the epoch's handlers, whatever the order of the config's list (ValidationHandler comes first
+        # there); ignite has no public priority, so the handler is moved to the front of its list when it can be
+        handlers = getattr(engine, "_event_handlers", {}).get(Events.EPOCH_COMPLETED)
+        if isinstance(handlers, list) and handlers:
+            handlers.insert(0, handlers.pop())
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._log)
 
     def _reset(self, engine: Any) -> None:
         self._sum, self._count = 0.0, 0
+        self._first_iteration = getattr(engine.state, "iteration", 0)
+
+    def _check_not_empty(self, engine: Any) -> None:
+        if engine.state.iteration == getattr(self, "_first_iteration", -1):
+            raise RuntimeError(
+                f"epoch {engine.state.epoch} ran no training iteration: the training data loader gave no batch (see the "
+                "loader's errors above, e.g. an image and label of different sizes, or an empty training split); "
+                "stopped before validating and saving an untrained network."
+            )
 
     def _accumulate(self, engine: Any) -> None:
         outputs = engine.state.output
