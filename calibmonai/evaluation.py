@@ -182,6 +182,7 @@ def evaluate_run(
     ref_p = torch.zeros(num_bins, dtype=torch.float64)
     ref_q = torch.zeros(num_bins, dtype=torch.float64)
     rows: list[dict[str, Any]] = []
+    first_slice: tuple | None = None
     t0 = time.time()
     for i, item in _case_share(datalist):
         name = item.get("case") or item.get("subject") or os.path.basename(str(item["image"]))
@@ -209,12 +210,14 @@ def evaluate_run(
             ref_p += torch.bincount(bins, weights=p_b, minlength=num_bins)
             ref_q += torch.bincount(bins, weights=q_b, minlength=num_bins)
         rows.append(row)
-        if i == 0:
-            save_slice_png(np.asarray(image[0]), np.asarray(label[0, 0]), np.asarray(pred[0, 0]), np.asarray(conf[0]), os.path.join(output_dir, "slice.png"), f"{title} {name}", num_classes=num_classes)
+        if i == 0:  # written with the other outputs once every case is scored: a failing case leaves output_dir as it was
+            first_slice = (np.asarray(image[0]), np.asarray(label[0, 0]), np.asarray(pred[0, 0]), np.asarray(conf[0]), f"{title} {name}")
         progress(f"[evaluate] {title} case {i + 1}/{len(datalist)} {name}: DSC {_fmt(row['dsc_mean'])}, ECE {_fmt(row['ece'])} ({time.time() - t0:.0f} s)", "calibmonai.evaluation")
     if _rank_world()[1] > 1:  # every process's cases to every process; rank 0 writes output_dir
         rows, cal, output_dir, _scratch = _gather_cases(rows, cal, (ref_count, ref_p, ref_q), output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    if first_slice is not None:
+        save_slice_png(*first_slice[:4], os.path.join(output_dir, "slice.png"), first_slice[4], num_classes=num_classes)
     _write_rows(os.path.join(output_dir, "per_case.csv"), rows)
     summary: dict[str, Any] = {}
     for key in rows[0]:

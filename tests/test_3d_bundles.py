@@ -297,6 +297,30 @@ def test_evaluation_scores_a_missed_structure_with_the_diagonal(tmp_path):
             assert (math.isnan(summary[key]) and math.isnan(want)) or summary[key] == pytest.approx(want, rel=1e-5)
 
 
+def test_an_evaluation_that_fails_on_a_case_leaves_the_earlier_results_as_they_were(tmp_path):
+    from calibmonai.evaluation import evaluate_run
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    shape = (8, 8, 4)
+    label = np.zeros(shape, np.uint8)
+    label[2:5, 2:5, 1:3] = 1
+    for name in ("img", "lab"):
+        nib.save(nib.Nifti1Image(label.astype(np.float32 if name == "img" else np.uint8), np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    net = torch.nn.Conv3d(1, 2, 1)
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict()}, ckpt)
+    good = {"case": "c0", "image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
+    pre = Compose([LoadImaged(("image", "label")), EnsureChannelFirstd(("image", "label"))])
+    out = tmp_path / "eval"
+    evaluate_run(net, str(ckpt), [good], pre, lambda x, n: n(x), 2, ["background", "fg"], str(out))
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert {"slice.png", "per_case.csv", "summary.csv", "summary.md"} <= set(before)
+    broken = {**good, "case": "c1", "label": str(tmp_path / "missing.nii.gz")}
+    with pytest.raises(Exception):
+        evaluate_run(net, str(ckpt), [good, broken], pre, lambda x, n: n(x), 2, ["background", "fg"], str(out), title="second")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # no new slice.png beside the old summary
+
+
 def test_meep_table_means_over_seeds(tmp_path):
     def summary(folder: Path, values: dict) -> None:
         folder.mkdir(parents=True)
