@@ -80,6 +80,36 @@ def test_bad_data_messages(cohort, tmp_path):
         config_files(BUNDLE, "mbls_typo")
 
 
+def test_damaged_cases_are_named_before_training(cohort, tmp_path):
+    """A datalist's case whose label is on another grid, holds another class or is truncated stops load_datalist
+    (so the bundle's training) with the file named; before, the first trained silently and the others failed
+    inside the loader's threads."""
+    import nibabel as nib
+    import numpy as np
+
+    (entry,) = [e for e in json.loads((cohort / "datalist.json").read_text())["validation"]]
+    label_path = entry["label"]
+    for kind, pattern in (("grid", "shape mismatch: .*seg.nii.gz is \\(40, "), ("value", "label values outside \\[0, 1, 2, 3\\] in .*seg.nii.gz: \\[7\\]"),
+                          ("truncated", "unreadable or corrupt file: .*seg.nii.gz")):  # fmt: skip
+        broken = tmp_path / kind
+        shutil.copytree(cohort, broken)
+        lab = nib.load(str(broken / label_path))
+        data = np.asarray(lab.dataobj)
+        if kind == "grid":
+            nib.save(nib.Nifti1Image(data[:40], lab.affine, lab.header), str(broken / label_path))
+        elif kind == "value":
+            data = data.copy()
+            data[0, 0, 0] = 7
+            nib.save(nib.Nifti1Image(data, lab.affine, lab.header), str(broken / label_path))
+        else:
+            raw = (broken / label_path).read_bytes()
+            (broken / label_path).write_bytes(raw[: len(raw) // 2])
+        load_datalist(broken, "training")  # the other split is not read
+        with pytest.raises(ValueError, match=f"the validation split of .*datalist.json has cases that cannot be used:\\n(.|\\n)*{pattern}"):
+            load_datalist(broken, "validation")
+        assert load_datalist(broken, "validation", num_classes=None)  # the check switched off
+
+
 def test_every_method_has_a_fragment():
     """Every registry method has its own fragment; per-dataset fragments (MEEP's lambdas) name registry methods."""
     from monai.bundle import ConfigParser

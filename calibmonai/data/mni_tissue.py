@@ -239,9 +239,13 @@ def prepare_mni_tissue(
 
 def load_datalist(
     dataset_dir: str | os.PathLike, split: str, prepare: bool = False, prepare_if_default: str | os.PathLike | None = None,
-    prepare_settings: Mapping[str, Any] | None = None, **prepare_kwargs: Any,
+    prepare_settings: Mapping[str, Any] | None = None, num_classes: int | None = 4, **prepare_kwargs: Any,
 ) -> list[dict[str, str]]:
-    """Read one split of ``dataset_dir/datalist.json`` with absolute file paths, checking every file exists.
+    """Read one split of ``dataset_dir/datalist.json`` with absolute file paths, checking every file exists and
+    (``num_classes``) that each case's image and label are readable NIfTI files on the same grid with label values in
+    ``0 .. num_classes - 1`` (:func:`calibmonai.datasets.common.check_nifti_case`; a case that passed is not read
+    again in this process), so that a damaged or hand-made datalist stops with the file named before training
+    instead of failing (or, for a label on another grid, training silently) inside the loader.
 
     Args:
         dataset_dir: folder holding ``datalist.json``.
@@ -292,4 +296,21 @@ def load_datalist(
         raise FileNotFoundError(f"{len(missing)} file(s) named in {datalist} ({split}) do not exist, e.g. {missing[:3]}")
     if not items:
         raise ValueError(f"split {split!r} of {datalist} is empty.")
+    if num_classes is not None:
+        _check_items(items, root, split, int(num_classes))
     return items
+
+
+def _check_items(items: list[dict[str, str]], root: Path, split: str, num_classes: int) -> None:
+    """Raise ``ValueError`` with the problems of every case of ``items`` that is not a readable image and label
+    on one grid with labels in ``0 .. num_classes - 1``."""
+    import types
+
+    from calibmonai.datasets.common import Case, check_nifti_case, format_report
+    from calibmonai.datasets.pipelines import check_cases
+
+    module = types.SimpleNamespace(NAME="mni_tissue", check_case=lambda case: check_nifti_case(case, range(num_classes)))
+    cases = [Case(str(it.get("subject") or Path(it["image"]).name), str(it.get("subject") or ""), (it["image"],), it.get("label")) for it in items]
+    report = check_cases(module, cases, root)
+    if not report.ok:
+        raise ValueError(f"the {split} split of {root / 'datalist.json'} has cases that cannot be used:\n{format_report(report)}")
