@@ -4,6 +4,8 @@ The export holds plain JSON configs (``train.json``, ``evaluate.json``, ``infere
 flattened, every path derived from ``bundle_root``), ``metadata.json`` (schema 20240725, a version and changelog
 entry naming the method, its hyper-parameters and the training data), ``models/model.pt`` and the fitted
 calibrators, ``docs/`` and ``LICENSE``. It runs from its own folder, or from anywhere with ``--bundle_root``.
+``--overwrite`` replaces an empty folder or a previous export only; a folder holding anything an export does not
+write (a user's notes, ``runs/`` or ``eval/`` results of running the export) is refused with those files named.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from calibmonai.bundle_tools import as_bool, bundle_dir, bundle_parser, check_config_keys, config_files, run_name
+from calibmonai.bundle_tools import REPO_BUNDLES, as_bool, bundle_dir, bundle_parser, check_config_keys, config_files, run_name
 from calibmonai.prediction import check_checkpoint
 
 __all__ = ["export_bundle", "parse_loss_kwargs"]
@@ -26,6 +28,135 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: run writes under ``<bundle_root>/runs/<run>`` and never overwrites them
 _EXPORTED = {"runs_dir": "$os.path.join(@bundle_root, 'runs')", "run_dir": "$@bundle_root"}
 _EXPORTED_TRAIN = {"run_dir": "$os.path.join(@runs_dir, @method_tag)"}
+
+#: what an export writes at its top level; ``--overwrite`` replaces a folder holding nothing else (see _foreign_files)
+EXPORT_FILES = ("LICENSE", "large_files.yml")
+EXPORT_DIRS = ("configs", "models", "docs")
+_EXPORT_CONFIGS = ("train.json", "evaluate.json", "inference.json", "metadata.json")
+_EXPORT_DOCS = ("README.md", "data_license.txt")
+
+#: flags that set nothing in an exported bundle, and why (checked before any config key)
+_NOT_EXPORTED = {
+    **dict.fromkeys(("input", "input_dir", "output", "output_dir", "save_probs"), (
+        "the scans, the output folder and the files written are chosen at each run of the exported bundle, not "
+        "stored in it: pass them when running it, `calibmonai infer SCANS RESULTS --bundle <export> [--save_probs true]` "
+        "or `python -m monai.bundle run --config_file <export>/configs/inference.json --input_dir SCANS --output_dir RESULTS`"
+    )),
+    "calibrator": (
+        "the export ships every calibrator fitted for the run (models/calibrator_*) and each inference run picks "
+        "one: `calibmonai infer SCANS RESULTS --bundle <export> --calibrator ts`"
+    ),
+    **dict.fromkeys(("bundle_root", "run_dir", "ckpt_dir", "ckpt_path", "method_tag"), (
+        "export-bundle sets it: the exported configs find their weights in <export>/models and write under "
+        "<export>, from wherever --bundle_root points when they run"
+    )),
+}  # fmt: skip
+#: config keys of training data that an exported inference config must not take (there they follow --input_dir)
+_TRAINING_ONLY = ("dataset_dir",)
+
+
+def _root_key(key: Any) -> str:
+    """The top-level key of a config id: ``network_def#channels`` / ``network_def::channels`` -> ``network_def``."""
+    return str(key).replace("::", "#").split("#", 1)[0]
+
+
+def _export_config_names() -> set[str]:
+    """Every file name an export may hold in ``configs/``: the exported JSON configs and the other config files
+    (``logging.conf``, ``split.json``, ...) that any repository bundle ships and an export copies."""
+    names = set(_EXPORT_CONFIGS)
+    if REPO_BUNDLES.is_dir():
+        for configs in REPO_BUNDLES.glob("*/configs"):
+            names.update(f.name for f in configs.iterdir() if f.is_file() and f.suffix not in (".yaml", ".yml"))
+    return names
+
+
+def _foreign_files(folder: Path, config_names: set[str] | None = None) -> list[str]:
+    """Paths (relative to ``folder``; folders end with ``/``) that ``export_bundle`` does not write: anything beside
+    ``configs/``, ``models/``, ``docs/``, ``LICENSE`` and ``large_files.yml``, and in those folders anything but the
+    exported configs, the weights (``model.pt`` and its TorchScript ``model.ts``), the calibrators
+    (``calibrator_*.pt|json``, shipped or fitted later) and the docs. Results of running the export (``runs/``,
+    ``eval/``, predictions) are not part of it."""
+    config_names = _export_config_names() if config_names is None else config_names
+
+    def shipped(sub: str, f: Path) -> bool:
+        if not f.is_file():
+            return False
+        if sub == "configs":
+            return f.name in config_names
+        if sub == "docs":
+            return f.name in _EXPORT_DOCS
+        return f.name in ("model.pt", "model.ts") or (f.name.startswith("calibrator_") and f.suffix in (".pt", ".json"))
+
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in EXPORT_FILES and entry.is_file():
+            continue
+        if entry.name in EXPORT_DIRS and entry.is_dir():
+            foreign += [f"{entry.name}/{f.name}{'/' if f.is_dir() else ''}" for f in sorted(entry.iterdir()) if not shipped(entry.name, f)]
+            continue
+        foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    return foreign
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether ``folder/configs/metadata.json`` is one that ``export_bundle`` wrote (it names the exported method)."""
+    try:
+        return "calibmonai_method" in json.loads((folder / "configs" / "metadata.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_export_target(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that ``export_bundle`` must not write: a file; a non-empty folder without ``overwrite``;
+    with ``overwrite``, a folder that is neither empty nor a previous export holding only what an export holds
+    (:func:`_foreign_files`): it would be deleted with it.
+
+    Raises:
+        FileExistsError: naming the folder, a few of the files that would be lost and the fix.
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out.")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite true to replace it.")
+    foreign = _foreign_files(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"--overwrite replaces only an empty folder or a previous export, and {out} holds {len(foreign)} file(s) "
+            f"an export does not write: {shown}. Move them out of {out} or choose another --out; nothing was written."
+        )
+    if not _is_export(out):
+        raise FileExistsError(
+            f"--overwrite replaces only an empty folder or a previous export, and {out} is not one (its "
+            "configs/metadata.json was not written by `calibmonai export-bundle`). Choose another --out; nothing was written."
+        )
+
+
+def _check_export_overrides(overrides: Mapping[str, Any], workflows: Mapping[str, list[str]], command: str) -> dict[str, dict[str, Any]]:
+    """Split the config overrides of an export over its configs: each key goes to every config (``train``,
+    ``evaluate``, ``inference``) that has its top-level key, so the export takes the settings of
+    ``calibmonai infer`` (``--inference_spacing``) as well as those of training (``--network_def#channels``).
+
+    Raises:
+        ValueError: for a key that no exported config has (naming every key they have) or that sets nothing in an
+            export (:data:`_NOT_EXPORTED`, saying why).
+    """
+    for key in overrides:
+        root = _root_key(key)
+        if root in _NOT_EXPORTED:
+            raise ValueError(f"--{key} does not apply to `{command}`: {_NOT_EXPORTED[root]}.")
+    union = list(dict.fromkeys(f for files in workflows.values() for f in files))
+    check_config_keys(union, overrides, command)
+    per_workflow = {}
+    for name, files in workflows.items():
+        keys = bundle_parser(files).config
+        skip = _TRAINING_ONLY if name == "inference" else ()
+        per_workflow[name] = {k: v for k, v in overrides.items() if _root_key(k) in keys and _root_key(k) not in skip}
+    return per_workflow
 
 
 def parse_loss_kwargs(value: Any) -> dict[str, Any]:
@@ -68,35 +199,42 @@ def export_bundle(
         loss_kwargs: the run's hyper-parameters when not the method fragment's defaults (dict or string).
         backbone: the backbone fragment the run was trained with (default: the bundle's UNet).
         untrained: export without weights (a training-ready bundle); otherwise a run without ``model.pt`` is an error.
-        overwrite: replace a non-empty ``out``.
-        config_overrides: other config keys the run was trained with (``network_def#channels``, ``image_size``, ...),
-            set in every exported config; each must be a key of the training config.
+        overwrite: replace a non-empty ``out`` that is a previous export (only the files an export writes: see
+            :func:`check_export_target`); a folder holding anything else is refused, not deleted.
+        config_overrides: other config keys: those the run was trained with (``network_def#channels``,
+            ``image_size``, ...) and the inference settings ``calibmonai infer`` takes (``inference_spacing``,
+            ``output_ext``, ...), each set in every exported config that has its key. Each must be a key of one of
+            them; the choices of each inference run (``input_dir``, ``output_dir``, ``calibrator``, ``save_probs``)
+            and the paths the export sets (``bundle_root``, ``run_dir``, ...) are refused, saying why.
 
     Every argument is checked before anything is written. Raises ``ValueError``/``FileNotFoundError`` naming the
-    problem, ``FileExistsError`` for a non-empty ``out``.
+    problem, ``FileExistsError`` for a non-empty ``out`` (without ``overwrite``) or one that is not a previous export.
     """
     from calibmonai.losses import get_loss
 
     untrained = as_bool(untrained, "untrained")
     overwrite = as_bool(overwrite, "overwrite")
     src = bundle_dir(bundle)
-    train_files = config_files(str(src), method, backbone=backbone)
+    workflows = {"train": config_files(str(src), method, backbone=backbone)}
+    if (src / "configs" / "evaluate.yaml").is_file():
+        workflows["evaluate"] = config_files(str(src), method, "evaluate.yaml", backbone=backbone)
+    if (src / "configs" / "inference.yaml").is_file():
+        workflows["inference"] = config_files(str(src), method, backbone=backbone, workflow="inference.yaml")
     dst = Path(out)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
-        raise FileExistsError(f"{dst} exists and is not empty; pass --overwrite true to replace it.")
+    check_export_target(dst, overwrite)
     kwargs_override = parse_loss_kwargs(loss_kwargs)
-    check_config_keys(train_files, config_overrides, "calibmonai export-bundle")
-    base = {"runs_dir": str(runs_dir), **config_overrides}
+    per_workflow = _check_export_overrides(config_overrides, workflows, "calibmonai export-bundle")
+    base = {"runs_dir": str(runs_dir)}
     if kwargs_override:
         base["loss_kwargs"] = kwargs_override
-    train = bundle_parser(train_files, **base)
+    train = bundle_parser(workflows["train"], **base, **per_workflow["train"])
     method_name, kwargs = train["method"], dict(train["loss_kwargs"])
     backbone_name = train.get("backbone", "unet")
     num_classes, spatial_dims = train["num_classes"], train.get("spatial_dims", 2)
     try:
         get_loss(method_name, num_classes, spatial_dims, **kwargs)
     except TypeError as e:
-        raise ValueError(f"--loss_kwargs {kwargs} do not fit method {method_name!r}: {e}") from e
+        raise ValueError(f"--loss_kwargs {kwargs} do not fit method {method_name!r}: {e}") from None
     tag = run_name(method_name, kwargs, backbone_name)
     run_dir = Path(train.get_parsed_content("run_dir"))
     ckpt = Path(train.get_parsed_content("ckpt_path"))
@@ -109,10 +247,9 @@ def export_bundle(
         check_checkpoint(train.get_parsed_content("network_def"), str(ckpt))
     exported = {**_EXPORTED, "method_tag": tag, "loss_kwargs": kwargs}
     configs: dict[str, dict[str, Any]] = {"train": train.get()}
-    if (src / "configs" / "evaluate.yaml").is_file():
-        configs["evaluate"] = bundle_parser(config_files(str(src), method, "evaluate.yaml", backbone=backbone), **base).get()
-    if (src / "configs" / "inference.yaml").is_file():
-        configs["inference"] = bundle_parser(config_files(str(src), method, backbone=backbone, workflow="inference.yaml"), **base).get()
+    for name, files in workflows.items():
+        if name != "train":
+            configs[name] = bundle_parser(files, **base, **per_workflow[name]).get()
     meta = json.loads((src / "configs" / "metadata.json").read_text())
 
     # ---- everything checked: write into a temporary folder beside out, then move it in place ----

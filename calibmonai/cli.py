@@ -1,7 +1,9 @@
 """Command line: ``calibmonai prepare | demo | infer | export-bundle | check-data | study | methods`` (python-fire).
 
 Flags are checked against each command's parameters before anything runs (python-fire alone would run the command
-and complain about an unknown flag afterwards), and boolean flags accept true/false/yes/no/1/0.
+and complain about an unknown flag afterwards), and boolean flags accept true/false/yes/no/1/0. ``--help`` (``-h``)
+after any command prints that command's usage (python-fire would take it for a config key of the commands that pass
+other flags on to their config).
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ class CLI:
     """calibmonai: calibration of MONAI segmentation networks."""
 
     def prepare(self, out: str = "data/mni_tissue", subjects: int = 24, seed: int = 0) -> str:
-        """Prepare the embedded MNI152 brain-tissue task in OUT."""
+        """Prepare the embedded MNI152 brain-tissue task in OUT (SUBJECTS >= 3: training, validation and test)."""
         from calibmonai.data import prepare_mni_tissue
+        from calibmonai.demo import folder_flag, integer_flag
 
+        out = folder_flag(out, "out")
+        subjects = integer_flag(subjects, "subjects", minimum=3, what="an integer >= 3 (training, validation and test subjects)")
+        seed = integer_flag(seed, "seed", minimum=0, maximum=2**32 - 1, what="an integer in [0, 2**32 - 1]")
         n_val = max(1, subjects // 6)
         return str(prepare_mni_tissue(out, num_subjects=subjects, split=(subjects - 2 * n_val, n_val, n_val), seed=seed))
 
     def demo(self, out: str = "results/demo", data: str = "data/mni_tissue", runs: str = "runs", methods: str | None = None, epochs: int | None = None, subjects: int = 24, profile: str | None = None, seed: int | None = None) -> None:
         """Train and evaluate CE, MbLS and MEEP on the embedded task; write the comparison to OUT.
+        --methods ce,mbls:margin=5: the methods (bundles/methods/), ``name:key=value`` setting a loss parameter;
+        every flag and method is checked before anything is trained.
         --profile paper: the over-confidence regime (bundles/mni_tissue_seg2d/configs/profiles/paper.yaml);
         --seed N: another training seed (use its own --runs folder)."""
         from calibmonai.demo import run_demo
@@ -43,8 +51,10 @@ class CLI:
     ) -> str:
         """Write a self-contained bundle for one trained run (BUNDLE x METHOD [x BACKBONE], hyper-parameters
         LOSS_KWARGS, trained under RUNS_DIR) to OUT, with its weights and fitted calibrators. Any other --KEY VALUE
-        is a config key the run was trained with (e.g. ``--network_def#channels "[16, 32, 64, 128]"``), set in
-        every exported config."""
+        is a config key the run was trained with (e.g. ``--network_def#channels "[16, 32, 64, 128]"``) or an
+        inference setting as ``calibmonai infer`` takes it (``--inference_spacing "[1.0, 1.0, 1.0]"``), set in every
+        exported config that has the key. --overwrite true replaces OUT only when it is empty or a previous export
+        (a folder holding other files is refused, not deleted)."""
         from calibmonai.bundle_export import export_bundle
 
         return str(export_bundle(bundle, method, out, runs_dir=runs_dir, loss_kwargs=loss_kwargs, backbone=backbone, untrained=untrained, overwrite=overwrite, **config_overrides))
@@ -128,10 +138,39 @@ def _check_flags(argv: list[str]) -> None:
     check_command_flags(CLI, argv, "calibmonai")
 
 
+def help_command(argv: list[str]) -> list[str] | None:
+    """The python-fire command line printing the usage of the command that ``argv`` asks ``--help``/``-h`` of
+    (``export-bundle --help`` -> ``export-bundle -- --help``), or None when it asks none. python-fire reads a
+    ``--help`` after a command whose function takes ``**kwargs`` (export-bundle, infer) as one of them, and only
+    after ``--`` as its own flag. The usage is that of the command named (``study run --help``: ``study run``),
+    whatever other flags follow."""
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    if not any(w in ("--help", "-h") for w in words):
+        return None
+    path: list[str] = []
+    target: type = CLI
+    for word in words:
+        name = word.replace("-", "_")
+        if word.startswith("-") or name.startswith("_") or not callable(getattr(target, name, None)):
+            break
+        path.append(word)
+        if target is CLI and name == "study":  # `calibmonai study <sub-command>`
+            from calibmonai.study.cli import StudyCLI
+
+            target = StudyCLI
+        else:
+            break
+    return [*path, "--", "--help"]
+
+
 def main(argv: list[str] | None = None) -> None:
     import fire
 
     args = list(sys.argv[1:] if argv is None else argv)
+    usage = help_command(args)
+    if usage is not None:
+        fire.Fire(CLI(), command=usage, name="calibmonai")  # prints the usage and exits with status 0
+        return
     try:
         _check_flags(args)
         fire.Fire(CLI(), command=args, name="calibmonai")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import csv
+import difflib
+import inspect
 import math
 import os
 import shutil
 import time
 from typing import Any, Sequence
 
-from calibmonai.bundle_tools import bundle_parser, config_files, run_workflow
+from calibmonai.bundle_tools import bundle_dir, bundle_parser, config_files, method_names, run_workflow
 from calibmonai.evaluation import SUMMARY_COLUMNS
 
-__all__ = ["run_demo", "comparison_table"]
+__all__ = ["run_demo", "comparison_table", "check_method_spec", "integer_flag", "folder_flag"]
 
 DEMO_METHODS = ("ce", "mbls", "meep_ce_kl")
 #: the methods of ``--profile paper``: CE, MbLS at the margins 5, 8, 10, and MEEP (``name:key=value`` sets a loss argument)
@@ -31,6 +33,91 @@ def _method_spec(spec: str) -> tuple[str, dict[str, Any]]:
             overrides[f"loss_kwargs::{key}"] = float(value)
         except ValueError:
             overrides[f"loss_kwargs::{key}"] = value
+    return name, overrides
+
+
+def integer_flag(value: Any, flag: str, minimum: int = 1, maximum: int | None = None, what: str = "a positive integer") -> int:
+    """``value`` of the command-line flag ``--flag`` as an int in ``[minimum, maximum]``: an int or a string of
+    digits (python-fire hands over ``--epochs abc`` as the string ``'abc'``, ``--epochs 2.5`` as a float).
+
+    Raises:
+        ValueError: ``--epochs must be a positive integer, got 'abc'.``
+    """
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        raise ValueError(f"--{flag} must be {what}, got {value!r}.")
+    return number
+
+
+def folder_flag(value: Any, flag: str) -> str:
+    """``value`` of the folder flag ``--flag`` as a path string (python-fire reads ``--out 2024`` as an int)."""
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return os.fspath(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"--{flag} must be a folder path, got {value!r}.")
+
+
+def _profile_names(bundle: str) -> list[str]:
+    """The profiles of ``bundle``: ``configs/profiles/<name>.yaml``."""
+    return sorted(p.stem for p in (bundle_dir(bundle) / "configs" / "profiles").glob("*.yaml"))
+
+
+def _loss_parameters(method: str) -> tuple[list[str], bool]:
+    """The hyper-parameters the loss of ``method`` (a key of :data:`calibmonai.losses.METHODS`) accepts by name,
+    and whether it passes further keyword arguments on to a loss it wraps (then they are not listed here)."""
+    from calibmonai.losses import METHODS
+
+    entry = METHODS[method]
+    skip = {"num_classes", "spatial_dims"} if entry.needs_geometry else set()
+    params = inspect.signature(entry.build).parameters.values()
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip]
+    return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def check_method_spec(spec: str, bundle: str = "mni_tissue_seg2d", extra: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+    """Check one ``--methods`` entry (``name`` or ``name:key=value[:key=value]``) before anything is trained and
+    return its method fragment and config overrides, as :func:`_method_spec`.
+
+    The name must be a method fragment (``bundles/methods/<name>.yaml``) and every ``key`` a parameter of that
+    method's loss, with a value the loss accepts: the loss is built with the composed ``loss_kwargs``.
+
+    Raises:
+        ValueError: naming the spec and the valid methods or parameters.
+    """
+    from calibmonai.losses import METHODS, get_loss
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"--methods: every entry must be a method name such as 'mbls' or 'mbls:margin=5', got {spec!r}.")
+    name, overrides = _method_spec(spec)
+    available = method_names(bundle)
+    if name not in available:
+        near = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        raise ValueError(f"--methods {spec!r}: unknown method {name!r}.{hint} Methods: {', '.join(available)}.")
+    parser = bundle_parser(config_files(bundle, name, *extra), **overrides)
+    method = parser.get_parsed_content("method")
+    kwargs = dict(parser.get_parsed_content("loss_kwargs"))
+    if method not in METHODS:
+        raise ValueError(f"--methods {spec!r}: the fragment names the loss {method!r}, which is not one of {', '.join(METHODS)}.")
+    names, open_ended = _loss_parameters(method)
+    listed = ", ".join(names) if names else "none by name"
+    if open_ended:
+        listed += " (and the keyword arguments of the MONAI loss it wraps)"
+    given = [k.split("::", 1)[1] for k in overrides]
+    unknown = [k for k in given if k not in names]
+    if unknown and not open_ended:
+        near = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.5)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"--methods {spec!r}: {unknown[0]!r} is not a parameter of method {name!r} (loss {method!r}).{hint} Its parameters: {listed}.")
+    try:
+        get_loss(method, parser.get_parsed_content("num_classes"), parser.get_parsed_content("spatial_dims"), **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--methods {spec!r}: method {name!r} does not accept the loss arguments {kwargs}: {str(e).rstrip('.')}. Its parameters: {listed}.") from None
     return name, overrides
 
 
@@ -70,16 +157,44 @@ def run_demo(
     ignored; the data folder defaults to ``<data>_<profile>``), schedule (``epochs`` defaults to the profile's) and
     methods (:data:`PROFILE_METHODS`). ``epochs`` defaults to 30 without a profile. ``seed`` sets the bundle's
     training seed (initialisation, sampling, augmentation; the data stay the same): give each seed its own ``runs``.
+
+    Every argument is checked before anything is prepared, trained or written: the numbers (``epochs``,
+    ``subjects``, ``seed``), the profile, and each method spec with :func:`check_method_spec`.
+
+    Raises:
+        ValueError: naming the flag (``--epochs must be a positive integer, got 'abc'.``) or the method spec and the
+            valid choices (``--methods 'mbls:margn=5': 'margn' is not a parameter of method 'mbls'...``).
     """
     from calibmonai.data import prepare_mni_tissue
     from calibmonai.metrics.plots import plot_reliability_diagram  # noqa: F401 - fail early without matplotlib
 
     t0 = time.time()
+    # ---- every flag and method checked before anything is prepared, trained or written ----
+    out, data, runs = folder_flag(out, "out"), folder_flag(data, "data"), folder_flag(runs, "runs")
+    if epochs is not None:
+        epochs = integer_flag(epochs, "epochs")
+    subjects = integer_flag(subjects, "subjects", minimum=3, what="an integer >= 3 (training, validation and test subjects)")
+    if seed is not None:
+        seed = integer_flag(seed, "seed", minimum=0, maximum=2**32 - 1, what="an integer in [0, 2**32 - 1]")
+    if profile is not None:
+        profiles = _profile_names(bundle)
+        if not isinstance(profile, str) or profile not in profiles:
+            raise ValueError(f"--profile {profile!r} is not a profile of bundle {bundle!r}; profiles: {', '.join(profiles) or 'none'}.")
     if methods is None:
         methods = PROFILE_METHODS.get(profile or "", DEMO_METHODS)
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
+    elif isinstance(methods, (list, tuple)):
+        methods = [m.strip() if isinstance(m, str) else m for m in methods]
+    else:
+        raise ValueError(f"--methods must be comma-separated method names such as 'ce,mbls:margin=5', got {methods!r}.")
+    if not methods:
+        raise ValueError(f"--methods names no method; methods: {', '.join(method_names(bundle))}.")
+    duplicates = sorted({m for m in methods if methods.count(m) > 1})
+    if duplicates:
+        raise ValueError(f"--methods names {duplicates[0]!r} more than once (its results would overwrite each other).")
     extra = [f"profiles/{profile}.yaml"] if profile else []
+    specs = {spec: check_method_spec(spec, bundle, extra) for spec in methods}
     if profile:
         settings = _profile_settings(bundle, profile)
         epochs = settings["epochs"] if epochs is None else epochs
@@ -98,7 +213,7 @@ def run_demo(
     if seed is not None:
         overrides["seed"] = int(seed)
     for i, spec in enumerate(methods):
-        method, loss_overrides = _method_spec(spec)
+        method, loss_overrides = specs[spec]
         print(f"\n=== [{i + 1}/{len(methods)}] {spec}: training ({epochs} epochs) — {time.time() - t0:.0f} s elapsed ===", flush=True)
         run_workflow("training", config_files(bundle, method, *extra), **overrides, **loss_overrides)
         print(f"=== [{i + 1}/{len(methods)}] {spec}: evaluating on the test subjects ===", flush=True)
