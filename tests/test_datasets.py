@@ -516,3 +516,36 @@ def test_busi_batches_collate(busi_root):
     batch = next(iter(DataLoader(Dataset(data["training"], Compose(busi.preprocessing(32))), batch_size=5)))
     assert batch["image"].shape == (5, 1, 32, 32) and batch["label"].shape == (5, 1, 32, 32)
     assert batch["case"] == ["benign (1)", "benign (2)", "benign (3)", "malignant (1)", "malignant (2)"]
+
+
+def test_check_nifti_case_names_each_problem(tmp_path):
+    """Hand-made cases: a clean one passes; NaN/Inf voxels, another grid, label values out of range and a truncated
+    file are each reported with the file named."""
+    import nibabel as nib
+
+    image = np.zeros((6, 5, 4), np.float32)
+    label = np.zeros((6, 5, 4), np.uint8)
+    label[1:3, 1:3, 1:3] = 2
+
+    def case(name, img=image, lab=label, lab_affine=np.eye(4)):
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / f"{name}_img.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, lab_affine), str(tmp_path / f"{name}_lab.nii.gz"))
+        return common.Case(name, name, (str(tmp_path / f"{name}_img.nii.gz"),), str(tmp_path / f"{name}_lab.nii.gz"))
+
+    assert common.check_nifti_case(case("ok"), range(3)) == []
+    nan = image.copy()
+    nan[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    assert common.check_nifti_case(case("nan", img=nan), range(3)) == [f"3 non-finite voxel value(s) (NaN or Inf) in {tmp_path / 'nan_img.nii.gz'}"]
+    (problem,) = common.check_nifti_case(case("grid", lab=label[:5]), range(3))
+    assert problem.startswith(f"shape mismatch: {tmp_path / 'grid_lab.nii.gz'} is (5, 5, 4)")
+    shifted = np.eye(4)
+    shifted[0, 3] = 1.0
+    assert common.check_nifti_case(case("affine", lab_affine=shifted), range(3)) == [
+        f"affine mismatch: {tmp_path / 'affine_lab.nii.gz'} and {tmp_path / 'affine_img.nii.gz'} are not on the same grid"
+    ]
+    assert common.check_nifti_case(case("values"), range(2)) == [f"label values outside [0, 1] in {tmp_path / 'values_lab.nii.gz'}: [2]"]
+    c = case("trunc")
+    raw = Path(c.label).read_bytes()
+    Path(c.label).write_bytes(raw[: len(raw) // 2])
+    (problem,) = common.check_nifti_case(c, range(3))
+    assert problem.startswith(f"unreadable or corrupt file: {c.label}")

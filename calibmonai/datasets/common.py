@@ -296,8 +296,8 @@ def check_nifti_case(
     affine_atol: float = 1e-3,
 ) -> list[str]:
     """Problems of a NIfTI case, each naming the file: missing or unreadable/corrupt files, images and label
-    whose spatial shapes or affines differ, label values outside ``label_values``, and (``channels``) a
-    single multi-channel image without that many channels.
+    whose spatial shapes or affines differ, NaN or Inf image voxels, label values outside ``label_values``, and
+    (``channels``) a single multi-channel image without that many channels.
 
     The first image is the reference grid; affines are compared with an absolute tolerance of
     ``affine_atol`` (mm), which ignores header rounding but not a different grid.
@@ -328,6 +328,10 @@ def check_nifti_case(
                 )
             elif not np.allclose(affine, ref_affine, atol=affine_atol):
                 problems.append(f"affine mismatch: {p} and {ref_path} are not on the same grid")
+    for p in case.images:
+        if p in loaded and np.issubdtype(loaded[p][2].dtype, np.floating) and not np.isfinite(loaded[p][2]).all():
+            bad = int(np.size(loaded[p][2]) - np.count_nonzero(np.isfinite(loaded[p][2])))
+            problems.append(f"{bad} non-finite voxel value(s) (NaN or Inf) in {p}")
     if case.label is not None and case.label in loaded:
         shape, _, data = loaded[case.label]
         if len(shape) > spatial_dims and int(np.prod(shape[spatial_dims:])) != 1:
