@@ -84,8 +84,13 @@ def test_damaged_cases_are_named_before_training(cohort, tmp_path):
     """A datalist's case whose label is on another grid, holds another class or is truncated stops load_datalist
     (so the bundle's training) with the file named; before, the first trained silently and the others failed
     inside the loader's threads."""
+    import re
+    import subprocess
+
     import nibabel as nib
     import numpy as np
+
+    from calibmonai.datasets import check_folder
 
     (entry,) = [e for e in json.loads((cohort / "datalist.json").read_text())["validation"]]
     label_path = entry["label"]
@@ -108,6 +113,13 @@ def test_damaged_cases_are_named_before_training(cohort, tmp_path):
         with pytest.raises(ValueError, match=f"the validation split of .*datalist.json has cases that cannot be used:\\n(.|\\n)*{pattern}"):
             load_datalist(broken, "validation")
         assert load_datalist(broken, "validation", num_classes=None)  # the check switched off
+        # `calibmonai check-data --bundle mni_tissue_seg2d` reports the same problem for the whole folder, exit status 1
+        report = check_folder("mni_tissue", broken)
+        assert not report.ok and report.n_cases == 4 and report.n_usable == 3
+        assert re.search(pattern, "\n".join(report.problems[entry["subject"]]))
+    assert check_folder("mni_tissue", cohort).ok and check_folder("mni_tissue", cohort).n_cases == 4
+    assert "no datalist.json" in str(check_folder("mni_tissue", tmp_path / "none").error)
+    assert subprocess.run([sys.executable, "-m", "calibmonai.cli", "check-data", str(cohort), "--bundle", BUNDLE], capture_output=True).returncode == 0
 
 
 def test_every_method_has_a_fragment():

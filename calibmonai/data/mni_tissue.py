@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "CLASS_NAMES", "template_files", "prepare_mni_tissue", "load_datalist", "soft_reference", "rater_labels",
-    "smooth_displacement",
+    "CLASS_NAMES", "template_files", "prepare_mni_tissue", "load_datalist", "check_datalist", "soft_reference",
+    "rater_labels", "smooth_displacement",
 ]
 
 CLASS_NAMES = ("background", "CSF", "GM", "WM")
@@ -304,13 +304,41 @@ def load_datalist(
 def _check_items(items: list[dict[str, str]], root: Path, split: str, num_classes: int) -> None:
     """Raise ``ValueError`` with the problems of every case of ``items`` that is not a readable image and label
     on one grid with labels in ``0 .. num_classes - 1``."""
+    from calibmonai.datasets.common import format_report
+
+    report = _check_report(items, root, num_classes)
+    if not report.ok:
+        raise ValueError(f"the {split} split of {root / 'datalist.json'} has cases that cannot be used:\n{format_report(report)}")
+
+
+def _check_report(items: list[dict[str, str]], root: Path, num_classes: int) -> Any:
+    """:class:`calibmonai.datasets.common.CheckReport` of datalist ``items`` (cases named by subject)."""
     import types
 
-    from calibmonai.datasets.common import Case, check_nifti_case, format_report
+    from calibmonai.datasets.common import Case, check_nifti_case
     from calibmonai.datasets.pipelines import check_cases
 
     module = types.SimpleNamespace(NAME="mni_tissue", check_case=lambda case: check_nifti_case(case, range(num_classes)))
     cases = [Case(str(it.get("subject") or Path(it["image"]).name), str(it.get("subject") or ""), (it["image"],), it.get("label")) for it in items]
-    report = check_cases(module, cases, root)
-    if not report.ok:
-        raise ValueError(f"the {split} split of {root / 'datalist.json'} has cases that cannot be used:\n{format_report(report)}")
+    return check_cases(module, cases, root)
+
+
+def check_datalist(dataset_dir: str | os.PathLike, num_classes: int = 4) -> Any:
+    """Check every case of every split of ``dataset_dir/datalist.json`` (what ``calibmonai check-data --bundle
+    mni_tissue_seg2d`` runs): files present and readable, image and label on one grid, labels in
+    ``0 .. num_classes - 1``. Never raises for a bad folder: a datalist that cannot be read is ``report.error``."""
+    from calibmonai.datasets.common import CheckReport
+
+    root = Path(dataset_dir)
+    items: list[dict[str, str]] = []
+    try:
+        if not (root / "datalist.json").is_file():
+            raise FileNotFoundError(f"no datalist.json in {root}: prepare the embedded task with `calibmonai prepare --out {root}`.")
+        splits = [k for k, v in json.loads((root / "datalist.json").read_text()).items() if isinstance(v, list)]
+        for split in splits:
+            items += load_datalist(root, split, num_classes=None)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        report = CheckReport(dataset="mni_tissue", root=str(root))
+        report.error = str(e)
+        return report
+    return _check_report(items, root, num_classes)

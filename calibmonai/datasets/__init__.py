@@ -81,7 +81,11 @@ __all__ = [
     "datalist",
     "write_split",
     "bundle_dataset",
+    "EMBEDDED_TASK",
 ]
+
+#: the embedded task's dataset name (``mni_tissue_seg2d``): a ``datalist.json`` folder, no reader of a download
+EMBEDDED_TASK = "mni_tissue"
 
 #: registry: dataset name -> module path (imported on first use)
 DATASETS: dict[str, str] = {
@@ -128,8 +132,13 @@ def find_cases(name: str, root: str | Path, strict: bool = True) -> list[Case]:
 def check_folder(name: str, root: str | Path) -> CheckReport:
     """Read the folder of dataset ``name`` and check every case (what ``calibmonai check-data`` runs).
 
-    Never raises for a bad folder: a folder that cannot be read at all is reported in ``report.error``.
+    Never raises for a bad folder: a folder that cannot be read at all is reported in ``report.error``. The embedded
+    task (:data:`EMBEDDED_TASK`, a ``datalist.json`` folder) is checked with :func:`calibmonai.data.check_datalist`.
     """
+    if name == EMBEDDED_TASK:
+        from calibmonai.data import check_datalist
+
+        return check_datalist(root)
     module = get_dataset(name)
     report = CheckReport(dataset=module.NAME, root=str(root))
     try:
@@ -188,8 +197,8 @@ def bundle_dataset(bundle: str | Path) -> str:
 
     Raises:
         FileNotFoundError: the bundle or its ``configs/train.yaml`` does not exist.
-        ValueError: the bundle names no ``dataset_name``, or one that is not a registered dataset reader (the
-            embedded ``mni_tissue`` task has no reader).
+        ValueError: the bundle names no ``dataset_name``, or one that is neither a registered dataset reader nor
+            the embedded task (:data:`EMBEDDED_TASK`, returned as is).
     """
     import yaml
 
@@ -202,6 +211,8 @@ def bundle_dataset(bundle: str | Path) -> str:
     name = config.get("dataset_name")
     if not isinstance(name, str) or not name:
         raise ValueError(f"{path} names no dataset_name")
+    if name == EMBEDDED_TASK:
+        return name
     try:
         return get_dataset(name).NAME
     except ValueError:
