@@ -128,7 +128,8 @@ def test_bad_scans_fail_alone(trained, tmp_path, capsys):
     assert (tmp_path / "cli_out" / "plain_seg.nii.gz").is_file()
 
 
-def test_existing_outputs_are_kept_unless_overwrite(trained, tmp_path, capsys):
+def _segment_plain_then_mark(trained, tmp_path):
+    """One scan segmented into ``out``; its ``_seg`` output then replaced by a sentinel."""
     folder = tmp_path / "scans"
     _write_scans(trained["volume"], folder)
     for f in ("reoriented.nii", "oblique.nii.gz"):
@@ -137,6 +138,11 @@ def test_existing_outputs_are_kept_unless_overwrite(trained, tmp_path, capsys):
     _infer(trained, str(folder), out)
     seg = out / "plain_seg.nii.gz"
     seg.write_bytes(b"sentinel")
+    return folder, out, seg
+
+
+def test_existing_outputs_are_kept_unless_overwrite(trained, tmp_path, capsys):
+    folder, out, seg = _segment_plain_then_mark(trained, tmp_path)
     _infer(trained, str(folder), out)
     assert seg.read_bytes() == b"sentinel"  # an existing output is never overwritten without --overwrite
     assert "skipped" in capsys.readouterr().out
@@ -145,14 +151,7 @@ def test_existing_outputs_are_kept_unless_overwrite(trained, tmp_path, capsys):
 
 
 def test_partial_outputs_are_never_completed_with_another_runs_files(trained, tmp_path, capsys):
-    folder = tmp_path / "scans"
-    _write_scans(trained["volume"], folder)
-    for f in ("reoriented.nii", "oblique.nii.gz"):
-        os.remove(folder / f)
-    out = tmp_path / "out"
-    _infer(trained, str(folder), out)
-    seg = out / "plain_seg.nii.gz"
-    seg.write_bytes(b"sentinel")
+    folder, out, seg = _segment_plain_then_mark(trained, tmp_path)
     # probability maps asked for later: the existing seg/conf/uncertainty are not rewritten beside a new prob
     capsys.readouterr()
     with pytest.raises(Exception, match="Failed to evaluate"):  # MONAI's wrapper of the engine's RuntimeError
