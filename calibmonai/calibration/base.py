@@ -63,10 +63,22 @@ class Calibrator(torch.nn.Module):
         self.fitted_on: dict[str, str] = {}  # what it was fitted to (see ``save``), e.g. the checkpoint's SHA-256
 
     def _check_logits(self, logits: torch.Tensor) -> None:
-        if logits.ndim < 2 or logits.shape[1] != self.num_classes:
+        if not isinstance(logits, torch.Tensor) or logits.ndim < 2 or logits.shape[1] != self.num_classes:
             raise ValueError(
-                f"{type(self).__name__} was fitted for {self.num_classes} classes, got logits of shape {tuple(logits.shape)}."
+                f"{type(self).__name__} was fitted for {self.num_classes} classes, got logits of shape {tuple(getattr(logits, 'shape', ()))}."
             )
+        if not bool(torch.isfinite(logits).all()):  # NaN probabilities would be written as a calibrated map
+            bad = int((~torch.isfinite(logits)).sum())
+            raise ValueError(f"{type(self).__name__}: the logits hold {bad} non-finite value(s) (NaN or Inf): a diverged network or a corrupt scan.")
+
+    def _check_sample(self, sample: Any) -> VoxelSample:
+        """``sample`` as the voxel calibrators' ``fit`` takes it (a :class:`VoxelSample`), or a ``ValueError`` saying so."""
+        if not isinstance(sample, VoxelSample):
+            raise ValueError(
+                f"{type(self).__name__}.fit takes a VoxelSample (StratifiedVoxelSampler(num_classes).add(logits, labels) "
+                f"per batch, then .sample(); or VoxelSample(logits (N, C), labels (N,))), got {type(sample).__name__}."
+            )
+        return sample
 
     def fit(self, sample: VoxelSample) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -120,7 +132,7 @@ def load_calibrator(path: str | os.PathLike, num_classes: int | None = None, map
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError and others for unsafe or corrupt files
         raise ValueError(
             f"{path} cannot be loaded safely as a calibmonai calibrator (only tensors and plain values are allowed; "
-            f"the file holds something else or is corrupt): {str(e).strip().splitlines()[0][:200]}"
+            f"the file holds something else or is corrupt): {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}"
         ) from e
     if not isinstance(payload, dict) or payload.get("kind") not in CALIBRATORS:
         raise ValueError(f"{path} is not a calibmonai calibrator file (kinds: {list(CALIBRATORS)}).")

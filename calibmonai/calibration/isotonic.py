@@ -57,6 +57,7 @@ class IsotonicCalibration(Calibrator):
     def fit(self, sample: VoxelSample) -> dict[str, Any]:
         from sklearn.isotonic import IsotonicRegression
 
+        sample = self._check_sample(sample)
         self._check_logits(sample.logits)
         p = torch.softmax(sample.logits.double(), dim=-1).numpy()
         y = sample.labels.numpy()

@@ -92,6 +92,20 @@ class LocalTemperatureScaling(Calibrator):
             return out.reshape(b, d, c, h, w).permute(0, 2, 3, 4, 1)
         raise ValueError(f"a {self.spatial_dims}D LTS model cannot take logits of shape {tuple(logits.shape)}.")
 
+    def _check_item(self, k: int, item: Any) -> None:
+        """``ValueError`` naming item ``k`` when it is not ``(logits (C, *spatial), image (Ci, *spatial), label
+        (*spatial))`` of this model's classes, channels and dimensionality, with finite logits and labels in range."""
+        if not isinstance(item, (tuple, list)) or len(item) != 3:
+            raise ValueError(f"LTS item {k}: expected (logits, image, label), got {type(item).__name__} of length {len(item) if hasattr(item, '__len__') else '?'}.")
+        z, x, y = (torch.as_tensor(t) for t in item)
+        want = f"logits ({self.num_classes}, *spatial), image ({self.image_channels}, *spatial), label (*spatial) with {self.spatial_dims} spatial dims"
+        if z.ndim != self.spatial_dims + 1 or z.shape[0] != self.num_classes or x.ndim != z.ndim or x.shape[0] != self.image_channels or tuple(y.shape) != tuple(z.shape[1:]) or tuple(x.shape[1:]) != tuple(z.shape[1:]):
+            raise ValueError(f"LTS item {k}: expected {want}; got {tuple(z.shape)}, {tuple(x.shape)}, {tuple(y.shape)} (a channel-first label (1, *spatial) needs label[0]).")
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError(f"LTS item {k}: the logits hold non-finite values (NaN or Inf).")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"LTS item {k}: labels must lie in [0, {self.num_classes - 1}], got [{int(y.min())}, {int(y.max())}].")
+
     def fit(  # type: ignore[override]
         self,
         items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -107,6 +121,8 @@ class LocalTemperatureScaling(Calibrator):
         """
         if len(items) < 2:
             raise ValueError(f"LTS needs at least 2 validation images (one held out), got {len(items)}.")
+        for k, item in enumerate(items):
+            self._check_item(k, item)
         rng = random.Random(seed)
         order = list(range(len(items)))
         rng.shuffle(order)

@@ -33,6 +33,7 @@ class PlattScaling(Calibrator):
         return torch.softmax(logits * self.a.to(logits.dtype) + self.b.to(logits.dtype), dim=-1)
 
     def fit(self, sample: VoxelSample) -> dict[str, Any]:
+        sample = self._check_sample(sample)
         z, y, w = sample.logits.double(), sample.labels, sample.weights.double()
         self._check_logits(z)
         a = torch.ones(self.num_classes, dtype=torch.float64, requires_grad=True)

@@ -69,7 +69,10 @@ class StratifiedVoxelSampler:
         if logits.ndim < 3 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be (B, {self.num_classes}, *spatial), got {tuple(logits.shape)}.")
         flat = logits.detach().float().movedim(1, -1).reshape(-1, self.num_classes).cpu()
-        lab = labels.detach().reshape(-1).long().cpu()
+        raw = torch.as_tensor(labels).detach().reshape(-1).cpu()
+        if raw.is_floating_point() and raw.numel() and not bool((raw == raw.round()).all()):
+            raise ValueError(f"labels must be class indices; got non-integer values such as {float(raw[raw != raw.round()][0]):g}.")
+        lab = raw.long()
         if lab.numel() != flat.shape[0]:
             raise ValueError(f"labels shape {tuple(labels.shape)} does not match logits shape {tuple(logits.shape)}.")
         if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes):

@@ -47,6 +47,7 @@ class TemperatureScaling(Calibrator):
         return torch.softmax(logits / self.log_t.exp().to(logits.dtype), dim=-1)
 
     def fit(self, sample: VoxelSample) -> dict[str, Any]:
+        sample = self._check_sample(sample)
         z, y, w = sample.logits.double(), sample.labels, sample.weights.double()
         self._check_logits(z)
         lo, hi = math.log(self.bounds[0]), math.log(self.bounds[1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -86,14 +88,28 @@ def get_loss(name: str, num_classes: int | None = None, spatial_dims: int | None
         kwargs: hyper-parameters overriding the method's defaults (e.g. ``margin=5.0``).
 
     Raises:
-        ValueError: for an unknown method name, or a method that needs ``num_classes``/``spatial_dims``.
+        ValueError: for an unknown method name, a hyper-parameter the method's loss does not take (naming the ones
+            it takes), or a method that needs ``num_classes``/``spatial_dims``.
     """
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}; available methods: {', '.join(METHODS)}.")
     method = METHODS[name]
+    signature = inspect.signature(method.build).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in signature.values()):
+        taken = [k for k, p in signature.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and k not in ("num_classes", "spatial_dims")]
+        unknown = [k for k in kwargs if k not in signature]
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], taken, n=1, cutoff=0.5)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"method {name!r} takes no hyper-parameter {unknown[0]!r}.{hint} Its hyper-parameters: {', '.join(taken) or 'none'}.")
     params = {**method.defaults, **kwargs}
     if method.needs_geometry:
         if num_classes is None or spatial_dims is None:
             raise ValueError(f"method {name!r} needs num_classes and spatial_dims, got {num_classes}, {spatial_dims}.")
-        return method.build(num_classes=num_classes, spatial_dims=spatial_dims, **params)
-    return method.build(**params)
+        params = {"num_classes": num_classes, "spatial_dims": spatial_dims, **params}
+    try:
+        return method.build(**params)
+    except TypeError as e:  # a keyword the MONAI loss it wraps does not take
+        if "keyword argument" not in str(e):
+            raise
+        raise ValueError(f"method {name!r}: {e} (hyper-parameters given: {sorted(kwargs)}).") from None

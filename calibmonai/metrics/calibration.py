@@ -8,6 +8,7 @@ not grow with the number of voxels or cases, and the pooled (dataset-level) valu
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
@@ -183,6 +184,35 @@ def _histograms_numba(
     return hist
 
 
+def _check_num_bins(num_bins: Any) -> None:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 1:
+        raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+
+
+def _warn_suspicious_inputs(y_pred: torch.Tensor, softmax: bool, max_voxels: int = 4096) -> None:
+    """Warn about inputs that pass every check but give a meaningless calibration error, from a few thousand voxels of
+    each case (CPU tensors only: no host synchronisation for device tensors):
+
+    - ``softmax=False`` with every probability exactly 0 or 1: hard (one-hot) predictions, e.g. MONAI's
+      ``AsDiscreted(argmax=True, to_onehot=C)`` placed before the metric; their ECE is the segmentation error;
+    - ``softmax=True`` on values that already are probabilities (in [0, 1], summing to 1): a second softmax.
+    """
+    if y_pred.device.type != "cpu" or y_pred.numel() == 0:
+        return
+    flat = y_pred.detach().reshape(y_pred.shape[0], y_pred.shape[1], -1)
+    step = max(1, flat.shape[-1] // max_voxels)
+    part = flat[..., ::step].float()
+    if not softmax:
+        if bool(((part == 0) | (part == 1)).all()):
+            warnings.warn(
+                "y_pred holds only hard 0/1 probabilities (one-hot predictions?): their calibration error is the "
+                "segmentation error, not the network's calibration; give the softmax probabilities (before any "
+                "AsDiscrete/argmax)."
+            )
+    elif bool(((part >= 0) & (part <= 1)).all()) and bool(((part.sum(1) - 1).abs() <= 1e-4).all()):
+        warnings.warn("softmax=True on y_pred that already look like probabilities (in [0, 1], summing to 1): a second softmax flattens them; pass softmax=False.")
+
+
 def compute_calibration_histograms(
     y_pred: torch.Tensor,
     y: torch.Tensor,
@@ -225,13 +255,17 @@ def compute_calibration_histograms(
     """
     if not isinstance(y_pred, torch.Tensor) or y_pred.ndim < 3:
         raise ValueError(f"y_pred must have shape (B, C, *spatial), got {tuple(getattr(y_pred, 'shape', ()))}.")
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"y must be a tensor of labels (B, 1, *spatial) or one-hot (B, C, *spatial), got {type(y).__name__} (numpy: torch.as_tensor(y)).")
     if foreground not in FOREGROUND_MODES:
         raise ValueError(f"foreground must be one of {FOREGROUND_MODES}, got {foreground!r}.")
-    if num_bins < 1:
-        raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
+    _check_num_bins(num_bins)
     b, c = y_pred.shape[:2]
     if c < 2:
         raise ValueError(f"y_pred must have at least 2 classes along dim 1, got shape {tuple(y_pred.shape)}.")
+    if isinstance(background_index, bool) or not isinstance(background_index, numbers.Integral) or not 0 <= background_index < c:
+        raise ValueError(f"background_index must be a class index in [0, {c - 1}] for y_pred {tuple(y_pred.shape)}, got {background_index!r}.")
+    _warn_suspicious_inputs(y_pred, softmax)
     probs_all = y_pred.reshape(b, c, -1)
     labels_all = _as_labels(y, y_pred)
     mask_all = _as_mask(mask, y_pred)
@@ -465,8 +499,7 @@ class CalibrationMetrics(CumulativeIterationMetric):
             raise ValueError(f"unknown metric name(s) {unknown}; available: {CALIBRATION_METRICS}.")
         if foreground not in FOREGROUND_MODES:
             raise ValueError(f"foreground must be one of {FOREGROUND_MODES}, got {foreground!r}.")
-        if num_bins < 1:
-            raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
+        _check_num_bins(num_bins)
         self.metric_names = names
         self.num_bins = int(num_bins)
         self.foreground = foreground
