@@ -3,6 +3,7 @@ failed before with a torch/Python traceback or a silently wrong value)."""
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -90,3 +91,14 @@ def test_lts_items_are_checked():
     with pytest.raises(ValueError, match=r"LTS item 0: expected logits \(3, \*spatial\)"):
         LocalTemperatureScaling(3, spatial_dims=3, features=4).fit([(z, x, y), (z, x, y)], epochs=1)
     assert "best_epoch" in lts.fit([(z, x, y), (z, x, y)], epochs=1)
+
+
+def test_empty_batches_negative_focal_gamma_and_a_folder_as_calibrator_file(tmp_path):
+    for name in ("ce", "mbls", "focal"):
+        with pytest.raises(ValueError, match=r"input holds no voxel \(an empty batch or spatial size\), shape \(0, 3, 4, 4\)"):
+            get_loss(name)(torch.randn(0, 3, 4, 4), torch.zeros(0, 1, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="focal: gamma must be a number >= 0"):
+        get_loss("focal", gamma=-1)
+    with pytest.raises(ValueError, match=r"is a folder: give the calibrator's file name, e.g. .*calibrator_ts.pt"):
+        TemperatureScaling(3).save(tmp_path)
+    assert list(tmp_path.iterdir()) == [] and not os.path.exists(f"{tmp_path}.tmp")  # nothing written, no <folder>.tmp

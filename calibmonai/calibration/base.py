@@ -107,6 +107,8 @@ class Calibrator(torch.nn.Module):
         """Write the calibrator (atomically: a temporary file renamed). ``fitted_on``: what it was fitted to, e.g.
         ``{"checkpoint": "model.pt", "sha256": ...}`` (:func:`file_sha256`), kept as ``fitted_on`` when loaded."""
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder: give the calibrator's file name, e.g. {os.path.join(path, f'calibrator_{self.name}.pt')}.")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         payload = {"kind": self.name, "num_classes": self.num_classes, "config": self.config(), "state": self.state_dict(), "extra": self.extra_state()}
         if fitted_on:

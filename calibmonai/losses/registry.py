@@ -47,6 +47,8 @@ def _dice(**kw: Any) -> _Loss:
 
 def _focal(gamma: float = 2.0, **kw: Any) -> _Loss:
     # MONAI's FocalLoss "mean" runs over classes as well as voxels: it is 1/C of the per-voxel focal sum.
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < float("inf"):
+        raise ValueError(f"focal: gamma must be a number >= 0 (0 is cross-entropy), got {gamma!r}.")
     fused = FusedTerms(focal=1.0, focal_gamma=gamma) if not kw and gamma in (0, 1, 2, 3, 4) else None
     return TargetFormatAdapter(FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma, **kw), "channel", fused)
 

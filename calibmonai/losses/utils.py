@@ -24,6 +24,8 @@ def check_logits(input: torch.Tensor, check_finite: bool = True) -> None:
         raise ValueError(
             f"input must have at least 2 classes along dim 1 (softmax over classes), got shape {tuple(input.shape)}."
         )
+    if input.numel() == 0:
+        raise ValueError(f"input holds no voxel (an empty batch or spatial size), shape {tuple(input.shape)}.")
     # one reduction pass: any NaN/Inf makes the sum non-finite; only then look for the culprits
     if check_finite and not bool(torch.isfinite(input.detach().sum(dtype=torch.float64))):
         n_bad = int((~torch.isfinite(input)).sum())
