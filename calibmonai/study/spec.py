@@ -32,6 +32,8 @@ Without a ``methods`` key the study runs :data:`PAPER_METHODS`, the grids of the
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import itertools
 import math
 import os
@@ -41,7 +43,7 @@ from typing import Any, Mapping, Sequence
 
 __all__ = [
     "PAPER_METHODS", "MEEP_LAMBDAS", "POSTHOC_DEFAULT", "NOISE_SIGMAS", "Resources", "BundleSpec", "StudySpec",
-    "load_study", "grid_points", "swept_parameter",
+    "load_study", "check_bundle_configs", "grid_points", "swept_parameter",
 ]  # fmt: skip
 
 #: MEEP's balancing term: the paper tunes lambda on each dataset's validation split; this is the grid searched when a
@@ -234,15 +236,25 @@ def _bundles(raw: Any, where: str, base: Path) -> list[BundleSpec]:
     out = []
     allowed = {"dataset_dir", "overrides", "methods", "prepare", "estimate"}
     for name, conf in raw.items():
-        conf = dict(conf or {})
+        conf = _mapping(conf, f"bundles.{name}", where, "{dataset_dir: data/x, overrides: {...}}")
         unknown = set(conf) - allowed
         if unknown:
             raise ValueError(f"{where}: bundle {name!r} has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}.")
+        estimate = _mapping(conf.get("estimate"), f"bundles.{name}.estimate", where, "{train_gpu_hours_per_epoch: 0.01, eval_gpu_hours: 0.1}")
+        for k, v in estimate.items():
+            if not _is_number(v) or v < 0:
+                raise ValueError(f"{where}: bundles.{name}.estimate.{k} must be a number >= 0, got {v!r}.")
+        if conf.get("dataset_dir") is not None and not isinstance(conf["dataset_dir"], str):
+            raise ValueError(f"{where}: bundles.{name}.dataset_dir must be a folder path, got {conf['dataset_dir']!r}.")
+        if "methods" in conf and not conf["methods"]:
+            raise ValueError(f"{where}: bundles.{name}.methods is empty; remove the key to use the study's method grids for this bundle.")
         out.append(
             BundleSpec(
-                name=str(name), dataset_dir=_resolve_path(conf.get("dataset_dir"), base), overrides=dict(conf.get("overrides") or {}),
-                methods=_check_methods(conf.get("methods") or {}, f"{where}, bundle {name}"), prepare=conf.get("prepare"),
-                estimate={k: float(v) for k, v in (conf.get("estimate") or {}).items()},
+                name=str(name), dataset_dir=_resolve_path(conf.get("dataset_dir"), base),
+                overrides=_mapping(conf.get("overrides"), f"bundles.{name}.overrides", where, "{batch_size: 4}"),
+                methods=_check_methods(conf.get("methods") or {}, f"{where}, bundle {name}"),
+                prepare=_mapping(conf["prepare"], f"bundles.{name}.prepare", where, "{_target_: module.function}") if conf.get("prepare") is not None else None,
+                estimate={k: float(v) for k, v in estimate.items()},
             )
         )  # fmt: skip
     return out
@@ -250,11 +262,65 @@ def _bundles(raw: Any, where: str, base: Path) -> list[BundleSpec]:
 
 def _resources(raw: Any, where: str) -> dict[str, Resources]:
     out = {k: Resources(**v) for k, v in _DEFAULT_RESOURCES.items()}
-    for kind, conf in (raw or {}).items():
+    for kind, conf in _mapping(raw, "resources", where, "{train: {gpus: 1, cpus: 4, memory_gb: 16}}").items():
         if kind not in _KINDS_WITH_RESOURCES:
             raise ValueError(f"{where}: resources for unknown task kind {kind!r}; kinds: {', '.join(_KINDS_WITH_RESOURCES)}.")
+        conf = _mapping(conf, f"resources.{kind}", where, "{gpus: 1, cpus: 4, memory_gb: 16}")
+        fields = list(asdict(out[kind]))
+        for key, value in conf.items():
+            if key not in fields:
+                raise ValueError(f"{where}: resources.{kind} has the unknown key {key!r}{_did_you_mean(str(key), fields)}; its keys: {', '.join(fields)}.")
+            whole = key != "memory_gb"
+            if not _is_number(value, whole) or value < (0 if key == "gpus" else 1 if key == "cpus" else 1e-12):
+                need = {"gpus": "a whole number >= 0", "cpus": "a whole number >= 1", "memory_gb": "a number > 0"}[key]
+                raise ValueError(f"{where}: resources.{kind}.{key} must be {need}, got {value!r}.")
         out[kind] = Resources(**{**asdict(out[kind]), **dict(conf)})
     return out
+
+
+# ---------------------------------------------------------------- value checks naming the file and the key
+def _did_you_mean(name: str, choices: Sequence[str]) -> str:
+    near = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _is_number(value: Any, whole: bool = False) -> bool:
+    """A YAML number (not a boolean); with ``whole``, an integer (``1.5``, ``'ten'`` and ``true`` are not)."""
+    if isinstance(value, bool):
+        return False
+    if whole:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _mapping(value: Any, key: str, where: str, example: str) -> dict[Any, Any]:
+    """``value`` of the study key ``key`` as a dict (``None``: empty), else ``ValueError`` naming the key."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: '{key}' must be a mapping such as {example}, got {value!r}.")
+    return dict(value)
+
+
+def _int_list(value: Any, key: str, where: str, minimum: int = 0) -> list[int]:
+    """A list of whole numbers ``>= minimum`` (a single number is not a list: ``seeds: 3`` would read as three seeds
+    or one, so it is refused with the list to write)."""
+    if not isinstance(value, (list, tuple)):
+        example = f"[{value}]" if _is_number(value, whole=True) and value >= minimum else f"[{minimum}]"
+        raise ValueError(f"{where}: '{key}' must be a list of whole numbers >= {minimum}, such as {key}: {example}; got {value!r}.")
+    bad = [v for v in value if not _is_number(v, whole=True) or v < minimum]
+    if bad:
+        raise ValueError(f"{where}: '{key}' must be a list of whole numbers >= {minimum}, got {bad[0]!r} in {list(value)}.")
+    return [int(v) for v in value]
+
+
+def _str_list(value: Any, key: str, where: str) -> list[str]:
+    """A list of names (a single name is taken as a list of one)."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{where}: '{key}' must be a list of names, got {value!r}.")
+    return list(value)
 
 
 _TOP_KEYS = {
@@ -263,15 +329,27 @@ _TOP_KEYS = {
 }  # fmt: skip
 
 
-def load_study(study: str | os.PathLike | Mapping[str, Any], base_dir: str | os.PathLike | None = None) -> StudySpec:
+def _read_yaml(path: Path) -> Any:
+    """The YAML of a study file; a syntax error raises a one-line ``ValueError`` with the line and column."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML: {at}{problem}.") from None
+
+
+def load_study(study: str | os.PathLike | Mapping[str, Any], base_dir: str | os.PathLike | None = None, check_bundles: bool = True) -> StudySpec:
     """Read and check a study: a YAML file, a study folder (its ``study.yaml``) or a mapping.
 
     Relative ``dataset_dir`` paths are taken from ``base_dir`` (default: the current directory). Unknown keys,
-    methods, calibrators and impossible values raise ``ValueError`` naming the file and the key; a missing file
-    raises ``FileNotFoundError``.
+    methods, calibrators, values of the wrong type and impossible values raise ``ValueError`` naming the file and
+    the key; a missing file raises ``FileNotFoundError``. With ``check_bundles`` (default), the overrides and every
+    grid point of every method are also checked against each installed bundle (:func:`check_bundle_configs`).
     """
-    import yaml
-
     from calibmonai.calibration import CALIBRATORS
 
     source = None
@@ -280,43 +358,55 @@ def load_study(study: str | os.PathLike | Mapping[str, Any], base_dir: str | os.
     else:
         path = Path(study)
         if path.is_dir():
+            if not (path / "study.yaml").is_file():
+                raise FileNotFoundError(f"{path} is a folder without study.yaml: no study has been planned or run there (`calibmonai study plan STUDY.yaml --out {path}` first).")
             path = path / "study.yaml"
         if not path.is_file():
             raise FileNotFoundError(f"study file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _read_yaml(path)
         where, source = str(path), str(path.resolve())
+        if raw is None:
+            raise ValueError(f"{where}: the study file is empty; it needs at least 'bundles' (see studies/tiny.yaml).")
         if not isinstance(raw, Mapping):
             raise ValueError(f"{where}: a study file must be a YAML mapping, got {type(raw).__name__}.")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}.")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if raw.get("name") is not None and not isinstance(raw["name"], (str, int)):
+        raise ValueError(f"{where}: 'name' must be a name, got {raw['name']!r}.")
     name = str(raw.get("name") or (Path(source).stem if source else "study"))
     spec = StudySpec(name=name, bundles=_bundles(raw.get("bundles"), where, base), source=source)
-    if raw.get("methods") is not None:
+    if "methods" in raw:
+        if not raw["methods"]:
+            raise ValueError(f"{where}: 'methods' is empty; list at least one method (methods: {{ce: {{}}}}), or remove the key to run the papers' full grid.")
         spec.methods = _check_methods(raw["methods"], where)
-    if not spec.methods:
-        raise ValueError(f"{where}: 'methods' is empty; list at least one method or leave the key out for the papers' grid.")
-    spec.backbones = [str(b) for b in (raw.get("backbones") or ["unet"])]
+    spec.backbones = _str_list(raw.get("backbones") or ["unet"], "backbones", where)
     if raw.get("backbone_methods") is not None:
-        spec.backbone_methods = [str(m) for m in raw["backbone_methods"]]
+        spec.backbone_methods = _str_list(raw["backbone_methods"], "backbone_methods", where)
         unknown_m = [m for m in spec.backbone_methods if m not in spec.methods]
         if unknown_m:
             raise ValueError(f"{where}: backbone_methods {unknown_m} are not methods of the study ({', '.join(spec.methods)}).")
-    spec.seeds = [int(s) for s in (raw.get("seeds") if raw.get("seeds") is not None else [0])]
+    spec.seeds = _int_list(raw.get("seeds") if raw.get("seeds") is not None else [0], "seeds", where)
     if not spec.seeds:
-        raise ValueError(f"{where}: 'seeds' is empty.")
-    spec.folds = [int(f) for f in raw["folds"]] if raw.get("folds") else None
+        raise ValueError(f"{where}: 'seeds' is empty; list at least one seed (seeds: [0]).")
+    spec.folds = _int_list(raw["folds"], "folds", where) if raw.get("folds") else None
     if raw.get("epochs") is not None:
+        if not _is_number(raw["epochs"], whole=True) or raw["epochs"] < 1:
+            raise ValueError(f"{where}: 'epochs' must be a whole number >= 1, got {raw['epochs']!r}.")
         spec.epochs = int(raw["epochs"])
-        if spec.epochs < 1:
-            raise ValueError(f"{where}: epochs must be >= 1, got {spec.epochs}.")
-    spec.overrides = dict(raw.get("overrides") or {})
-    spec.backbone_overrides = {str(k): dict(v or {}) for k, v in (raw.get("backbone_overrides") or {}).items()}
+    spec.overrides = _mapping(raw.get("overrides"), "overrides", where, "{batch_size: 4}")
+    spec.backbone_overrides = {
+        str(k): _mapping(v, f"backbone_overrides.{k}", where, "{batch_size: 4}")
+        for k, v in _mapping(raw.get("backbone_overrides"), "backbone_overrides", where, "{attention_unet: {batch_size: 4}}").items()
+    }  # fmt: skip
+    for key in ("reference", "selection_metric", "posthoc_on"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ValueError(f"{where}: '{key}' must be a name, got {raw[key]!r}.")
     spec.reference = str(raw.get("reference", "ce"))
     spec.selection_metric = str(raw.get("selection_metric", "val_mean_dice"))
     posthoc = raw.get("posthoc", POSTHOC_DEFAULT)
-    spec.posthoc = [str(c) for c in (posthoc or [])]
+    spec.posthoc = _str_list(posthoc, "posthoc", where) if posthoc else []
     for c in spec.posthoc:
         if c not in CALIBRATORS:
             raise ValueError(f"{where}: unknown calibrator {c!r} in 'posthoc'; available calibrators: {', '.join(CALIBRATORS)}.")
@@ -324,15 +414,145 @@ def load_study(study: str | os.PathLike | Mapping[str, Any], base_dir: str | os.
     if spec.posthoc_on not in ("all", "selected"):
         raise ValueError(f"{where}: posthoc_on must be 'all' or 'selected', got {spec.posthoc_on!r}.")
     sigmas = raw.get("noise_sigmas", NOISE_SIGMAS)
+    if sigmas is not None and (not isinstance(sigmas, (list, tuple)) or not all(_is_number(s) for s in sigmas)):
+        raise ValueError(f"{where}: noise_sigmas must be a list of numbers (noise_sigmas: [0, 0.05]), got {sigmas!r}.")
     spec.noise_sigmas = sorted({float(s) for s in (sigmas or [])})
     if any(not math.isfinite(s) or s < 0 for s in spec.noise_sigmas):
         raise ValueError(f"{where}: noise_sigmas must be finite and >= 0, got {sigmas}.")
     spec.resources = _resources(raw.get("resources"), where)
-    spec.executor = dict(raw.get("executor") or {})
+    spec.executor = _mapping(raw.get("executor"), "executor", where, "{name: local, workers: 2}")
     from calibmonai.bundle_tools import backbone_names
 
     available = backbone_names()
     for b in spec.backbones:
         if available and b not in available:
             raise ValueError(f"{where}: unknown backbone {b!r}; available backbones: {', '.join(available)}.")
+    for b in spec.backbone_overrides:
+        if b not in spec.backbones:
+            raise ValueError(f"{where}: backbone_overrides names {b!r}, not a backbone of the study ({', '.join(spec.backbones)}), so no run would read it.")
+    if check_bundles:
+        check_bundle_configs(spec, where)
     return spec
+
+
+# ---------------------------------------------------------------- the study against each bundle's config
+@functools.lru_cache(maxsize=None)
+def _method_fragment(method: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """``(registry loss, fragment loss_kwargs)`` of ``bundles/methods/<method>.yaml`` (the method itself and no
+    arguments when the fragment does not exist)."""
+    import yaml
+
+    from calibmonai.bundle_tools import fragment
+
+    try:
+        conf = yaml.safe_load(fragment("methods", method).read_text()) or {}
+    except ValueError:
+        return method, ()
+    return str(conf.get("method", method)), tuple((conf.get("loss_kwargs") or {}).items())
+
+
+def _backbone_fragment(backbone: str) -> str | None:
+    """The backbone fragment a run of ``backbone`` composes (``None``: the bundle's own network)."""
+    from calibmonai.bundle_tools import backbone_names
+
+    return None if backbone == "unet" and "unet" not in backbone_names() else backbone
+
+
+def _check_overrides(files: list[str], overrides: Mapping[str, Any], section: str, bundle: str, where: str) -> None:
+    """Refuse an override key of the study whose top-level key is not in the composed config of ``bundle``."""
+    from calibmonai.bundle_tools import bundle_parser, check_config_keys
+
+    try:
+        check_config_keys(files, overrides, f"calibmonai study ({section})")
+    except ValueError:
+        keys = sorted(str(k) for k in bundle_parser(files).config if not str(k).startswith("_"))
+        bad = next(k for k in overrides if str(k).replace("::", "#").split("#", 1)[0] not in keys)
+        root = str(bad).replace("::", "#").split("#", 1)[0]
+        raise ValueError(
+            f"{where}: {section} sets {bad!r}, but {root!r} is not a key of bundle {bundle}'s config, so every run would "
+            f"ignore it{_did_you_mean(root, keys)}; fix or remove the key. Config keys: {', '.join(keys)}."
+        ) from None
+
+
+def _check_grid_point(method: str, point: Mapping[str, Any], num_classes: int, spatial_dims: int, section: str, bundle: str, where: str) -> None:
+    """Build the loss of one grid point as a run would (the method fragment's ``loss_kwargs`` completed by the
+    point); a parameter the loss does not take or a value it refuses raises ``ValueError`` naming the valid ones."""
+    from calibmonai.demo import _loss_parameters
+    from calibmonai.losses import METHODS, get_loss
+
+    loss, base = _method_fragment(method)
+    if loss not in METHODS:
+        return  # the fragment names no registry loss: the bundle's own config builds it
+    names, open_ended = _loss_parameters(loss)
+    listed = ", ".join(names) if names else "none by name"
+    if open_ended:
+        listed += " (and the keyword arguments of the MONAI loss it wraps)"
+    unknown = [k for k in point if k not in names]
+    if unknown and not open_ended:
+        raise ValueError(f"{where}: {section}: {unknown[0]!r} is not a parameter of method {method!r}{_did_you_mean(unknown[0], names)}; its parameters: {listed}.")
+    for key, value in point.items():
+        default = METHODS[loss].defaults.get(key)
+        if _is_number(default) and not _is_number(value):
+            raise ValueError(f"{where}: {section}: {method}.{key} must be a number (default {default}), got {value!r}. Its parameters: {listed}.")
+    kwargs = {**dict(base), **point}
+    try:
+        get_loss(loss, num_classes=num_classes, spatial_dims=spatial_dims, **kwargs)
+    except (TypeError, ValueError) as e:
+        shown = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "its defaults"
+        raise ValueError(
+            f"{where}: {section}: method {method!r} (bundle {bundle}) refuses {shown}: {str(e).rstrip('.')}. Its parameters: {listed}."
+        ) from None
+
+
+def check_bundle_configs(spec: StudySpec, where: str | None = None) -> None:
+    """Check a study against the config of every installed bundle, before anything is planned or trained.
+
+    - every key of ``overrides``, the bundle's ``overrides`` and ``backbone_overrides`` must be (before ``#``/``::``)
+      a top-level key of the bundle's ``configs/train.yaml`` composed with a method fragment and the backbone's
+      fragment, as each run composes them (a mistyped key such as ``batch_sise`` would be set and never read);
+    - every grid point of every method must build the method's loss (``calibmonai.losses.get_loss``) with the
+      bundle's ``num_classes`` and ``spatial_dims``: an unknown parameter or a refused value names the valid ones.
+
+    Bundles that are not installed are skipped for the first check (``study plan`` shows them blocked); their grid
+    points are built for 2 classes in 2D.
+
+    Raises:
+        ValueError: ``<file>: overrides sets 'batch_sise', but 'batch_sise' is not a key of bundle ...``.
+    """
+    from calibmonai.bundle_tools import bundle_dir, bundle_parser, config_files
+
+    where = where or spec.source or "study"
+    first_method = next(iter(spec.methods))
+    checked: set[tuple[Any, ...]] = set()
+    for bundle in spec.bundles:
+        try:
+            bundle_dir(bundle.name)
+            installed = True
+        except FileNotFoundError:
+            installed = False
+        num_classes, spatial_dims = 2, 2
+        if installed:
+            for backbone in spec.backbones:
+                files = config_files(bundle.name, first_method, backbone=_backbone_fragment(backbone))
+                _check_overrides(files, spec.overrides, "overrides", bundle.name, where)
+                _check_overrides(files, bundle.overrides, f"bundles.{bundle.name}.overrides", bundle.name, where)
+                _check_overrides(files, spec.backbone_overrides.get(backbone, {}), f"backbone_overrides.{backbone}", bundle.name, where)
+            parser = bundle_parser(config_files(bundle.name, first_method))
+            for key, value in {**spec.overrides, **bundle.overrides}.items():
+                if str(key).replace("::", "#").split("#", 1)[0] in ("num_classes", "spatial_dims"):
+                    try:
+                        parser[key] = value
+                    except Exception:  # noqa: BLE001 - a nested key that does not resolve: the default geometry
+                        pass
+            try:
+                num_classes, spatial_dims = int(parser.get_parsed_content("num_classes")), int(parser.get_parsed_content("spatial_dims"))
+            except Exception:  # noqa: BLE001 - a bundle computing them from its data: the grid is checked in 2D
+                pass
+        for method, grid in spec.methods_for(bundle).items():
+            section = f"bundles.{bundle.name}.methods.{method}" if method in bundle.methods else f"methods.{method}"
+            for point in grid_points(grid):
+                key = (method, num_classes, spatial_dims, repr(sorted(point.items(), key=lambda kv: kv[0])))
+                if key in checked:
+                    continue
+                checked.add(key)
+                _check_grid_point(method, point, num_classes, spatial_dims, section, bundle.name, where)
