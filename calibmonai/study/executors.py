@@ -104,8 +104,18 @@ class _Driver:
 
 
 # ---------------------------------------------------------------- local process pool
+def _exit_quietly(signum: int, frame: Any) -> None:
+    """A pool worker's Ctrl-C: leave at once (its task unfinished, no marker), without a traceback; the driver
+    process reports the interruption."""
+    os._exit(128 + int(signum))
+
+
 def _init_worker(gpu_queue: Any) -> None:
-    """Give a pool worker its GPUs (``CUDA_VISIBLE_DEVICES``) before torch initialises CUDA."""
+    """Give a pool worker its GPUs (``CUDA_VISIBLE_DEVICES``) before torch initialises CUDA; Ctrl-C ends it quietly
+    (a handler, not ``SIG_IGN``: a ``torchrun`` it starts still gets the default)."""
+    import signal
+
+    signal.signal(signal.SIGINT, _exit_quietly)
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
 
@@ -192,6 +202,9 @@ class LocalExecutor:
             except KeyboardInterrupt:
                 for fut in running:
                     fut.cancel()
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    if proc.is_alive():  # a worker still training: its task stays unfinished (no marker)
+                        proc.terminate()
                 raise
         return driver.results
 
@@ -439,7 +452,8 @@ def run_study(
             over the study file's ``executor`` section.
 
     Returns:
-        ``{"study_dir", "ran", "failed", "not_run", "remaining", "wall_s"}``.
+        ``{"study_dir", "ran", "failed", "not_run", "remaining", "blocked", "wall_s"}`` (``blocked``: ``{bundle: why}``
+        for the bundles whose unfinished tasks could not run).
     """
     t0 = time.time()
     spec = study if isinstance(study, StudySpec) else load_study(study)
@@ -483,8 +497,10 @@ def run_study(
     not_run = [r["id"] for r in results if not r["ok"] and r.get("skipped")]
     final = task_status(tasks, root)
     remaining = [t.id for t in tasks if final[t.id] not in ("done", "changed")]
+    left = {t.bundle for t in tasks if final[t.id] not in ("done", "changed")}
+    blocked = {b: why for b, why in blocked_bundles(tasks, spec).items() if b in left}
     wall = time.time() - t0
     log(f"[study] ran {len(ran)} task(s), {len(failed)} failed, {len(not_run)} not run after a failure, {len(remaining)} remaining; {wall:.0f} s")
     for tid in failed:
         log(f"[study]   failed: {tid} (see {marker_path(root, tid, failed=True)})")
-    return {"study_dir": str(root), "ran": ran, "failed": failed, "not_run": not_run, "remaining": remaining, "wall_s": wall}
+    return {"study_dir": str(root), "ran": ran, "failed": failed, "not_run": not_run, "remaining": remaining, "blocked": blocked, "wall_s": wall}

@@ -295,13 +295,36 @@ def plan_table(tasks: Sequence[Task], status: dict[str, str], verbose: bool = Tr
     return "\n".join(lines)
 
 
+#: the first line of a study folder's ``study.yaml``: the study file it was planned from
+SOURCE_COMMENT = "# planned from the study file: "
+
+
+def study_source_line(path: str | os.PathLike) -> str | None:
+    """The :data:`SOURCE_COMMENT` line of a study folder's ``study.yaml`` (``None`` when it has none)."""
+    try:
+        first = Path(path).read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    return first if first.startswith(SOURCE_COMMENT) else None
+
+
+def study_source(study_dir: str | os.PathLike) -> str | None:
+    """The study file a study folder was planned from (``None``: not recorded)."""
+    line = study_source_line(Path(study_dir) / "study.yaml")
+    return line[len(SOURCE_COMMENT):].strip() if line else None
+
+
 def write_plan(spec: StudySpec, tasks: Sequence[Task], study_dir: str | os.PathLike) -> Path:
-    """Write ``study.yaml`` (the checked study) and ``plan.json`` (the tasks) into the study folder."""
+    """Write ``study.yaml`` (the checked study; its first line names the study file it came from) and ``plan.json``
+    (the tasks) into the study folder."""
     import yaml
 
     root = Path(study_dir)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    own = spec.source and Path(spec.source).resolve() == (root / "study.yaml").resolve()
+    source = study_source(root) if own or not spec.source else spec.source  # re-planned from the folder: kept
+    header = f"{SOURCE_COMMENT}{source}\n" if source else ""
+    (root / "study.yaml").write_text(header + yaml.safe_dump(spec.to_dict(), sort_keys=False))
     path = root / "plan.json"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps([t.to_dict() for t in tasks], indent=1))

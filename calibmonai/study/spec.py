@@ -246,8 +246,6 @@ def _bundles(raw: Any, where: str, base: Path) -> list[BundleSpec]:
                 raise ValueError(f"{where}: bundles.{name}.estimate.{k} must be a number >= 0, got {v!r}.")
         if conf.get("dataset_dir") is not None and not isinstance(conf["dataset_dir"], str):
             raise ValueError(f"{where}: bundles.{name}.dataset_dir must be a folder path, got {conf['dataset_dir']!r}.")
-        if "methods" in conf and not conf["methods"]:
-            raise ValueError(f"{where}: bundles.{name}.methods is empty; remove the key to use the study's method grids for this bundle.")
         out.append(
             BundleSpec(
                 name=str(name), dataset_dir=_resolve_path(conf.get("dataset_dir"), base),
