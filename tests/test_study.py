@@ -464,6 +464,6 @@ def test_mistyped_study_flags_are_refused_before_anything_runs(tmp_path, capsys)
         assert code.value.code == 2
     err = capsys.readouterr().err
     assert "unknown flag --redoo for `calibmonai study run`; flags: --study, --out, --executor, --redo," in err
-    assert "unknown flag --outt for `calibmonai study plan`; flags: --study, --out, --verbose." in err
+    assert "unknown flag --outt for `calibmonai study plan`; flags: --study, --out, --verbose, --replace." in err
     assert "unknown command 'plann' of `calibmonai study`; commands: plan, run, report." in err
     assert not out.exists()  # nothing planned, run or written
