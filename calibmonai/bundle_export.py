@@ -233,7 +233,7 @@ def export_bundle(
     num_classes, spatial_dims = train["num_classes"], train.get("spatial_dims", 2)
     try:
         get_loss(method_name, num_classes, spatial_dims, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"--loss_kwargs {kwargs} do not fit method {method_name!r}: {e}") from None
     tag = run_name(method_name, kwargs, backbone_name)
     run_dir = Path(train.get_parsed_content("run_dir"))
