@@ -19,7 +19,7 @@ from calibmonai.losses import METHODS
 
 __all__ = [
     "run_name", "bundle_dir", "method_names", "backbone_names", "fragment", "config_files", "inference_config_files",
-    "bundle_parser", "check_config_keys", "check_command_line_keys", "run_workflow", "as_bool", "REPO_BUNDLES",
+    "bundle_parser", "check_config_keys", "unknown_config_keys", "nearest_keys", "check_command_line_keys", "run_workflow", "as_bool", "REPO_BUNDLES",
 ]  # fmt: skip
 
 REPO_BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
@@ -142,17 +142,29 @@ def bundle_parser(files: Sequence[str], **overrides: Any) -> Any:
     return parser
 
 
+def unknown_config_keys(files: Sequence[str], keys: Any, allowed: Any = ()) -> tuple[list[str], list[str]]:
+    """``(unknown, config_keys)``: the ``keys`` whose top-level key (before ``#``/``::``) is neither in the config
+    composed of ``files`` nor in ``allowed``, and the config's own top-level keys (sorted, private ones left out)."""
+    config = bundle_parser(files).config
+    unknown = [str(k) for k in keys if (root := str(k).replace("::", "#").split("#", 1)[0]) not in config and root not in allowed]
+    return unknown, sorted(str(k) for k in config if not str(k).startswith("_"))
+
+
+def nearest_keys(name: str, keys: Sequence[str], n: int = 3) -> list[str]:
+    """The ``keys`` closest to a mistyped ``name`` (its top-level part), for a "did you mean" hint."""
+    return difflib.get_close_matches(str(name).replace("::", "#").split("#", 1)[0], list(keys), n=n, cutoff=0.6)
+
+
 def check_config_keys(files: Sequence[str], overrides: Mapping[str, Any], command: str) -> None:
     """Refuse an override whose top-level key (before ``#``/``::``) is not in the config composed of ``files``
     (a mistyped flag would otherwise add a key nothing reads), naming the config's keys."""
     if not overrides:
         return
-    config = bundle_parser(files).config
-    unknown = [k for k in overrides if str(k).replace("::", "#").split("#", 1)[0] not in config]
+    unknown, keys = unknown_config_keys(files, overrides)
     if unknown:
         raise ValueError(
             f"unknown flag --{unknown[0]} for `{command}`: neither a flag of the command nor a key of its config "
-            f"({', '.join(map(str, files))}); config keys: {', '.join(sorted(k for k in config if not k.startswith('_')))}."
+            f"({', '.join(map(str, files))}); config keys: {', '.join(keys)}."
         )
 
 
@@ -219,16 +231,12 @@ def check_command_line_keys(argv: Sequence[str] | None = None) -> None:
     files = _as_file_list(files)
     if not all(os.path.isfile(f) for f in files):
         return  # MONAI names the missing file
-    config = bundle_parser(files).config
-    keys = sorted(k for k in config if not str(k).startswith("_"))
-    for name in flags:
-        root = str(name).replace("::", "#").split("#", 1)[0]
-        if root in config or root.replace("-", "_") in _RUN_ARGUMENTS:
-            continue
-        near = difflib.get_close_matches(root, keys, n=3, cutoff=0.6)
+    unknown, keys = unknown_config_keys(files, [str(k).replace("-", "_") if str(k).replace("-", "_") in _RUN_ARGUMENTS else k for k in flags], _RUN_ARGUMENTS)
+    if unknown:
+        near = nearest_keys(unknown[0], keys)
         hint = f" Did you mean {' or '.join('--' + k for k in near)}?" if near else ""
         raise ValueError(
-            f"unknown flag --{name}: not a key of the config ({', '.join(files)}) nor an argument of "
+            f"unknown flag --{unknown[0]}: not a key of the config ({', '.join(files)}) nor an argument of "
             f"`monai.bundle run`, so nothing would read it.{hint} Config keys: {', '.join(keys)}."
         )
 

@@ -458,18 +458,16 @@ def _backbone_fragment(backbone: str) -> str | None:
 
 def _check_overrides(files: list[str], overrides: Mapping[str, Any], section: str, bundle: str, where: str) -> None:
     """Refuse an override key of the study whose top-level key is not in the composed config of ``bundle``."""
-    from calibmonai.bundle_tools import bundle_parser, check_config_keys
+    from calibmonai.bundle_tools import unknown_config_keys
 
-    try:
-        check_config_keys(files, overrides, f"calibmonai study ({section})")
-    except ValueError:
-        keys = sorted(str(k) for k in bundle_parser(files).config if not str(k).startswith("_"))
-        bad = next(k for k in overrides if str(k).replace("::", "#").split("#", 1)[0] not in keys)
-        root = str(bad).replace("::", "#").split("#", 1)[0]
+    unknown, keys = unknown_config_keys(files, overrides)
+    if unknown:
+        bad = unknown[0]
+        root = bad.replace("::", "#").split("#", 1)[0]
         raise ValueError(
             f"{where}: {section} sets {bad!r}, but {root!r} is not a key of bundle {bundle}'s config, so every run would "
             f"ignore it{_did_you_mean(root, keys)}; fix or remove the key. Config keys: {', '.join(keys)}."
-        ) from None
+        )
 
 
 def _check_grid_point(method: str, point: Mapping[str, Any], num_classes: int, spatial_dims: int, section: str, bundle: str, where: str) -> None:
