@@ -67,18 +67,6 @@ def _profile_names(bundle: str) -> list[str]:
     return sorted(p.stem for p in (bundle_dir(bundle) / "configs" / "profiles").glob("*.yaml"))
 
 
-def _loss_parameters(method: str) -> tuple[list[str], bool]:
-    """The hyper-parameters the loss of ``method`` (a key of :data:`calibmonai.losses.METHODS`) accepts by name,
-    and whether it passes further keyword arguments on to a loss it wraps (then they are not listed here)."""
-    from calibmonai.losses import METHODS
-
-    entry = METHODS[method]
-    skip = {"num_classes", "spatial_dims"} if entry.needs_geometry else set()
-    params = inspect.signature(entry.build).parameters.values()
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip]
-    return names, any(p.kind == p.VAR_KEYWORD for p in params)
-
-
 def check_method_spec(spec: str, bundle: str = "mni_tissue_seg2d", extra: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
     """Check one ``--methods`` entry (``name`` or ``name:key=value[:key=value]``) before anything is trained and
     return its method fragment and config overrides, as :func:`_method_spec`.
@@ -89,7 +77,7 @@ def check_method_spec(spec: str, bundle: str = "mni_tissue_seg2d", extra: Sequen
     Raises:
         ValueError: naming the spec and the valid methods or parameters.
     """
-    from calibmonai.losses import METHODS, get_loss
+    from calibmonai.losses import METHODS, get_loss, loss_parameters
 
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"--methods: every entry must be a method name such as 'mbls' or 'mbls:margin=5', got {spec!r}.")
@@ -104,7 +92,7 @@ def check_method_spec(spec: str, bundle: str = "mni_tissue_seg2d", extra: Sequen
     kwargs = dict(parser.get_parsed_content("loss_kwargs"))
     if method not in METHODS:
         raise ValueError(f"--methods {spec!r}: the fragment names the loss {method!r}, which is not one of {', '.join(METHODS)}.")
-    names, open_ended = _loss_parameters(method)
+    names, open_ended = loss_parameters(method)
     listed = ", ".join(names) if names else "none by name"
     if open_ended:
         listed += " (and the keyword arguments of the MONAI loss it wraps)"

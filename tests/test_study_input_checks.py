@@ -3,29 +3,19 @@ config, every grid point against its loss, YAML syntax and value types, explicit
 exits non-zero when nothing could run and 130 on Ctrl-C, and a study folder holding another study is not replaced
 or reported for the wrong study."""
 
-import copy
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from calibmonai.study.__main__ import main
 from calibmonai.study.spec import load_study
-
-REPO = Path(__file__).resolve().parent.parent
-TINY = yaml.safe_load((REPO / "studies" / "tiny.yaml").read_text())
-
-
-def tiny(data_dir, **changes):
-    raw = copy.deepcopy(TINY)
-    raw["bundles"]["mni_tissue_seg2d"]["dataset_dir"] = str(data_dir)
-    raw.update(changes)
-    return raw
+from test_study import TINY  # the tiny study file and its helper, once for both study test modules
+from test_study import tiny_spec as tiny
 
 
 def write(path, raw):

@@ -5,7 +5,7 @@ from calibmonai.losses.confidence_penalty import ConfidencePenaltyLoss, LabelSmo
 from calibmonai.losses.fused import FusedTerms, fused_disabled, fused_enabled, fused_softmax_loss, set_fused_enabled
 from calibmonai.losses.mbls import MarginLabelSmoothingLoss, margin_penalty
 from calibmonai.losses.meep import ErroneousEntropyLoss, erroneous_regularizer
-from calibmonai.losses.registry import METHODS, Method, get_loss
+from calibmonai.losses.registry import METHODS, Method, get_loss, loss_parameters
 from calibmonai.losses.svls import SpatiallyVaryingLabelSmoothingLoss, svls_kernel, svls_soft_labels
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "METHODS",
     "Method",
     "get_loss",
+    "loss_parameters",
     "SpatiallyVaryingLabelSmoothingLoss",
     "svls_kernel",
     "svls_soft_labels",

@@ -17,7 +17,7 @@ from calibmonai.losses.mbls import MarginLabelSmoothingLoss
 from calibmonai.losses.meep import ErroneousEntropyLoss
 from calibmonai.losses.svls import SpatiallyVaryingLabelSmoothingLoss
 
-__all__ = ["METHODS", "Method", "get_loss"]
+__all__ = ["METHODS", "Method", "get_loss", "loss_parameters"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,14 @@ METHODS: dict[str, Method] = {
 }
 
 
+def loss_parameters(name: str) -> tuple[list[str], bool]:
+    """The hyper-parameters the loss of method ``name`` takes by name (``num_classes``/``spatial_dims`` left out),
+    and whether it passes further keyword arguments on to a MONAI loss it wraps (those are not listed)."""
+    params = inspect.signature(METHODS[name].build).parameters.values()
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("num_classes", "spatial_dims")]
+    return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
 def get_loss(name: str, num_classes: int | None = None, spatial_dims: int | None = None, **kwargs: Any) -> _Loss:
     """Build the loss of a training method by name.
 
@@ -96,10 +104,9 @@ def get_loss(name: str, num_classes: int | None = None, spatial_dims: int | None
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}; available methods: {', '.join(METHODS)}.")
     method = METHODS[name]
-    signature = inspect.signature(method.build).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in signature.values()):
-        taken = [k for k, p in signature.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and k not in ("num_classes", "spatial_dims")]
-        unknown = [k for k in kwargs if k not in signature]
+    taken, open_ended = loss_parameters(name)
+    if not open_ended:
+        unknown = [k for k in kwargs if k not in taken]
         if unknown:
             near = difflib.get_close_matches(unknown[0], taken, n=1, cutoff=0.5)
             hint = f" Did you mean {near[0]!r}?" if near else ""

@@ -473,13 +473,13 @@ def _check_overrides(files: list[str], overrides: Mapping[str, Any], section: st
 def _check_grid_point(method: str, point: Mapping[str, Any], num_classes: int, spatial_dims: int, section: str, bundle: str, where: str) -> None:
     """Build the loss of one grid point as a run would (the method fragment's ``loss_kwargs`` completed by the
     point); a parameter the loss does not take or a value it refuses raises ``ValueError`` naming the valid ones."""
-    from calibmonai.demo import _loss_parameters
+    from calibmonai.losses import loss_parameters
     from calibmonai.losses import METHODS, get_loss
 
     loss, base = _method_fragment(method)
     if loss not in METHODS:
         return  # the fragment names no registry loss: the bundle's own config builds it
-    names, open_ended = _loss_parameters(loss)
+    names, open_ended = loss_parameters(loss)
     listed = ", ".join(names) if names else "none by name"
     if open_ended:
         listed += " (and the keyword arguments of the MONAI loss it wraps)"
