@@ -315,3 +315,26 @@ def test_non_finite_or_malformed_fitting_data_is_refused():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # reading the fitted temperature warns about nothing
         assert ts.temperature > 0
+
+
+def test_per_class_calibrators_warn_when_the_fitting_sample_lacks_a_class():
+    import warnings
+
+    from calibmonai.calibration import IsotonicCalibration, PlattScaling, VoxelSample
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(400, 3, generator=g) * 3
+    y = z[:, :2].argmax(1)  # classes 0 and 1 only: class 2 never occurs
+    sample = VoxelSample(z, y, torch.ones(400, dtype=torch.float64))
+    for make in (lambda: PlattScaling(3), lambda: IsotonicCalibration(3)):
+        cal = make()
+        with pytest.warns(UserWarning, match=r"holds no voxel of class\(es\) \[2\] \(of 3\)"):
+            cal.fit(sample)
+        with torch.no_grad():  # what the warning says: class 2's calibrated probability is driven towards 0
+            assert float(cal(z[:, :, None])[:, 2].max()) < 0.05
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one temperature for every class: nothing to warn about
+        TemperatureScaling(3).fit(sample)
+        full = VoxelSample(z, z.argmax(1), torch.ones(400, dtype=torch.float64))
+        PlattScaling(3).fit(full)
+        IsotonicCalibration(3).fit(full)

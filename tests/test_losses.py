@@ -304,6 +304,8 @@ def test_nacl_checks_the_classes_and_dims_it_was_built_for(dtype):
                           ({"num_classes": 3, "spatial_dims": 3}, r"built for 3 classes and 3D inputs .* \(3 classes, 2D\)")):  # fmt: skip
         with pytest.raises(ValueError, match=words):
             get_loss("nacl", **kwargs)(z, y)
+    with pytest.raises(ValueError, match=r"\(3, 8, 9\) \(8 classes, 1D\); logits are \(B, C, \*spatial\): is the batch dimension missing\?"):
+        get_loss("nacl", num_classes=3, spatial_dims=2)(z[0], y[0])
 
 
 @pytest.mark.parametrize("name", ["ce", "mbls", "meep_ce_entropy", "ce_dice"])

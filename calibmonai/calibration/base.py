@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from typing import Any, Callable, Mapping
 
 import torch
@@ -79,6 +80,19 @@ class Calibrator(torch.nn.Module):
                 f"per batch, then .sample(); or VoxelSample(logits (N, C), labels (N,))), got {type(sample).__name__}."
             )
         return sample
+
+    def _warn_absent_classes(self, labels: torch.Tensor) -> None:
+        """Warn when the fitting labels hold no voxel of some class: a per-class map (Platt's ``a_c, b_c``, an
+        isotonic curve) then learns only that the class never occurs, and the calibrated maps drive it to 0."""
+        present = torch.bincount(labels.reshape(-1).long().clamp(0, self.num_classes - 1), minlength=self.num_classes) > 0
+        absent = [c for c in range(self.num_classes) if not bool(present[c])]
+        if absent:
+            warnings.warn(
+                f"{type(self).__name__}.fit: the fitting sample holds no voxel of class(es) {absent} (of {self.num_classes}): "
+                f"their per-class maps are fitted on no positive example and push those classes' probabilities towards 0. "
+                f"Fit on a validation split where every class occurs, or use temperature scaling ('ts').",
+                stacklevel=3,
+            )
 
     def fit(self, sample: VoxelSample) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -59,6 +59,7 @@ class IsotonicCalibration(Calibrator):
 
         sample = self._check_sample(sample)
         self._check_logits(sample.logits)
+        self._warn_absent_classes(sample.labels)
         p = torch.softmax(sample.logits.double(), dim=-1).numpy()
         y = sample.labels.numpy()
         w = sample.weights.numpy()

@@ -36,6 +36,7 @@ class PlattScaling(Calibrator):
         sample = self._check_sample(sample)
         z, y, w = sample.logits.double(), sample.labels, sample.weights.double()
         self._check_logits(z)
+        self._warn_absent_classes(sample.labels)
         a = torch.ones(self.num_classes, dtype=torch.float64, requires_grad=True)
         b = torch.zeros(self.num_classes, dtype=torch.float64, requires_grad=True)
         value = fit_lbfgs([a, b], lambda: weighted_nll(z * a + b, y, w))

@@ -82,7 +82,8 @@ class TargetFormatAdapter(_Loss):
             if (self.num_classes is not None and classes != self.num_classes) or (self.spatial_dims is not None and dims != self.spatial_dims):
                 raise ValueError(
                     f"this loss was built for {self.num_classes} classes and {self.spatial_dims}D inputs "
-                    f"(num_classes, spatial_dims), got logits of shape {tuple(input.shape)} ({classes} classes, {dims}D)."
+                    f"(num_classes, spatial_dims), got logits of shape {tuple(input.shape)} ({classes} classes, {dims}D)"
+                    + ("; logits are (B, C, *spatial): is the batch dimension missing?" if input.shape[0] == self.num_classes and dims + 1 == self.spatial_dims else ".")
                 )
         if self.fused is not None:
             out = fused_softmax_loss(input, target, self.fused, "mean")
