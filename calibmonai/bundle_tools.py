@@ -232,6 +232,8 @@ def check_command_line_keys(argv: Sequence[str] | None = None) -> None:
     if not all(os.path.isfile(f) for f in files):
         return  # MONAI names the missing file
     unknown, keys = unknown_config_keys(files, [str(k).replace("-", "_") if str(k).replace("-", "_") in _RUN_ARGUMENTS else k for k in flags], _RUN_ARGUMENTS)
+    positional = argv[2] if len(argv) > 2 and not argv[2].startswith("--") else None
+    _check_run_id(files, flags.get("run_id", flags.get("run-id", positional)) or "run")
     if unknown:
         near = nearest_keys(unknown[0], keys)
         hint = f" Did you mean {' or '.join('--' + k for k in near)}?" if near else ""
@@ -239,6 +241,36 @@ def check_command_line_keys(argv: Sequence[str] | None = None) -> None:
             f"unknown flag --{unknown[0]}: not a key of the config ({', '.join(files)}) nor an argument of "
             f"`monai.bundle run`, so nothing would read it.{hint} Config keys: {', '.join(keys)}."
         )
+
+
+def workflow_ids(config: Mapping[str, Any]) -> list[str]:
+    """The ids a config can run: top-level lists of ``$`` expressions (``training``, ``evaluate``) and ``run`` (the
+    model zoo's entry point: ``run: "$@evaluator.run()"``, or ``"@training"``); the set-up and tear-down lists (``imports``,
+    ``initialize``, ``finalize``) left out. A single ``$`` value elsewhere is a setting (``device``), not a workflow."""
+
+    def runnable(k: Any, v: Any, depth: int = 0) -> bool:
+        if isinstance(v, list):
+            return bool(v) and all(isinstance(x, str) and x.startswith("$") for x in v)
+        if k == "run":  # the model zoo's entry point: an expression or a reference to a workflow (``"@training"``)
+            return True
+        # an alias of a workflow (``inference: "@run"``)
+        return isinstance(v, str) and v.startswith("@") and v[1:] in config and depth < 5 and runnable(v[1:], config[v[1:]], depth + 1)
+
+    return [str(k) for k, v in config.items() if runnable(k, v) and k not in ("imports", "initialize", "finalize")]
+
+
+def _check_run_id(files: Sequence[str], run_id: str) -> None:
+    """Refuse a ``monai.bundle run`` id that names no workflow of the config: a section of components (``train``,
+    ``validate``) would only be built, and MONAI exits 0 without training; a mistyped id gets the nearest ones."""
+    config = bundle_parser(files).config
+    root = str(run_id).replace("::", "#").split("#", 1)[0]
+    runnable = workflow_ids(config)
+    if root in runnable or "#" in str(run_id).replace("::", "#"):
+        return
+    what = "a section of components, not a workflow: running it would only build them and exit" if root in config else "not an id of the config"
+    near = nearest_keys(root, runnable)
+    hint = f" Did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
+    raise ValueError(f"`monai.bundle run {run_id}`: {run_id!r} is {what}.{hint} Workflows of {', '.join(files)}: {', '.join(runnable)}.")
 
 
 def run_workflow(run_id: str, files: Sequence[str], **overrides: Any) -> Any:

@@ -42,6 +42,22 @@ def test_a_mistyped_key_is_refused_with_the_nearest_keys():
         check_command_line_keys(_argv("--marginn#x", "1"))
 
 
+def test_a_run_id_that_is_no_workflow_is_refused():
+    # `train` is the section of the trainer's components: MONAI would build them and exit 0 without training
+    with pytest.raises(ValueError, match=r"'train' is a section of components, not a workflow: .*Did you mean 'training'\?.*Workflows of .*: calibrate, training, run\."):
+        check_command_line_keys([MAIN, "run", "train", "--config_file", str(TRAIN)])
+    with pytest.raises(ValueError, match=r"'trainng' is not an id of the config\. Did you mean 'training'\?"):
+        check_command_line_keys([MAIN, "run", "--run_id", "trainng", "--config_file", str(TRAIN)])
+    check_command_line_keys([MAIN, "run", "--config_file", str(TRAIN)])  # no run id: MONAI runs `run` (= @training)
+    evaluate = [str(REPO / "bundles/mni_tissue_seg2d/configs/train.yaml"), str(REPO / "bundles/mni_tissue_seg2d/configs/evaluate.yaml")]
+    with pytest.raises(ValueError, match=r"'evaluation' is not an id of the config\. Did you mean 'evaluate'"):
+        check_command_line_keys([MAIN, "run", "evaluation", "--config_file", str(evaluate)])
+    check_command_line_keys([MAIN, "run", "calibrate", "--config_file", str(TRAIN)])
+    infer = str(REPO / "bundles/mni_tissue_seg2d/configs/inference.yaml")
+    check_command_line_keys([MAIN, "run", "--config_file", infer])  # its workflow is `run`, MONAI's default id
+    check_command_line_keys([MAIN, "run", "--run_id=run", "--config_file", infer])
+
+
 def test_args_file_overrides_are_checked(tmp_path):
     args = tmp_path / "args.json"
     args.write_text(json.dumps({"config_file": TRAIN, "epoch": 3}))
