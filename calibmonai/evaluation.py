@@ -273,7 +273,7 @@ def evaluate_posthoc(
         if not os.path.isfile(calibrator_path(output_dir, name)):
             progress(f"[evaluate_posthoc] no fitted {name} calibrator at {calibrator_path(output_dir, name)}: skipped (run 'calibrate' with bundles/calibrate/{name}.yaml)", "calibmonai.evaluation")
             continue
-        cal = run_calibrator(name, output_dir, num_classes)
+        cal = run_calibrator(name, output_dir, num_classes, checkpoint=kwargs.get("checkpoint"))
         results[POSTHOC_ROWS.get(name, name)] = evaluate_run(
             num_classes=num_classes, output_dir=os.path.join(output_dir, f"eval_{name}"), title=f"{title} + {name}", calibrator=cal, **kwargs
         )

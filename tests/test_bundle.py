@@ -261,3 +261,17 @@ def test_calibrate_workflows_and_posthoc_table(cohort, tmp_path):
     with pytest.raises(Exception) as info:
         run_workflow("evaluate", config_files(BUNDLE, "ce", "evaluate.yaml"), calibrator="ts", **overrides)
     assert "fitted for 3 classes, the network has 4" in _messages(info.value)
+    # a run evaluated on another checkpoint than model.pt (the paper profile's ckpt_path: model_final.pt): the
+    # calibrator fitted on it is accepted by evaluate and evaluate_posthoc, which read the same checkpoint
+    import torch
+
+    state = torch.load(run_dir / "models" / "model.pt", weights_only=True)
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, run_dir / "models" / "model_final.pt")
+    final = {**overrides, "ckpt_path": str(run_dir / "models" / "model_final.pt")}
+    run_workflow("calibrate", config_files(BUNDLE, "ce", "calibrate/ts.yaml"), **final)
+    run_workflow("evaluate", config_files(BUNDLE, "ce", "evaluate.yaml"), calibrator="ts", **final)
+    run_workflow("evaluate_posthoc", config_files(BUNDLE, "ce", "evaluate.yaml"), posthoc_calibrators=["ts"], **final)
+    assert list(csv.DictReader(open(run_dir / "posthoc" / "table3.csv")))[1]["row"] == "TS"
+    with pytest.raises(Exception) as info:  # while model.pt is not what it was fitted on, and says so
+        run_workflow("evaluate", config_files(BUNDLE, "ce", "evaluate.yaml"), calibrator="ts", **overrides)
+    assert "was fitted on other weights than" in _messages(info.value) and "(on model_final.pt)" in _messages(info.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from calibmonai.calibration.base import Calibrator
@@ -20,13 +21,15 @@ def interp_monotone(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torc
     x = x.clamp(float(xp[0]), float(xp[-1]))
     idx = torch.searchsorted(xp, x.contiguous()).clamp(1, xp.numel() - 1)
     x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
-    t = torch.where(x1 > x0, (x - x0) / (x1 - x0).clamp_min(1e-12), torch.zeros_like(x))
+    gap = x1 - x0  # knots are increasing; a zero gap (equal knots) takes the left value
+    t = torch.where(gap > 0, (x - x0) / torch.where(gap > 0, gap, torch.ones_like(gap)), torch.zeros_like(x))
     return f0 + t * (f1 - f0)
 
 
 class IsotonicCalibration(Calibrator):
     """Per class, an isotonic (non-decreasing) map of ``p_c`` fitted on ``1[y == c]`` with scikit-learn's
-    ``IsotonicRegression``; the calibrated class probabilities are then renormalised to sum to 1.
+    ``IsotonicRegression`` (on ``log p_c``, so that probabilities below 1e-15 keep their order) and interpolated
+    linearly in ``p_c`` between its knots; the calibrated class probabilities are then renormalised to sum to 1.
 
     Zadrozny, B., Elkan, C. "Transforming Classifier Scores into Accurate Multiclass Probability Estimates."
     KDD 2002.
@@ -64,10 +67,14 @@ class IsotonicCalibration(Calibrator):
         y = sample.labels.numpy()
         w = sample.weights.numpy()
         self.xp, self.fp = [], []
+        tiny = np.finfo(np.float64).tiny  # a probability that underflowed to 0 stays below every other one
         for c in range(self.num_classes):
             reg = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-            reg.fit(p[:, c], (y == c).astype(float), sample_weight=w)
-            self.xp.append(torch.as_tensor(reg.X_thresholds_, dtype=torch.float64))
+            # fitted on log p: scikit-learn pools inputs closer than 1e-15 (absolute) before fitting, which in p would
+            # give every p_c < 1e-15 of an over-confident network one pooled value; the fit at the samples is the same
+            # for any increasing transform of the input, and the knots are stored back in p
+            reg.fit(np.log(np.maximum(p[:, c], tiny)), (y == c).astype(float), sample_weight=w)
+            self.xp.append(torch.as_tensor(np.exp(reg.X_thresholds_), dtype=torch.float64))
             self.fp.append(torch.as_tensor(reg.y_thresholds_, dtype=torch.float64))
         self.fitted = True
         return {"knots_per_class": [int(t.numel()) for t in self.xp]}

@@ -37,9 +37,13 @@ def run_calibrator(name: str | None, output_dir: str, num_classes: int, checkpoi
     checkpoint = checkpoint or os.path.join(os.path.dirname(path), "model.pt")
     recorded = cal.fitted_on.get("sha256")
     if recorded and os.path.isfile(checkpoint) and file_sha256(checkpoint) != recorded:
+        fitted = cal.fitted_on.get("checkpoint")
         raise ValueError(
-            f"calibrator {path} was fitted on other weights than {checkpoint} (the run was trained again after "
-            f"calibrating): run the 'calibrate' workflow again (bundles/calibrate/{name}.yaml) to fit it to these weights."
+            f"calibrator {path} was fitted on other weights than {checkpoint}"
+            + (f" (on {fitted})" if fitted and os.path.basename(fitted) != os.path.basename(checkpoint) else "")
+            + f" (the run was trained again after calibrating, or this workflow reads another checkpoint than "
+            f"'calibrate' did: compose the same profile): run the 'calibrate' workflow again "
+            f"(bundles/calibrate/{name}.yaml) to fit it to these weights."
         )
     return cal
 
