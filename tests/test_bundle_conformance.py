@@ -287,3 +287,19 @@ def test_a_corrupt_scan_names_the_file_and_the_reader_error(trained, tmp_path, c
                      input_dir=str(scans), output_dir=str(tmp_path / "out"))  # fmt: skip
     line = [x for x in capsys.readouterr().out.splitlines() if "FAILED broken" in x or "broken: FAILED" in x][0]
     assert "broken.nii.gz" in line and "Compose" not in line and "applying transform" not in line
+
+
+@pytest.mark.parametrize("bundle", sorted(p.parent.parent.name for p in (REPO / "bundles").glob("*/configs/train.yaml")))
+def test_split_file_is_the_bundles_own(bundle, tmp_path, monkeypatch):
+    # run from the repository root (bundle_root "."), as every documented command is, and from another folder with
+    # --bundle_root: the split file is the one in bundles/<bundle>/configs (the 3D bundles once read ./configs/split.json)
+    from calibmonai.bundle_tools import bundle_parser
+
+    files = [str(REPO / "bundles" / bundle / "configs" / "train.yaml")]
+    want = REPO / "bundles" / bundle / "configs" / "split.json"
+    for cwd, overrides in ((REPO, {}), (tmp_path, {"bundle_root": str(REPO / "bundles" / bundle)})):
+        monkeypatch.chdir(cwd)
+        parser = bundle_parser(files, **overrides)
+        if "split_file" not in parser:
+            continue  # the embedded task keeps its split in its prepared data
+        assert Path(parser.get_parsed_content("split_file")).resolve() == want.resolve()
