@@ -46,6 +46,16 @@ def test_override_keys_checked_against_the_bundle_config(tmp_path):
         load_study(tiny(tmp_path, backbone_overrides={"resunet": {"lr": 0.1}}))
 
 
+def test_multi_gpu_training_needs_the_bundles_multi_gpu_config(tmp_path):
+    load_study(tiny(tmp_path, resources={"train": {"gpus": 2, "cpus": 1, "memory_gb": 1}}))  # the embedded bundle has one
+    raw = tiny(tmp_path, resources={"train": {"gpus": 2, "cpus": 1, "memory_gb": 1}})
+    raw["bundles"] = {"acdc_seg2d": {}}
+    with pytest.raises(ValueError, match=r"resources\.train\.gpus is 2, .*bundle acdc_seg2d has none \(bundles with one: mni_tissue_seg2d\)"):
+        load_study(raw)
+    raw["resources"]["train"]["gpus"] = 1
+    load_study(raw)
+
+
 # ---------------------------------------------------------------- grid points against the loss
 @pytest.mark.parametrize(
     "grid, message",

@@ -456,6 +456,13 @@ def _backbone_fragment(backbone: str) -> str | None:
     return None if backbone == "unet" and "unet" not in backbone_names() else backbone
 
 
+def _multi_gpu_bundles() -> list[str]:
+    """The repository's bundles that ship a ``configs/multi_gpu_train.yaml``."""
+    from calibmonai.bundle_tools import REPO_BUNDLES
+
+    return sorted(p.parent.parent.name for p in Path(REPO_BUNDLES).glob("*/configs/multi_gpu_train.yaml"))
+
+
 def _check_overrides(files: list[str], overrides: Mapping[str, Any], section: str, bundle: str, where: str) -> None:
     """Refuse an override key of the study whose top-level key is not in the composed config of ``bundle``."""
     from calibmonai.bundle_tools import unknown_config_keys
@@ -527,6 +534,13 @@ def check_bundle_configs(spec: StudySpec, where: str | None = None) -> None:
         except FileNotFoundError:
             installed = False
         num_classes, spatial_dims = 2, 2
+        gpus = int(spec.resources["train"].gpus) if "train" in spec.resources else 1
+        if installed and gpus > 1 and not (bundle_dir(bundle.name) / "configs" / "multi_gpu_train.yaml").is_file():
+            raise ValueError(
+                f"{where}: resources.train.gpus is {gpus}, which trains through torchrun with the bundle's "
+                f"configs/multi_gpu_train.yaml, but bundle {bundle.name} has none (bundles with one: "
+                f"{', '.join(_multi_gpu_bundles()) or 'none'}). Use gpus: 1 for it, or run it in a study of its own."
+            )
         if installed:
             for backbone in spec.backbones:
                 files = config_files(bundle.name, first_method, backbone=_backbone_fragment(backbone))
