@@ -14,10 +14,11 @@ from calibmonai.metrics.calibration import (
     compute_calibration_histograms,
     reliability_statistics,
 )
-from calibmonai.metrics.segmentation import SegmentationMetrics, labels_to_regions
+from calibmonai.metrics.segmentation import BRATS_REGIONS, SegmentationMetrics, labels_to_regions
 from calibmonai.metrics.plots import plot_reliability_diagram
 
 __all__ = [
+    "BRATS_REGIONS",
     "CALIBRATION_METRICS",
     "FOREGROUND_MODES",
     "BrierScoreMetric",

@@ -51,7 +51,7 @@ __all__ = [
 MEEP_LAMBDAS: list[float] = [0.1, 0.3, 0.5, 1.0]
 
 #: the grids of the papers (Liu et al. CVPR 2022 / Murugesan et al. MedIA 2023 for MbLS and its baselines; Larrazabal
-#: et al. MICCAI 2021 for MEEP): focal gamma 1, 2, 3; ECP and LS 0.1, 0.2, 0.3; MbLS margin 5, 8, 10 with alpha 0.1,
+#: et al. MICCAI 2023 for MEEP): focal gamma 1, 2, 3; ECP and LS 0.1, 0.2, 0.3; MbLS margin 5, 8, 10 with alpha 0.1,
 #: L1 and L2 penalties; MEEP lambda per dataset on CE and Dice; CE, CE + Dice, SVLS and NACL at their defaults
 PAPER_METHODS: dict[str, dict[str, list[Any]]] = {
     "ce": {},
