@@ -27,15 +27,18 @@ class CLI:
         n_val = max(1, subjects // 6)
         return str(prepare_mni_tissue(out, num_subjects=subjects, split=(subjects - 2 * n_val, n_val, n_val), seed=seed))
 
-    def demo(self, out: str = "results/demo", data: str = "data/mni_tissue", runs: str = "runs", methods: str | None = None, epochs: int | None = None, subjects: int = 24, profile: str | None = None, seed: int | None = None) -> None:
+    def demo(self, out: str = "results/demo", data: str = "data/mni_tissue", runs: str | None = None, methods: str | None = None, epochs: int | None = None, subjects: int | None = None, profile: str = "paper", seed: int | None = None, full: bool = False) -> None:
         """Train and evaluate CE, MbLS and MEEP on the embedded task; write the comparison to OUT.
+        Default: the over-confidence regime (profile paper: bundles/mni_tissue_seg2d/configs/profiles/paper.yaml),
+        its first 400 of 600 epochs, CE, MbLS (margin 5) and MEEP, runs in runs/demo (about 11 min on 2 CPU cores).
+        --full true: the profile's whole schedule and methods (600 epochs; MbLS margins 5, 8, 10), runs in runs.
+        --profile none: the 24-subject task, 30 epochs (--subjects N), runs in runs.
         --methods ce,mbls:margin=5: the methods (bundles/methods/), ``name:key=value`` setting a loss parameter;
         every flag and method is checked before anything is trained.
-        --profile paper: the over-confidence regime (bundles/mni_tissue_seg2d/configs/profiles/paper.yaml);
         --seed N: another training seed (use its own --runs folder)."""
         from calibmonai.demo import run_demo
 
-        run_demo(out=out, data=data, runs=runs, methods=methods, epochs=epochs, subjects=subjects, profile=profile, seed=seed)
+        run_demo(out=out, data=data, runs=runs, methods=methods, epochs=epochs, subjects=subjects, profile=profile, seed=seed, full=full)
 
     def export_bundle(
         self,

@@ -59,7 +59,7 @@ def no_work(monkeypatch):
 def test_demo_checks_every_method_before_training(tmp_path, no_work, methods, message):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=message):
-        demo.run_demo(out=str(out), data=str(tmp_path / "d"), runs=str(tmp_path / "r"), methods=methods, epochs=1, subjects=4)
+        demo.run_demo(out=str(out), data=str(tmp_path / "d"), runs=str(tmp_path / "r"), methods=methods, epochs=1, subjects=4, profile="none")
     assert no_work == [] and not out.exists()
 
 
@@ -75,7 +75,7 @@ def test_demo_valid_methods_pass_the_check(tmp_path, no_work):
 
 def test_cli_demo_refuses_a_misspelt_parameter_before_writing(tmp_path):
     out, data = tmp_path / "out", tmp_path / "data"
-    r = subprocess.run([sys.executable, "-m", "calibmonai.cli", "demo", "--methods", "ce,mbls:margn=5", "--epochs", "1", "--subjects", "3",
+    r = subprocess.run([sys.executable, "-m", "calibmonai.cli", "demo", "--methods", "ce,mbls:margn=5", "--epochs", "1", "--profile", "none", "--subjects", "3",
                         "--out", str(out), "--data", str(data), "--runs", str(tmp_path / "runs")],
                        capture_output=True, text=True, env=ENV, timeout=600)  # fmt: skip
     assert r.returncode == 2, r.stderr[-2000:]
@@ -92,11 +92,14 @@ def test_cli_demo_refuses_a_misspelt_parameter_before_writing(tmp_path):
         (["--epochs", "abc"], "--epochs must be a positive integer, got 'abc'."),
         (["--epochs", "0"], "--epochs must be a positive integer, got 0."),
         (["--epochs", "2.5"], "--epochs must be a positive integer, got 2.5."),
-        (["--subjects", "abc"], "--subjects must be an integer >= 3 (training, validation and test subjects), got 'abc'."),
-        (["--subjects", "2"], "--subjects must be an integer >= 3"),
+        (["--profile", "none", "--subjects", "abc"], "--subjects must be an integer >= 3 (training, validation and test subjects), got 'abc'."),
+        (["--profile", "none", "--subjects", "2"], "--subjects must be an integer >= 3"),
+        (["--subjects", "6"], "--subjects sets the cohort of the task without a profile; profile 'paper' has its own: add --profile none."),
+        (["--profile", "none", "--full", "true"], "--full true runs a profile's whole schedule: name the profile (--profile paper)."),
+        (["--full", "maybe"], "--full expects a boolean (true/false), got 'maybe'."),
         (["--seed", "-1"], "--seed must be an integer in [0, 2**32 - 1], got -1."),
         (["--seed", "one"], "--seed must be an integer in [0, 2**32 - 1], got 'one'."),
-        (["--profile", "papr"], "--profile 'papr' is not a profile of bundle 'mni_tissue_seg2d'; profiles: paper."),
+        (["--profile", "papr"], "--profile 'papr' is not a profile of bundle 'mni_tissue_seg2d'; profiles: paper, or none (the 24-subject task)."),
         (["--methods", "5"], "--methods must be comma-separated method names"),
     ],
 )

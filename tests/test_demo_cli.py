@@ -12,7 +12,7 @@ from calibmonai.demo import comparison_table, run_demo
 
 def test_demo_end_to_end(tmp_path, capsys):
     results = run_demo(out=str(tmp_path / "results"), data=str(tmp_path / "data"), runs=str(tmp_path / "runs"),
-                       methods="ce,mbls", epochs=1, subjects=6)  # fmt: skip
+                       methods="ce,mbls", epochs=1, subjects=6, profile="none")  # fmt: skip
     assert list(results) == ["ce", "mbls"]
     out = tmp_path / "results"
     for f in ("comparison.md", "comparison.csv", "ce_reliability.png", "mbls_slice.png", "ce_reference_reliability.png"):
@@ -63,3 +63,42 @@ def test_demo_seed_reaches_the_bundle(tmp_path, monkeypatch, seed):
     ((run_id, overrides),) = seen
     assert run_id == "training" and overrides["epochs"] == 1
     assert overrides.get("seed") == seed and (seed is not None or "seed" not in overrides)
+
+
+@pytest.mark.parametrize(
+    "flags, epochs, methods, runs",
+    [
+        # the default: the over-confidence regime cut to 400 of its 600 epochs, three methods, runs of their own
+        ({}, 400, ["ce", "mbls:margin=5", "meep_ce_kl"], "runs/demo"),
+        ({"full": "true"}, 600, ["ce", "mbls:margin=5", "mbls:margin=8", "mbls:margin=10", "meep_ce_kl"], "runs"),
+        ({"profile": "none"}, 30, ["ce", "mbls", "meep_ce_kl"], "runs"),
+        ({"epochs": 7, "methods": "ce", "runs": "elsewhere"}, 7, ["ce"], "elsewhere"),
+    ],
+)  # fmt: skip
+def test_demo_defaults(tmp_path, monkeypatch, flags, epochs, methods, runs):
+    import calibmonai.data
+    import calibmonai.demo as demo
+
+    trained, prepared = [], []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_workflow(run_id, files, **overrides):
+        trained.append((files, overrides))
+        raise Stop
+
+    monkeypatch.setattr(calibmonai.data, "prepare_mni_tissue", lambda *a, **k: prepared.append((a, k)))
+    monkeypatch.setattr(demo, "run_workflow", fake_run_workflow)
+    seen_methods, check = [], demo.check_method_spec
+    monkeypatch.setattr(demo, "check_method_spec", lambda spec, *a: (seen_methods.append(spec), check(spec, *a))[1])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Stop):
+        demo.run_demo(out=str(tmp_path / "out"), **flags)
+    ((files, overrides),) = trained
+    assert overrides["epochs"] == epochs and overrides["runs_dir"] == runs
+    assert seen_methods == methods
+    profile = flags.get("profile", "paper")
+    assert any(f.endswith("profiles/paper.yaml") for f in files) == (profile == "paper")
+    ((args, kwargs),) = prepared
+    assert (kwargs.get("num_subjects"), str(args[0])) == ((8, "data/mni_tissue_paper") if profile == "paper" else (24, "data/mni_tissue"))
