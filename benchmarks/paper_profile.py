@@ -1,4 +1,4 @@
-"""Time of the embedded bundle's profile ``paper`` (``calibmonai demo --profile paper``; issue 11 asks for its GPU
+"""Time of the embedded bundle's profile ``paper`` (``calibmonai demo --profile paper --full true``; issue 11 asks for its GPU
 and CPU time): data preparation, and for each method its training (set-up with the dataset cache, first epoch,
 steady seconds per epoch with the validations) and its evaluation on the test subjects.
 
@@ -11,7 +11,7 @@ the profile's time is *projected* to its full schedule: set-up + first epoch + s
 evaluation, summed over the methods, plus the data preparation. ``--full`` trains the full schedule (the demo's own
 run, with the same numbers measured instead of projected). The printout says which figures are projected.
 
-The runs use the bundle as ``calibmonai demo --profile paper`` does (its configs composed with
+The runs use the bundle as ``calibmonai demo --profile paper --full true`` does (its configs composed with
 ``bundle_tools.config_files``, the method's loss arguments from ``calibmonai.demo``), with ``device`` set from
 ``--device``, its AMP default (on with CUDA) and outputs in a temporary folder. ``--set`` overrides any other
 config key (YAML value; used by the tests for a tiny network).
