@@ -8,8 +8,8 @@ Usage: python benchmarks/paper_profile.py [--device cuda|cpu] [--epochs 40] [--m
 Without ``--full`` each method trains ``--epochs`` epochs (a multiple of the profile's ``val_interval``, so that the
 share of validation epochs is the profile's and the last epoch's weights that evaluation reads are written), and
 the profile's time is *projected* to its full schedule: set-up + first epoch + steady s/epoch x (epochs - 1) +
-evaluation, summed over the methods, plus the data preparation. ``--full`` trains the full schedule (the demo's own
-run, with the same numbers measured instead of projected). The printout says which figures are projected.
+evaluation, summed over the methods, plus the data preparation. ``--full`` trains the full schedule (the run of
+``calibmonai demo --profile paper --full true``, with the same numbers measured instead of projected). The printout says which figures are projected.
 
 The runs use the bundle as ``calibmonai demo --profile paper --full true`` does (its configs composed with
 ``bundle_tools.config_files``, the method's loss arguments from ``calibmonai.demo``), with ``device`` set from

@@ -176,10 +176,11 @@ _RUN_ARGUMENTS = frozenset(
 )  # fmt: skip
 
 
-def _command_line_flags(tokens: Sequence[str]) -> dict[str, Any]:
-    """``{name: value}`` of the ``--name value`` / ``--name=value`` flags of a Fire command line (a flag without a
-    value is ``True``)."""
+def _split_command_line(tokens: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """``({name: value}, positionals)`` of a Fire command line: the ``--name value`` / ``--name=value`` flags (a
+    flag without a value is ``True``) and the tokens that are neither a flag nor a flag's value."""
     flags: dict[str, Any] = {}
+    positionals: list[str] = []
     i = 0
     while i < len(tokens):
         token = tokens[i]
@@ -192,8 +193,15 @@ def _command_line_flags(tokens: Sequence[str]) -> dict[str, Any]:
                 i += 1
             else:
                 flags[name] = True
+        else:
+            positionals.append(token)
         i += 1
-    return flags
+    return flags, positionals
+
+
+def _command_line_flags(tokens: Sequence[str]) -> dict[str, Any]:
+    """``{name: value}`` of the flags of a Fire command line (:func:`_split_command_line`)."""
+    return _split_command_line(tokens)[0]
 
 
 def _as_file_list(value: Any) -> list[str]:
@@ -212,19 +220,24 @@ def check_command_line_keys(argv: Sequence[str] | None = None) -> None:
     """Under ``python -m monai.bundle run ...``: refuse a flag that is neither an argument of MONAI's ``run`` nor a
     top-level key (before ``#``/``::``) of the config composed of its ``--config_file`` (MONAI adds such a key and
     nothing reads it: ``--data_dir`` for ``--dataset_dir`` would train on the default data, ``--epcohs 1`` for the
-    default number of epochs), suggesting the nearest keys. Overrides of an ``--args_file`` are checked too.
+    default number of epochs), suggesting the nearest keys, and a run id that is no id of the config or names a
+    section of components (``run train``: MONAI would build the trainer's components and exit 0 without training;
+    :func:`_check_run_id`). Overrides and the run id of an ``--args_file`` are checked too.
     A no-op in any other process (``ConfigWorkflow`` from Python, ``calibmonai`` commands, which check their flags).
     The bundles call it first in ``initialize``.
     """
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] != "run" or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
         return
-    flags = _command_line_flags(argv[2:])
+    flags, positionals = _split_command_line(argv[2:])
+    # the run id as MONAI reads it: the command line's (positional or --run_id) before an --args_file's
+    run_id = flags.get("run_id", flags.get("run-id", positionals[0] if positionals else None))
     args_file = flags.get("args_file")
     if isinstance(args_file, str) and os.path.isfile(args_file):
         from monai.bundle import ConfigParser
 
         flags = {**ConfigParser.load_config_file(args_file), **flags}
+        run_id = run_id if run_id is not None else flags.get("run_id")
     files = flags.get("config_file")
     if not files or files is True:
         return
@@ -232,8 +245,7 @@ def check_command_line_keys(argv: Sequence[str] | None = None) -> None:
     if not all(os.path.isfile(f) for f in files):
         return  # MONAI names the missing file
     unknown, keys = unknown_config_keys(files, [str(k).replace("-", "_") if str(k).replace("-", "_") in _RUN_ARGUMENTS else k for k in flags], _RUN_ARGUMENTS)
-    positional = argv[2] if len(argv) > 2 and not argv[2].startswith("--") else None
-    _check_run_id(files, flags.get("run_id", flags.get("run-id", positional)) or "run")
+    _check_run_id(files, str(run_id) if run_id not in (None, True) else "run")
     if unknown:
         near = nearest_keys(unknown[0], keys)
         hint = f" Did you mean {' or '.join('--' + k for k in near)}?" if near else ""
@@ -260,12 +272,13 @@ def workflow_ids(config: Mapping[str, Any]) -> list[str]:
 
 
 def _check_run_id(files: Sequence[str], run_id: str) -> None:
-    """Refuse a ``monai.bundle run`` id that names no workflow of the config: a section of components (``train``,
-    ``validate``) would only be built, and MONAI exits 0 without training; a mistyped id gets the nearest ones."""
+    """Refuse a ``monai.bundle run`` id that is not in the config (a mistyped workflow: the nearest ones are named)
+    or names a section of components (``train``, ``validate``: a mapping, which MONAI would only build, exiting 0
+    without training). Any other id (an expression, a list of them, an alias, a nested ``a#b``) is MONAI's to run."""
     config = bundle_parser(files).config
     root = str(run_id).replace("::", "#").split("#", 1)[0]
     runnable = workflow_ids(config)
-    if root in runnable or "#" in str(run_id).replace("::", "#"):
+    if "#" in str(run_id).replace("::", "#") or (root in config and not isinstance(config[root], Mapping)):
         return
     what = "a section of components, not a workflow: running it would only build them and exit" if root in config else "not an id of the config"
     near = nearest_keys(root, runnable)

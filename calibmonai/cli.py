@@ -30,7 +30,7 @@ class CLI:
     def demo(self, out: str = "results/demo", data: str = "data/mni_tissue", runs: str | None = None, methods: str | None = None, epochs: int | None = None, subjects: int | None = None, profile: str = "paper", seed: int | None = None, full: bool = False) -> None:
         """Train and evaluate CE, MbLS and MEEP on the embedded task; write the comparison to OUT.
         Default: the over-confidence regime (profile paper: bundles/mni_tissue_seg2d/configs/profiles/paper.yaml),
-        its first 400 of 600 epochs, CE, MbLS (margin 5) and MEEP, runs in runs/demo (about 11 min on 2 CPU cores).
+        its first 400 of 600 epochs, CE, MbLS (margin 5) and MEEP, runs in runs/400_epochs (about 11 min on 2 CPU cores).
         --full true: the profile's whole schedule and methods (600 epochs; MbLS margins 5, 8, 10), runs in runs.
         --profile none: the 24-subject task, 30 epochs (--subjects N), runs in runs.
         --methods ce,mbls:margin=5: the methods (bundles/methods/), ``name:key=value`` setting a loss parameter;

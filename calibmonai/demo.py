@@ -25,6 +25,8 @@ PROFILE_METHODS = {"paper": ("ce", "mbls:margin=5", "mbls:margin=8", "mbls:margi
 #: its first 400 of 600 epochs (constant learning rate, so the same training up to there; CE's validation NLL is
 #: already 11% above its minimum), CE, MbLS at margin 5 and MEEP
 DEFAULT_PROFILE = "paper"
+#: the schedule of the task without a profile (``--profile none``)
+NO_PROFILE_EPOCHS = 30
 PROFILE_DEMO = {"paper": {"epochs": 400, "methods": ("ce", "mbls:margin=5", "meep_ce_kl")}}
 
 
@@ -151,11 +153,12 @@ def run_demo(
 
     ``profile`` (default ``"paper"``, the over-confidence regime) composes ``configs/profiles/<profile>.yaml``: its
     own cohort (the data folder defaults to ``<data>_<profile>``) and schedule. By default the demo runs the
-    profile's first :data:`PROFILE_DEMO` epochs with its three methods, in ``runs/demo``; ``full`` runs the
-    profile's whole schedule (``epochs`` of the profile) with :data:`PROFILE_METHODS`, in ``runs``. ``profile``
-    ``None``/``"none"``: the 24-subject task (``subjects``, default 24), 30 epochs, :data:`DEMO_METHODS`, in ``runs``.
-    ``epochs`` and ``methods`` override any of these; ``subjects`` needs ``profile`` none (a profile has its own
-    cohort). ``seed`` sets the bundle's training seed (initialisation, sampling, augmentation; the data stay the
+    profile's first :data:`PROFILE_DEMO` epochs with its three methods; ``full`` runs the profile's whole schedule
+    (``epochs`` of the profile) with :data:`PROFILE_METHODS`. ``profile`` ``None``/``"none"``: the 24-subject task
+    (``subjects``, default 24), 30 epochs, :data:`DEMO_METHODS`. ``epochs`` and ``methods`` override any of these;
+    ``subjects`` needs ``profile`` none (a profile has its own cohort). ``runs`` defaults to ``runs`` for the task's
+    own schedule and to ``runs/<epochs>_epochs`` for any other (the default demo: ``runs/400_epochs``), so that runs
+    of different lengths never overwrite each other. ``seed`` sets the bundle's training seed (initialisation, sampling, augmentation; the data stay the
     same): give each seed its own ``runs``.
 
     Every argument is checked before anything is prepared, trained or written: the numbers (``epochs``,
@@ -190,7 +193,8 @@ def run_demo(
     if full and profile is None:
         raise ValueError("--full true runs a profile's whole schedule: name the profile (--profile paper).")
     shortened = profile is not None and not full and profile in PROFILE_DEMO
-    runs = folder_flag(("runs/demo" if shortened else "runs") if runs is None else runs, "runs")
+    if runs is not None:
+        runs = folder_flag(runs, "runs")
     if methods is None:
         methods = PROFILE_DEMO[profile]["methods"] if shortened else PROFILE_METHODS.get(profile or "", DEMO_METHODS)
     if isinstance(methods, str):
@@ -206,16 +210,17 @@ def run_demo(
         raise ValueError(f"--methods names {duplicates[0]!r} more than once (its results would overwrite each other).")
     extra = [f"profiles/{profile}.yaml"] if profile else []
     specs = {spec: check_method_spec(spec, bundle, extra) for spec in methods}
+    settings = _profile_settings(bundle, profile) if profile else {"epochs": NO_PROFILE_EPOCHS}
+    if epochs is None:
+        epochs = PROFILE_DEMO[profile]["epochs"] if shortened else settings["epochs"]
+    if runs is None:  # runs of another schedule than the task's own never overwrite the full runs, nor each other
+        runs = "runs" if epochs == settings["epochs"] else os.path.join("runs", f"{epochs}_epochs")
     if profile:
-        settings = _profile_settings(bundle, profile)
-        if epochs is None:
-            epochs = PROFILE_DEMO[profile]["epochs"] if shortened else settings["epochs"]
         if os.path.normpath(data) == os.path.normpath("data/mni_tissue"):
             data = f"data/mni_tissue_{profile}"
         prepare_mni_tissue(data, **settings["prepare_kwargs"])
         subjects = int(settings["prepare_kwargs"].get("num_subjects", subjects))
     else:
-        epochs = 30 if epochs is None else epochs
         n_val = max(1, subjects // 6)
         prepare_mni_tissue(data, num_subjects=subjects, split=(subjects - 2 * n_val, n_val, n_val))
     os.makedirs(out, exist_ok=True)

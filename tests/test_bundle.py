@@ -274,4 +274,6 @@ def test_calibrate_workflows_and_posthoc_table(cohort, tmp_path):
     assert list(csv.DictReader(open(run_dir / "posthoc" / "table3.csv")))[1]["row"] == "TS"
     with pytest.raises(Exception) as info:  # while model.pt is not what it was fitted on, and says so
         run_workflow("evaluate", config_files(BUNDLE, "ce", "evaluate.yaml"), calibrator="ts", **overrides)
-    assert "was fitted on other weights than" in _messages(info.value) and "(on model_final.pt)" in _messages(info.value)
+    message = _messages(info.value)
+    assert "was fitted on other weights than" in message and "(on model_final.pt)" in message
+    assert "e.g. --ckpt_path " + str(run_dir / "models" / "model_final.pt") in message

@@ -52,10 +52,23 @@ def test_a_run_id_that_is_no_workflow_is_refused():
     evaluate = [str(REPO / "bundles/mni_tissue_seg2d/configs/train.yaml"), str(REPO / "bundles/mni_tissue_seg2d/configs/evaluate.yaml")]
     with pytest.raises(ValueError, match=r"'evaluation' is not an id of the config\. Did you mean 'evaluate'"):
         check_command_line_keys([MAIN, "run", "evaluation", "--config_file", str(evaluate)])
+    with pytest.raises(ValueError, match=r"'train' is a section of components"):  # the run id after the flags
+        check_command_line_keys([MAIN, "run", "--config_file", str(TRAIN), "train"])
     check_command_line_keys([MAIN, "run", "calibrate", "--config_file", str(TRAIN)])
+    check_command_line_keys([MAIN, "run", "--config_file", str(TRAIN), "training"])
+    check_command_line_keys([MAIN, "run", "device", "--config_file", str(TRAIN)])  # an expression: MONAI's to run
     infer = str(REPO / "bundles/mni_tissue_seg2d/configs/inference.yaml")
     check_command_line_keys([MAIN, "run", "--config_file", infer])  # its workflow is `run`, MONAI's default id
     check_command_line_keys([MAIN, "run", "--run_id=run", "--config_file", infer])
+
+
+def test_the_run_id_of_an_args_file_comes_after_the_command_lines(tmp_path):
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"config_file": TRAIN, "run_id": "train"}))
+    with pytest.raises(ValueError, match=r"'train' is a section of components"):
+        check_command_line_keys([MAIN, "run", "--args_file", str(args)])
+    check_command_line_keys([MAIN, "run", "training", "--args_file", str(args)])  # MONAI runs the positional id
+    check_command_line_keys([MAIN, "run", "--run_id", "training", "--args_file", str(args)])
 
 
 def test_args_file_overrides_are_checked(tmp_path):

@@ -69,9 +69,13 @@ def test_demo_seed_reaches_the_bundle(tmp_path, monkeypatch, seed):
     "flags, epochs, methods, runs",
     [
         # the default: the over-confidence regime cut to 400 of its 600 epochs, three methods, runs of their own
-        ({}, 400, ["ce", "mbls:margin=5", "meep_ce_kl"], "runs/demo"),
+        ({}, 400, ["ce", "mbls:margin=5", "meep_ce_kl"], "runs/400_epochs"),
         ({"full": "true"}, 600, ["ce", "mbls:margin=5", "mbls:margin=8", "mbls:margin=10", "meep_ce_kl"], "runs"),
+        # runs of another length than the task's own schedule never overwrite its runs
+        ({"epochs": 600}, 600, ["ce", "mbls:margin=5", "meep_ce_kl"], "runs"),
+        ({"full": True, "epochs": 400}, 400, ["ce", "mbls:margin=5", "mbls:margin=8", "mbls:margin=10", "meep_ce_kl"], "runs/400_epochs"),
         ({"profile": "none"}, 30, ["ce", "mbls", "meep_ce_kl"], "runs"),
+        ({"profile": "none", "epochs": 10}, 10, ["ce", "mbls", "meep_ce_kl"], "runs/10_epochs"),
         ({"epochs": 7, "methods": "ce", "runs": "elsewhere"}, 7, ["ce"], "elsewhere"),
     ],
 )  # fmt: skip

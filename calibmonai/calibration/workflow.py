@@ -42,8 +42,8 @@ def run_calibrator(name: str | None, output_dir: str, num_classes: int, checkpoi
             f"calibrator {path} was fitted on other weights than {checkpoint}"
             + (f" (on {fitted})" if fitted and os.path.basename(fitted) != os.path.basename(checkpoint) else "")
             + f" (the run was trained again after calibrating, or this workflow reads another checkpoint than "
-            f"'calibrate' did: compose the same profile): run the 'calibrate' workflow again "
-            f"(bundles/calibrate/{name}.yaml) to fit it to these weights."
+            f"'calibrate' did: give it that checkpoint, e.g. --ckpt_path {os.path.join(os.path.dirname(path), fitted or 'model.pt')}, "
+            f"or run the 'calibrate' workflow again (bundles/calibrate/{name}.yaml) to fit it to these weights)."
         )
     return cal
 

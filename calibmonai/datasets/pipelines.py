@@ -238,7 +238,7 @@ def write_bundle_split(
 ) -> Path:
     """Write the seeded split of ``dataset`` to ``path`` (the bundles' ``write_split`` workflow).
 
-    The subjects are the dataset's known ids (``KNOWN_IDS``: ACDC, MRBrainS18, BUSI, PROMISE12) unless
+    The subjects are the dataset's known ids (``KNOWN_IDS``: ACDC, MRBrainS18, BUSI, PROMISE12, the left atrium) unless
     ``from_data`` is true or the ids are not known in advance (BraTS, FLARE21, the decathlon tasks): then those found in
     ``dataset_dir``. A leave-one-out dataset (MRBrainS18) gets every fold in one file. The same ids and seed give the
     same file, byte for byte.

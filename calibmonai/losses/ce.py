@@ -83,7 +83,7 @@ class TargetFormatAdapter(_Loss):
                 raise ValueError(
                     f"this loss was built for {self.num_classes} classes and {self.spatial_dims}D inputs "
                     f"(num_classes, spatial_dims), got logits of shape {tuple(input.shape)} ({classes} classes, {dims}D)"
-                    + ("; logits are (B, C, *spatial): is the batch dimension missing?" if input.shape[0] == self.num_classes and dims + 1 == self.spatial_dims else ".")
+                    + ("; logits are (B, C, *spatial): is the batch dimension missing?" if input.shape[0] == self.num_classes and classes != self.num_classes and dims + 1 == self.spatial_dims else ".")
                 )
         if self.fused is not None:
             out = fused_softmax_loss(input, target, self.fused, "mean")

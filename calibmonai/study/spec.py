@@ -539,7 +539,7 @@ def check_bundle_configs(spec: StudySpec, where: str | None = None) -> None:
             raise ValueError(
                 f"{where}: resources.train.gpus is {gpus}, which trains through torchrun with the bundle's "
                 f"configs/multi_gpu_train.yaml, but bundle {bundle.name} has none (bundles with one: "
-                f"{', '.join(_multi_gpu_bundles()) or 'none'}). Use gpus: 1 for it, or run it in a study of its own."
+                f"{', '.join(_multi_gpu_bundles()) or 'none'}). Set resources.train.gpus: 1 for the study, or put {bundle.name} in a study of its own."
             )
         if installed:
             for backbone in spec.backbones:
