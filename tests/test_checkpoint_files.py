@@ -62,7 +62,7 @@ def test_a_calibrator_fitted_before_the_run_was_trained_again_is_refused(tmp_pat
     other = tmp_path / "old.pt"
     shutil.copy(ckpt, other)  # e.g. an exported bundle's copy of the weights
     torch.save({"model": _net(1).state_dict()}, ckpt)  # trained again: other weights
-    with pytest.raises(ValueError, match=r"fitted on other weights than .*model\.pt \(the run was trained again after calibrating\): run the 'calibrate' workflow again"):
+    with pytest.raises(ValueError, match=r"fitted on other weights than .*model\.pt \(the run was trained again after calibrating, or this workflow reads another checkpoint .*run the 'calibrate' workflow again"):
         run_calibrator("ts", str(run), 3)
     # an explicit checkpoint (an evaluation of another file) is what is compared
     assert run_calibrator("ts", str(run), 3, checkpoint=str(other)) is not None
