@@ -101,6 +101,9 @@ def test_every_documented_bundle_command_uses_config_keys():
                     tokens = shlex.split(m.group(1))
                 except ValueError:
                     continue
+                # optional flags written [--calibrator ts]: the flag and its value, without the brackets
+                tokens = [t[1:] if t.startswith("[--") else t for t in tokens]
+                tokens = [t[:-1] if t.endswith("]") and not t.startswith("[") else t for t in tokens]
                 files = _command_line_flags(tokens).get("config_file")
                 if not files or not all(os.path.isfile(f) for f in _as_file_list(files)):
                     continue  # placeholders (<bundle>, $B, ...)
