@@ -11,7 +11,7 @@ import shutil
 import time
 from typing import Any, Sequence
 
-from calibmonai.bundle_tools import bundle_dir, bundle_parser, config_files, method_names, run_workflow
+from calibmonai.bundle_tools import as_bool, bundle_dir, bundle_parser, config_files, method_names, run_workflow
 from calibmonai.evaluation import SUMMARY_COLUMNS
 
 __all__ = ["run_demo", "comparison_table", "check_method_spec", "integer_flag", "folder_flag"]
@@ -173,8 +173,6 @@ def run_demo(
 
     t0 = time.time()
     # ---- every flag and method checked before anything is prepared, trained or written ----
-    from calibmonai.bundle_tools import as_bool
-
     out, data = folder_flag(out, "out"), folder_flag(data, "data")
     if epochs is not None:
         epochs = integer_flag(epochs, "epochs")
