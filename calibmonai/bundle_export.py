@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from calibmonai.bundle_tools import REPO_BUNDLES, as_bool, bundle_dir, bundle_parser, check_config_keys, config_files, run_name
+from calibmonai.bundle_tools import REPO_BUNDLES, as_bool, bundle_dir, bundle_parser, check_config_keys, config_files, profile_names, run_name
+from calibmonai.progress import progress
 from calibmonai.prediction import check_checkpoint
 
 __all__ = ["export_bundle", "parse_loss_kwargs"]
@@ -187,6 +188,7 @@ def export_bundle(
     backbone: str | None = None,
     untrained: Any = False,
     overwrite: Any = False,
+    profile: str | None = None,
     **config_overrides: Any,
 ) -> Path:
     """Write a self-contained bundle for one trained run of ``bundle`` x ``method`` (x ``backbone``) to ``out``.
@@ -199,6 +201,9 @@ def export_bundle(
         loss_kwargs: the run's hyper-parameters when not the method fragment's defaults (dict or string).
         backbone: the backbone fragment the run was trained with (default: the bundle's UNet).
         untrained: export without weights (a training-ready bundle); otherwise a run without ``model.pt`` is an error.
+        profile: a profile of the bundle the run was trained under (``configs/profiles/<profile>.yaml``, e.g. the
+            demo's ``paper``): composed into the exported training and evaluation configs, and the weights exported
+            are the ones its evaluation reads (the profile's ``ckpt_path``).
         overwrite: replace a non-empty ``out`` that is a previous export (only the files an export writes: see
             :func:`check_export_target`); a folder holding anything else is refused, not deleted.
         config_overrides: other config keys: those the run was trained with (``network_def#channels``,
@@ -215,9 +220,15 @@ def export_bundle(
     untrained = as_bool(untrained, "untrained")
     overwrite = as_bool(overwrite, "overwrite")
     src = bundle_dir(bundle)
-    workflows = {"train": config_files(str(src), method, backbone=backbone)}
+    extra: list[str] = []
+    if profile not in (None, "", "none"):
+        names = profile_names(str(src))
+        if profile not in names:
+            raise ValueError(f"--profile {profile!r} is not a profile of bundle {bundle!r}; profiles: {', '.join(names) or 'none'}.")
+        extra = [f"profiles/{profile}.yaml"]
+    workflows = {"train": config_files(str(src), method, *extra, backbone=backbone)}
     if (src / "configs" / "evaluate.yaml").is_file():
-        workflows["evaluate"] = config_files(str(src), method, "evaluate.yaml", backbone=backbone)
+        workflows["evaluate"] = config_files(str(src), method, *extra, "evaluate.yaml", backbone=backbone)
     if (src / "configs" / "inference.yaml").is_file():
         workflows["inference"] = config_files(str(src), method, backbone=backbone, workflow="inference.yaml")
     dst = Path(out)
@@ -285,9 +296,10 @@ def export_bundle(
             shutil.copy(ckpt, tmp / "models" / "model.pt")
             copied.append("model.pt")
         models = run_dir / "models"
+        stale = _stale_calibrators(models, ckpt) if models.is_dir() and ckpt.is_file() else set()
         if models.is_dir():
             for f in sorted(models.glob("calibrator_*")):
-                if f.suffix in (".pt", ".json"):
+                if f.suffix in (".pt", ".json") and f.stem not in stale:
                     shutil.copy(f, tmp / "models" / f.name)
                     copied.append(f.name)
         (tmp / "large_files.yml").write_text(
@@ -302,6 +314,24 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dst
+
+
+def _stale_calibrators(models: Path, ckpt: Path) -> set[str]:
+    """The calibrators of a run (``calibrator_<name>`` stems) fitted on other weights than ``ckpt``, the checkpoint
+    exported: shipping them would make every ``--calibrator`` run of the export fail (or, unrecorded, mislead).
+    Each is named in a message."""
+    from calibmonai.calibration.base import file_sha256, load_calibrator
+
+    sha, stale = file_sha256(str(ckpt)), set()
+    for f in sorted(models.glob("calibrator_*.pt")):
+        try:
+            recorded = load_calibrator(f).fitted_on.get("sha256")
+        except (ValueError, OSError):
+            recorded = None
+        if recorded and recorded != sha:
+            stale.add(f.stem)
+            progress(f"[export] {f.name} not exported: it was fitted on other weights than {ckpt} (run 'calibrate' on them to ship it)", "calibmonai.export")
+    return stale
 
 
 def _training_data(train: Any) -> str:

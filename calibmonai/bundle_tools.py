@@ -130,6 +130,30 @@ def inference_config_files(bundle: str, method: str, runs_dir: str = "runs", bac
     return config_files(bundle, method, backbone=backbone, workflow="inference.yaml"), {"runs_dir": runs_dir}
 
 
+def profile_names(bundle: str) -> list[str]:
+    """The profiles of ``bundle``: ``configs/profiles/<name>.yaml``."""
+    return sorted(p.stem for p in (bundle_dir(bundle) / "configs" / "profiles").glob("*.yaml"))
+
+
+def profile_overrides(bundle: str, profile: str, files: Sequence[str]) -> dict[str, Any]:
+    """The settings of ``bundle``'s profile ``profile`` that the config composed of ``files`` has, as overrides
+    (raw values: ``dataset_name``, ``ckpt_path`` = the profile's evaluated ``model_final.pt``, ...): the run
+    folder and the weights of a profile's run for a workflow the profile file cannot be composed onto, whose
+    config has no training sections (``inference.yaml``).
+
+    Raises:
+        ValueError: ``profile`` is not a profile of ``bundle``, naming its profiles.
+    """
+    from monai.bundle import ConfigParser
+
+    names = profile_names(bundle)
+    if profile not in names:
+        raise ValueError(f"--profile {profile!r} is not a profile of bundle {bundle!r}; profiles: {', '.join(names) or 'none'}.")
+    raw = ConfigParser.load_config_file(str(bundle_dir(bundle) / "configs" / "profiles" / f"{profile}.yaml"))
+    config = bundle_parser(files).config
+    return {k: v for k, v in raw.items() if "::" not in k and "#" not in k and k in config}
+
+
 def bundle_parser(files: Sequence[str], **overrides: Any) -> Any:
     """A ``monai.bundle.ConfigParser`` over ``files`` (composed in order) with ``overrides`` set, as
     ``--config_file "[...]" --key value`` set them (ids ``a#b`` or ``a::b``)."""

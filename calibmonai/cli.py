@@ -50,6 +50,7 @@ class CLI:
         backbone: str | None = None,
         untrained: Any = False,
         overwrite: Any = False,
+        profile: str | None = None,
         **config_overrides: Any,
     ) -> str:
         """Write a self-contained bundle for one trained run (BUNDLE x METHOD [x BACKBONE], hyper-parameters
@@ -57,10 +58,11 @@ class CLI:
         is a config key the run was trained with (e.g. ``--network_def#channels "[16, 32, 64, 128]"``) or an
         inference setting as ``calibmonai infer`` takes it (``--inference_spacing "[1.0, 1.0, 1.0]"``), set in every
         exported config that has the key. --overwrite true replaces OUT only when it is empty or a previous export
-        (a folder holding other files is refused, not deleted)."""
+        (a folder holding other files is refused, not deleted). --profile paper: a run trained under that profile
+        (the demo's runs): its settings and the weights it was evaluated with are exported."""
         from calibmonai.bundle_export import export_bundle
 
-        return str(export_bundle(bundle, method, out, runs_dir=runs_dir, loss_kwargs=loss_kwargs, backbone=backbone, untrained=untrained, overwrite=overwrite, **config_overrides))
+        return str(export_bundle(bundle, method, out, runs_dir=runs_dir, loss_kwargs=loss_kwargs, backbone=backbone, untrained=untrained, overwrite=overwrite, profile=profile, **config_overrides))
 
     def infer(
         self,
@@ -73,16 +75,22 @@ class CLI:
         runs_dir: str = "runs",
         overwrite: Any = False,
         save_probs: Any = False,
+        profile: str | None = None,
         **config_overrides: Any,
     ) -> None:
         """Segment the scans of INPUT (folder, glob or file) into OUTPUT with a trained run of BUNDLE x METHOD
         (or an exported bundle folder), writing *_seg, *_conf, *_uncertainty (and *_prob) NIfTI files. Any other
         --KEY VALUE sets that key of the inference config, as with ``monai.bundle run`` (e.g. the training's
-        ``--network_def#channels "[16, 32, 64, 128]"`` or ``--image_size "[224, 224]"``)."""
-        from calibmonai.bundle_tools import as_bool, check_config_keys, inference_config_files, run_workflow
+        ``--network_def#channels "[16, 32, 64, 128]"``, ``--loss_kwargs "{'margin': 5.0, 'alpha': 0.1}"``).
+        --profile paper: a run trained under that profile (the demo's runs), with the weights it was evaluated with."""
+        from calibmonai.bundle_tools import as_bool, check_config_keys, inference_config_files, profile_overrides, run_workflow
 
         overwrite, save_probs = as_bool(overwrite, "overwrite"), as_bool(save_probs, "save_probs")
         files, overrides = inference_config_files(bundle, method, runs_dir, backbone=backbone)
+        if profile not in (None, "", "none"):
+            if files[0].endswith("inference.json"):
+                raise ValueError(f"--profile does not apply to an exported bundle ({bundle}): the export already holds the run's weights and settings.")
+            overrides.update(profile_overrides(bundle, str(profile), files))
         check_config_keys(files, config_overrides, "calibmonai infer")
         run_workflow("run", files, input_dir=input, output_dir=output, calibrator=calibrator, overwrite=overwrite, save_probs=save_probs, **overrides, **config_overrides)
 

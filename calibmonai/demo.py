@@ -11,7 +11,7 @@ import shutil
 import time
 from typing import Any, Sequence
 
-from calibmonai.bundle_tools import as_bool, bundle_dir, bundle_parser, config_files, method_names, run_workflow
+from calibmonai.bundle_tools import as_bool, bundle_parser, config_files, method_names, profile_names, run_workflow
 from calibmonai.evaluation import SUMMARY_COLUMNS
 
 __all__ = ["run_demo", "comparison_table", "check_method_spec", "integer_flag", "folder_flag"]
@@ -69,11 +69,6 @@ def folder_flag(value: Any, flag: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise ValueError(f"--{flag} must be a folder path, got {value!r}.")
-
-
-def _profile_names(bundle: str) -> list[str]:
-    """The profiles of ``bundle``: ``configs/profiles/<name>.yaml``."""
-    return sorted(p.stem for p in (bundle_dir(bundle) / "configs" / "profiles").glob("*.yaml"))
 
 
 def check_method_spec(spec: str, bundle: str = "mni_tissue_seg2d", extra: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
@@ -183,7 +178,7 @@ def run_demo(
         profile = None
         subjects = integer_flag(24 if subjects is None else subjects, "subjects", minimum=3, what="an integer >= 3 (training, validation and test subjects)")
     else:
-        profiles = _profile_names(bundle)
+        profiles = profile_names(bundle)
         if not isinstance(profile, str) or profile not in profiles:
             raise ValueError(f"--profile {profile!r} is not a profile of bundle {bundle!r}; profiles: {', '.join(profiles) or 'none'}, or none (the 24-subject task).")
         if subjects is not None:

@@ -41,9 +41,12 @@ def load_checkpoint(network: torch.nn.Module, checkpoint: str, device: Any) -> t
         FileNotFoundError: no file at ``checkpoint``.
         ValueError: the checkpoint was saved from another architecture (naming the first differing tensors).
     """
+    from calibmonai.progress import progress
+
     state = _read_state(checkpoint, device)
     _check_architecture(network, state, checkpoint)
     network.load_state_dict(state)
+    progress(f"[weights] {checkpoint}", "calibmonai.prediction")  # which of a run's checkpoints (model.pt, model_final.pt) is used
     return network.to(device).eval()
 
 

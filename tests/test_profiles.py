@@ -234,3 +234,45 @@ def test_run_candidates_writes_curves_table_and_figure(noisy_task, monkeypatch):
     assert sig["tiny"] == {**regime.overfit_signature(rows), "minutes": sig["tiny"]["minutes"]}
     assert (out / "candidates.png").stat().st_size > 1000
     assert "| tiny | " in (out / "candidates.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_profile_run_is_calibrated_used_and_exported_with_its_evaluated_weights(noisy_task, tmp_path):
+    """The demo's runs (profile paper) through the README's follow-on commands: calibrate, `calibmonai infer
+    --profile paper`, `export-bundle --profile paper`; the weights used are the last epoch's (model_final.pt, the
+    ones the profile evaluates), never the best-DSC model.pt, and the calibrator fitted on them goes with them."""
+    import hashlib
+    import shutil
+
+    from calibmonai.bundle_export import export_bundle
+    from calibmonai.calibration.base import load_calibrator
+    from calibmonai.cli import CLI
+
+    data, runs = str(noisy_task / "data"), str(tmp_path / "runs")
+    net = {"network_def#channels": [4, 8, 16, 32], "image_size": [32, 32]}
+    train = dict(dataset_dir=data, default_dataset_dir=data, runs_dir=runs, epochs=2, val_interval=1, volume_repeats=1, **net)
+    run_workflow("training", config_files("mni_tissue_seg2d", "ce", "profiles/paper.yaml"), **train)
+    run_workflow("calibrate", config_files("mni_tissue_seg2d", "ce", "profiles/paper.yaml", "calibrate/ts.yaml"), calibration_sample_size=2000, **train)
+    models = tmp_path / "runs" / "mni_tissue_paper" / "ce" / "models"
+    digest = {f: hashlib.sha256((models / f).read_bytes()).hexdigest() for f in ("model.pt", "model_final.pt")}
+    assert digest["model.pt"] != digest["model_final.pt"]
+    assert load_calibrator(models / "calibrator_ts.pt").fitted_on == {"checkpoint": "model_final.pt", "sha256": digest["model_final.pt"]}
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    image = sorted((noisy_task / "data" / "images").glob("*.nii.gz"))[0]
+    shutil.copy(image, scans / image.name)
+    CLI().infer(str(scans), str(tmp_path / "out"), method="ce", runs_dir=runs, profile="paper", calibrator="ts", **net)
+    assert len(list((tmp_path / "out").glob("*_seg.nii.gz"))) == 1
+    with pytest.raises(ValueError, match=r"'paperr' is not a profile of bundle 'mni_tissue_seg2d'; profiles: paper"):
+        CLI().infer(str(scans), str(tmp_path / "out_x"), method="ce", runs_dir=runs, profile="paperr", **net)
+    # the export of the profile's run ships model_final.pt as its model.pt, with the calibrator fitted on it
+    export = export_bundle("mni_tissue_seg2d", "ce", str(tmp_path / "export"), runs_dir=runs, profile="paper", **net)
+    assert hashlib.sha256((export / "models" / "model.pt").read_bytes()).hexdigest() == digest["model_final.pt"]
+    assert (export / "models" / "calibrator_ts.pt").is_file()
+    assert json.loads((export / "configs" / "train.json").read_text())["epochs"] == 600  # the profile's settings travel
+    CLI().infer(str(scans), str(tmp_path / "out_export"), bundle=str(export), calibrator="ts")
+    assert len(list((tmp_path / "out_export").glob("*_conf.nii.gz"))) == 1
+    # exported without the profile: model.pt (best DSC) goes, the calibrator fitted on other weights stays behind
+    plain = export_bundle("mni_tissue_seg2d", "ce", str(tmp_path / "plain"), runs_dir=runs, dataset_name="mni_tissue_paper", **net)
+    assert hashlib.sha256((plain / "models" / "model.pt").read_bytes()).hexdigest() == digest["model.pt"]
+    assert not (plain / "models" / "calibrator_ts.pt").exists() and not (plain / "models" / "calibrator_ts.json").exists()
