@@ -119,6 +119,19 @@ def _profile_settings(bundle: str, profile: str) -> dict[str, Any]:
     return {"epochs": int(parser.get_parsed_content("epochs")), "prepare_kwargs": dict(parser.get_parsed_content("prepare_kwargs"))}
 
 
+def next_steps(runs_of: dict[str, tuple[str, dict[str, Any] | None]], runs: str, profile: str | None) -> str:
+    """How to use the demo's runs afterwards (``{spec: (method, loss arguments or None for the fragment's)}``): the
+    ``calibmonai infer`` command that finds each run (its runs folder, profile and, when not the fragment's
+    defaults, all its loss arguments: runs are named by them); ``export-bundle`` takes the same flags."""
+    lines = ["use a run (README, 'Using the demo's networks'; `calibmonai export-bundle` takes the same flags and --out DIR):"]
+    for spec, (method, loss_kwargs) in runs_of.items():
+        flags = f"--method {method}" + (f" --profile {profile}" if profile else "") + (f" --runs_dir {runs}" if os.path.normpath(runs) != "runs" else "")
+        if loss_kwargs:
+            flags += f' --loss_kwargs "{loss_kwargs!r}"'
+        lines.append(f"  {spec}: calibmonai infer --input scans/ --output out/ {flags}")
+    return "\n".join(lines)
+
+
 def comparison_table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown table: one row per method, the SUMMARY_COLUMNS as mean ± std over test cases."""
     head = "| method | " + " | ".join(n for _, n in SUMMARY_COLUMNS) + " |\n|---|" + "---|" * len(SUMMARY_COLUMNS) + "\n"
@@ -261,4 +274,9 @@ def run_demo(
             w.writerow([m] + [s.get(k, math.nan) for k, _ in SUMMARY_COLUMNS] + [s.get(f"{k}_std", math.nan) for k, _ in SUMMARY_COLUMNS])
     print("\n" + table)
     print(f"results in {out}/ (comparison.md, comparison.csv, *_reliability.png, *_slice.png{', curves.png' if curve_files else ''}); total {elapsed / 60:.1f} min")
+    runs_of = {
+        spec: (method, dict(bundle_parser(config_files(bundle, method, *extra), **o).get_parsed_content("loss_kwargs")) if o else None)
+        for spec, (method, o) in specs.items()
+    }
+    print(next_steps(runs_of, runs, profile))
     return results

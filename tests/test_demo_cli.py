@@ -23,6 +23,8 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert 0 <= float(r["ece"]) <= 1 and 0 <= float(r["dsc_mean"]) <= 1
     printed = capsys.readouterr().out
     assert "| ce |" in printed and "| mbls |" in printed and "total" in printed
+    # how to use each run afterwards: the infer command that finds it (the flags tested with infer in test_profiles)
+    assert f"  mbls: calibmonai infer --input scans/ --output out/ --method mbls --runs_dir {tmp_path / 'runs'}\n" in printed
     md = (out / "comparison.md").read_text()
     assert md.count("\n| ") == 3  # header + two methods
 
