@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from calibmonai.bundle_tools import REPO_BUNDLES, as_bool, bundle_dir, bundle_parser, check_config_keys, config_files, profile_names, run_name
+from calibmonai.bundle_tools import REPO_BUNDLES, as_bool, bundle_dir, bundle_parser, check_config_keys, check_profile, config_files, run_name
 from calibmonai.progress import progress
 from calibmonai.prediction import check_checkpoint
 
@@ -220,12 +220,8 @@ def export_bundle(
     untrained = as_bool(untrained, "untrained")
     overwrite = as_bool(overwrite, "overwrite")
     src = bundle_dir(bundle)
-    extra: list[str] = []
-    if profile not in (None, "", "none"):
-        names = profile_names(str(src))
-        if profile not in names:
-            raise ValueError(f"--profile {profile!r} is not a profile of bundle {bundle!r}; profiles: {', '.join(names) or 'none'}.")
-        extra = [f"profiles/{profile}.yaml"]
+    profile = check_profile(str(src), profile)
+    extra = [f"profiles/{profile}.yaml"] if profile else []
     workflows = {"train": config_files(str(src), method, *extra, backbone=backbone)}
     if (src / "configs" / "evaluate.yaml").is_file():
         workflows["evaluate"] = config_files(str(src), method, *extra, "evaluate.yaml", backbone=backbone)
@@ -325,10 +321,10 @@ def _stale_calibrators(models: Path, ckpt: Path) -> set[str]:
     sha, stale = file_sha256(str(ckpt)), set()
     for f in sorted(models.glob("calibrator_*.pt")):
         try:
-            recorded = load_calibrator(f).fitted_on.get("sha256")
+            stale_one = load_calibrator(f).fitted_on_other_weights(sha)
         except (ValueError, OSError):
-            recorded = None
-        if recorded and recorded != sha:
+            stale_one = False
+        if stale_one:
             stale.add(f.stem)
             progress(f"[export] {f.name} not exported: it was fitted on other weights than {ckpt} (run 'calibrate' on them to ship it)", "calibmonai.export")
     return stale

@@ -135,6 +135,20 @@ def profile_names(bundle: str) -> list[str]:
     return sorted(p.stem for p in (bundle_dir(bundle) / "configs" / "profiles").glob("*.yaml"))
 
 
+def check_profile(bundle: str, profile: Any, alternatives: str = "") -> str | None:
+    """``profile`` as a profile name of ``bundle``, or ``None`` for no profile (``None``, ``""``, ``"none"``).
+
+    Raises:
+        ValueError: ``--profile 'papr' is not a profile of bundle ...; profiles: paper`` (+ ``alternatives``).
+    """
+    if profile in (None, "", "none", "None"):
+        return None
+    names = profile_names(bundle)
+    if not isinstance(profile, str) or profile not in names:
+        raise ValueError(f"--profile {profile!r} is not a profile of bundle {bundle!r}; profiles: {', '.join(names) or 'none'}{alternatives}.")
+    return profile
+
+
 def profile_overrides(bundle: str, profile: str, files: Sequence[str]) -> dict[str, Any]:
     """The settings of ``bundle``'s profile ``profile`` that the config composed of ``files`` has, as overrides
     (raw values: ``dataset_name``, ``ckpt_path`` = the profile's evaluated ``model_final.pt``, ...): the run
@@ -146,9 +160,7 @@ def profile_overrides(bundle: str, profile: str, files: Sequence[str]) -> dict[s
     """
     from monai.bundle import ConfigParser
 
-    names = profile_names(bundle)
-    if profile not in names:
-        raise ValueError(f"--profile {profile!r} is not a profile of bundle {bundle!r}; profiles: {', '.join(names) or 'none'}.")
+    check_profile(bundle, profile)
     raw = ConfigParser.load_config_file(str(bundle_dir(bundle) / "configs" / "profiles" / f"{profile}.yaml"))
     config = bundle_parser(files).config
     return {k: v for k, v in raw.items() if "::" not in k and "#" not in k and k in config}
@@ -221,11 +233,6 @@ def _split_command_line(tokens: Sequence[str]) -> tuple[dict[str, Any], list[str
             positionals.append(token)
         i += 1
     return flags, positionals
-
-
-def _command_line_flags(tokens: Sequence[str]) -> dict[str, Any]:
-    """``{name: value}`` of the flags of a Fire command line (:func:`_split_command_line`)."""
-    return _split_command_line(tokens)[0]
 
 
 def _as_file_list(value: Any) -> list[str]:

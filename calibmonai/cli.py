@@ -87,10 +87,10 @@ class CLI:
 
         overwrite, save_probs = as_bool(overwrite, "overwrite"), as_bool(save_probs, "save_probs")
         files, overrides = inference_config_files(bundle, method, runs_dir, backbone=backbone)
-        if profile not in (None, "", "none"):
+        if profile not in (None, "", "none", "None"):
             if files[0].endswith("inference.json"):
                 raise ValueError(f"--profile does not apply to an exported bundle ({bundle}): the export already holds the run's weights and settings.")
-            overrides.update(profile_overrides(bundle, str(profile), files))
+            overrides.update(profile_overrides(bundle, str(profile), files))  # the profile is checked there
         check_config_keys(files, config_overrides, "calibmonai infer")
         run_workflow("run", files, input_dir=input, output_dir=output, calibrator=calibrator, overwrite=overwrite, save_probs=save_probs, **overrides, **config_overrides)
 

@@ -11,7 +11,7 @@ import shutil
 import time
 from typing import Any, Sequence
 
-from calibmonai.bundle_tools import as_bool, bundle_parser, config_files, method_names, profile_names, run_workflow
+from calibmonai.bundle_tools import as_bool, bundle_parser, check_profile, config_files, method_names, run_workflow
 from calibmonai.evaluation import SUMMARY_COLUMNS
 
 __all__ = ["run_demo", "comparison_table", "check_method_spec", "integer_flag", "folder_flag"]
@@ -72,8 +72,14 @@ def folder_flag(value: Any, flag: str) -> str:
 
 
 def check_method_spec(spec: str, bundle: str = "mni_tissue_seg2d", extra: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+    """Check one ``--methods`` entry and return its method fragment and config overrides (:func:`_checked_method`)."""
+    name, overrides, _ = _checked_method(spec, bundle, extra)
+    return name, overrides
+
+
+def _checked_method(spec: str, bundle: str = "mni_tissue_seg2d", extra: Sequence[str] = ()) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Check one ``--methods`` entry (``name`` or ``name:key=value[:key=value]``) before anything is trained and
-    return its method fragment and config overrides, as :func:`_method_spec`.
+    return its method fragment and config overrides, as :func:`_method_spec`, and the loss arguments they compose.
 
     The name must be a method fragment (``bundles/methods/<name>.yaml``) and every ``key`` a parameter of that
     method's loss, with a value the loss accepts: the loss is built with the composed ``loss_kwargs``.
@@ -110,7 +116,7 @@ def check_method_spec(spec: str, bundle: str = "mni_tissue_seg2d", extra: Sequen
         get_loss(method, parser.get_parsed_content("num_classes"), parser.get_parsed_content("spatial_dims"), **kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"--methods {spec!r}: method {name!r} does not accept the loss arguments {kwargs}: {str(e).rstrip('.')}. Its parameters: {listed}.") from None
-    return name, overrides
+    return name, overrides, kwargs
 
 
 def _profile_settings(bundle: str, profile: str) -> dict[str, Any]:
@@ -170,7 +176,7 @@ def run_demo(
     same): give each seed its own ``runs``.
 
     Every argument is checked before anything is prepared, trained or written: the numbers (``epochs``,
-    ``subjects``, ``seed``), the profile, and each method spec with :func:`check_method_spec`.
+    ``subjects``, ``seed``), the profile, and each method spec as :func:`check_method_spec` checks it.
 
     Raises:
         ValueError: naming the flag (``--epochs must be a positive integer, got 'abc'.``) or the method spec and the
@@ -187,13 +193,10 @@ def run_demo(
     if seed is not None:
         seed = integer_flag(seed, "seed", minimum=0, maximum=2**32 - 1, what="an integer in [0, 2**32 - 1]")
     full = as_bool(full, "full")
-    if profile in (None, "none", "None"):
-        profile = None
+    profile = check_profile(bundle, profile, alternatives=", or none (the 24-subject task)")
+    if profile is None:
         subjects = integer_flag(24 if subjects is None else subjects, "subjects", minimum=3, what="an integer >= 3 (training, validation and test subjects)")
     else:
-        profiles = profile_names(bundle)
-        if not isinstance(profile, str) or profile not in profiles:
-            raise ValueError(f"--profile {profile!r} is not a profile of bundle {bundle!r}; profiles: {', '.join(profiles) or 'none'}, or none (the 24-subject task).")
         if subjects is not None:
             raise ValueError(f"--subjects sets the cohort of the task without a profile; profile {profile!r} has its own: add --profile none.")
     if full and profile is None:
@@ -215,7 +218,8 @@ def run_demo(
     if duplicates:
         raise ValueError(f"--methods names {duplicates[0]!r} more than once (its results would overwrite each other).")
     extra = [f"profiles/{profile}.yaml"] if profile else []
-    specs = {spec: check_method_spec(spec, bundle, extra) for spec in methods}
+    checked = {spec: _checked_method(spec, bundle, extra) for spec in methods}
+    specs = {spec: (name, overrides) for spec, (name, overrides, _) in checked.items()}
     settings = _profile_settings(bundle, profile) if profile else {"epochs": NO_PROFILE_EPOCHS}
     if epochs is None:
         epochs = PROFILE_DEMO[profile]["epochs"] if shortened else settings["epochs"]
@@ -274,9 +278,5 @@ def run_demo(
             w.writerow([m] + [s.get(k, math.nan) for k, _ in SUMMARY_COLUMNS] + [s.get(f"{k}_std", math.nan) for k, _ in SUMMARY_COLUMNS])
     print("\n" + table)
     print(f"results in {out}/ (comparison.md, comparison.csv, *_reliability.png, *_slice.png{', curves.png' if curve_files else ''}); total {elapsed / 60:.1f} min")
-    runs_of = {
-        spec: (method, dict(bundle_parser(config_files(bundle, method, *extra), **o).get_parsed_content("loss_kwargs")) if o else None)
-        for spec, (method, o) in specs.items()
-    }
-    print(next_steps(runs_of, runs, profile))
+    print(next_steps({spec: (name, kwargs if overrides else None) for spec, (name, overrides, kwargs) in checked.items()}, runs, profile))
     return results

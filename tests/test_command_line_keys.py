@@ -12,7 +12,7 @@ from pathlib import Path
 import monai
 import pytest
 
-from calibmonai.bundle_tools import _as_file_list, _command_line_flags, check_command_line_keys
+from calibmonai.bundle_tools import _as_file_list, _split_command_line, check_command_line_keys
 
 REPO = Path(__file__).resolve().parent.parent
 MAIN = os.path.join(os.path.dirname(monai.__file__), "bundle", "__main__.py")  # sys.argv[0] under `python -m monai.bundle`
@@ -24,7 +24,7 @@ def _argv(*flags: str) -> list[str]:
 
 
 def test_flags_are_parsed_as_fire_reads_them():
-    assert _command_line_flags(["training", "--a", "1", "--b=x y", "--c", "--d#e", "-2"]) == {"a": "1", "b": "x y", "c": True, "d#e": "-2"}
+    assert _split_command_line(["training", "--a", "1", "--b=x y", "--c", "--d#e", "-2"]) == ({"a": "1", "b": "x y", "c": True, "d#e": "-2"}, ["training"])
     assert _as_file_list("['a.yaml', 'b.yaml']") == ["a.yaml", "b.yaml"] and _as_file_list("a.yaml") == ["a.yaml"]
 
 
@@ -104,7 +104,7 @@ def test_every_documented_bundle_command_uses_config_keys():
                 # optional flags written [--calibrator ts]: the flag and its value, without the brackets
                 tokens = [t[1:] if t.startswith("[--") else t for t in tokens]
                 tokens = [t[:-1] if t.endswith("]") and not t.startswith("[") else t for t in tokens]
-                files = _command_line_flags(tokens).get("config_file")
+                files = _split_command_line(tokens)[0].get("config_file")
                 if not files or not all(os.path.isfile(f) for f in _as_file_list(files)):
                     continue  # placeholders (<bundle>, $B, ...)
                 check_command_line_keys([MAIN, "run"] + tokens)

@@ -96,8 +96,8 @@ def test_demo_defaults(tmp_path, monkeypatch, flags, epochs, methods, runs):
 
     monkeypatch.setattr(calibmonai.data, "prepare_mni_tissue", lambda *a, **k: prepared.append((a, k)))
     monkeypatch.setattr(demo, "run_workflow", fake_run_workflow)
-    seen_methods, check = [], demo.check_method_spec
-    monkeypatch.setattr(demo, "check_method_spec", lambda spec, *a: (seen_methods.append(spec), check(spec, *a))[1])
+    seen_methods, check = [], demo._checked_method
+    monkeypatch.setattr(demo, "_checked_method", lambda spec, *a: (seen_methods.append(spec), check(spec, *a))[1])
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Stop):
         demo.run_demo(out=str(tmp_path / "out"), **flags)

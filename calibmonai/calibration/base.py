@@ -63,6 +63,12 @@ class Calibrator(torch.nn.Module):
         self.fitted = False
         self.fitted_on: dict[str, str] = {}  # what it was fitted to (see ``save``), e.g. the checkpoint's SHA-256
 
+    def fitted_on_other_weights(self, checkpoint_sha256: str) -> bool:
+        """Whether this calibrator records having been fitted on weights other than those of SHA-256
+        ``checkpoint_sha256`` (calibrators saved without that record are never judged stale)."""
+        recorded = self.fitted_on.get("sha256")
+        return bool(recorded) and recorded != checkpoint_sha256
+
     def _check_logits(self, logits: torch.Tensor) -> None:
         if not isinstance(logits, torch.Tensor) or logits.ndim < 2 or logits.shape[1] != self.num_classes:
             raise ValueError(

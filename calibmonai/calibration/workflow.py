@@ -35,8 +35,7 @@ def run_calibrator(name: str | None, output_dir: str, num_classes: int, checkpoi
     path = calibrator_path(output_dir, name)
     cal = load_calibrator(path, num_classes=num_classes).eval()
     checkpoint = checkpoint or os.path.join(os.path.dirname(path), "model.pt")
-    recorded = cal.fitted_on.get("sha256")
-    if recorded and os.path.isfile(checkpoint) and file_sha256(checkpoint) != recorded:
+    if cal.fitted_on.get("sha256") and os.path.isfile(checkpoint) and cal.fitted_on_other_weights(file_sha256(checkpoint)):
         fitted = cal.fitted_on.get("checkpoint")
         raise ValueError(
             f"calibrator {path} was fitted on other weights than {checkpoint}"
