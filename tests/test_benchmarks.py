@@ -78,6 +78,19 @@ def test_paper_profile_projection_hand_computed():
     # set-up 2 + first epoch 3 + mean(1, 2) x (10 - 1) + evaluation 5
     assert pp.projected_seconds(2.0, [3.0, 1.0, 2.0], 5.0, 10) == pytest.approx(23.5)
     assert pp.projected_seconds(1.0, [4.0], 0.5, 3) == pytest.approx(1.0 + 4.0 * 3 + 0.5)
+    # validation every 2 epochs; epoch 1 (5 s) and the first validation (3 s: kernels compiled) are counted once, the
+    # other 4 training-only epochs at mean(1, 1) and the other 4 validation epochs at mean(2, 2): 1 + 0.5 + 9 + 11
+    times = [5.0, 3.0, 1.0, 2.0, 1.0, 2.0]
+    assert pp.projected_seconds(1.0, times, 0.5, 10, 2) == pytest.approx(21.5)
+    assert pp.epoch_kinds(times, 2) == ([5.0, 1.0, 1.0], [3.0, 2.0, 2.0])
+    # a one-off 40 s in the first validation adds 40 s once, not once per validation of the full schedule
+    spiked = [5.0, 43.0, 1.0, 2.0, 1.0, 2.0]
+    assert pp.projected_seconds(1.0, spiked, 0.5, 600, 2) - pp.projected_seconds(1.0, times, 0.5, 600, 2) == pytest.approx(40.0)
+    assert pp.projected_seconds(0.0, [4.0, 3.0, 1.0], 0.0, 5, 1) == pytest.approx(4.0 + 2.0 * 4)  # every epoch validates
+    assert pp.projected_seconds(0.0, [4.0, 3.0], 0.0, 4, 2) == pytest.approx(4.0 + 4.0 + 3.0 + 3.0)  # one of each kind
+    assert pp.later_mean([]) != pp.later_mean([])  # NaN
+    with pytest.raises(ValueError, match="no validation epoch"):
+        pp.projected_seconds(1.0, [1.0, 1.0, 1.0], 0.0, 8, 4)
     with pytest.raises(ValueError, match="no epoch"):
         pp.projected_seconds(1.0, [], 0.0, 3)
     assert pp.parse_sets(["a=1", "network_def::channels=[4, 8]", "b=x"]) == {"a": 1, "network_def::channels": [4, 8], "b": "x"}
