@@ -164,8 +164,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"profile paper of {args.bundle}: {len(methods)} method(s), {epochs} of {full_epochs} epochs each, validation every "
           f"{val_interval}; torch {torch.__version__}, {where}", flush=True)  # fmt: skip
     t_all = time.perf_counter()
+    word = "measured" if args.full else "projected"
+    rows: list[dict[str, Any]] = []
+    prepare_s = 0.0
+
+    def figures(complete: bool) -> dict[str, Any]:
+        """The figures so far; written to ``--json`` after each method, so a run stopped by a time limit keeps them."""
+        total = prepare_s + sum(r["projected_s"] for r in rows)
+        out = {"device": where, "torch": torch.__version__, "amp": rows[0]["amp"] if rows else False, "epochs_trained": epochs,
+               "full_epochs": full_epochs, "val_interval": val_interval, "projected": not args.full, "prepare_s": prepare_s,
+               "methods": rows, "total_s": total, "wall_s": time.perf_counter() - t_all, "complete": complete}  # fmt: skip
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+        return out
+
     with tempfile.TemporaryDirectory(prefix="calibmonai-paper-") as tmp:
-        data, prepare_s = args.data, 0.0
+        data = args.data
         if not data:
             from calibmonai.data import prepare_mni_tissue
 
@@ -174,14 +189,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             prepare_mni_tissue(data, progress=False, **dict(profile.get_parsed_content("prepare_kwargs")))
             prepare_s = time.perf_counter() - t0
             print(f"[prepare] the profile's task in {prepare_s:.1f} s", flush=True)
-        rows = []
         for spec in methods:
             r = time_method(spec, args.bundle, data, os.path.join(tmp, "runs"), epochs, dev, sets)
             r["projected_s"] = projected_seconds(r["setup_s"], r["epoch_s"], r["evaluation_s"], full_epochs, val_interval)
             rows.append(r)
-            print(f"[{spec}] set-up {r['setup_s']:.1f} s, {epochs} epochs {r['training_s']:.1f} s, evaluation {r['evaluation_s']:.1f} s", flush=True)
-    measured = time.perf_counter() - t_all
-    word = "measured" if args.full else "projected"
+            print(f"[{spec}] set-up {r['setup_s']:.1f} s, {epochs} epochs {r['training_s']:.1f} s, evaluation {r['evaluation_s']:.1f} s; "
+                  f"{full_epochs} epochs {word}: {r['projected_s'] / 60:.1f} min", flush=True)  # fmt: skip
+            figures(complete=False)
     print(f"\n{'method':<18}{'set-up s':>9}{'epoch 1':>9}{'epoch s':>9}{'1st val':>9}{'val s':>8}{'eval s':>8}"
           f"{f'{full_epochs} epochs, {word}':>24}")  # fmt: skip
     for r in rows:
@@ -191,17 +205,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{later_mean(val):>8.3f}{r['evaluation_s']:>8.1f}{r['projected_s'] / 60:>20.1f} min")  # fmt: skip
     print("(epoch s, val s: mean of the training-only and of the validation epochs after the first of each kind, whose "
           "one-off costs -- cuDNN autotuning, kernel compilation -- are counted once)")
-    total = prepare_s + sum(r["projected_s"] for r in rows)
-    amp = rows[0]["amp"] if rows else False
-    print(f"profile paper, {len(methods)} method(s) x {full_epochs} epochs, data preparation included: {total / 60:.1f} min {word} "
-          f"on {where}, AMP {amp} (this run took {measured / 60:.1f} min)")  # fmt: skip
-    figures = {"device": where, "torch": torch.__version__, "amp": amp, "epochs_trained": epochs, "full_epochs": full_epochs,
-               "projected": not args.full, "prepare_s": prepare_s, "methods": rows, "total_s": total, "wall_s": measured}  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=1)
-    return figures
-
+    out = figures(complete=True)
+    print(f"profile paper, {len(methods)} method(s) x {full_epochs} epochs, data preparation included: {out['total_s'] / 60:.1f} min {word} "
+          f"on {where}, AMP {out['amp']} (this run took {out['wall_s'] / 60:.1f} min)")  # fmt: skip
+    return out
 
 if __name__ == "__main__":
     main()

@@ -112,17 +112,20 @@ def tiny_task(tmp_path_factory):
 @pytest.mark.slow
 def test_paper_profile_times_and_projects(tiny_task, tmp_path):
     out = tmp_path / "figures.json"
-    tiny = ["--set", "val_interval=1", "--set", "volume_repeats=1", "--set", "image_size=[32, 32]", "--set", "network_def::channels=[4, 8, 16, 32]"]
-    text = _run("benchmarks/paper_profile.py", "--device", "cpu", "--epochs", "3", "--methods", "ce,mbls:margin=5",
+    tiny = ["--set", "val_interval=2", "--set", "volume_repeats=1", "--set", "image_size=[32, 32]", "--set", "network_def::channels=[4, 8, 16, 32]"]
+    text = _run("benchmarks/paper_profile.py", "--device", "cpu", "--epochs", "4", "--methods", "ce,mbls:margin=5",
                 "--data", str(tiny_task), "--json", str(out), *tiny)  # fmt: skip
     fig = json.loads(out.read_text())
-    assert fig["full_epochs"] == 600 and fig["epochs_trained"] == 3 and fig["projected"] is True and fig["amp"] is False
+    assert fig["full_epochs"] == 600 and fig["epochs_trained"] == 4 and fig["projected"] is True and fig["amp"] is False
+    assert fig["complete"] is True and fig["val_interval"] == 2
+    assert len(re.findall(r"^\[(ce|mbls:margin=5)\] set-up .*600 epochs projected: [\d.]+ min$", text, flags=re.M)) == 2  # each method as it ends
     assert [r["method"] for r in fig["methods"]] == ["ce", "mbls:margin=5"]
     for r in fig["methods"]:
         e = r["epoch_s"]
-        assert len(e) == 3 and all(t > 0 for t in e) and r["evaluation_s"] > 0
+        assert len(e) == 4 and all(t > 0 for t in e) and r["evaluation_s"] > 0
         assert sum(e) == pytest.approx(r["training_s"], rel=0.05)  # the epochs' stamps cover the training
-        assert r["projected_s"] == pytest.approx(r["setup_s"] + e[0] + (e[1] + e[2]) / 2 * 599 + r["evaluation_s"])
+        # epochs 1 and 3 train only, 2 and 4 also validate: 300 of each kind in the 600, the first of each as measured
+        assert r["projected_s"] == pytest.approx(r["setup_s"] + e[0] + e[2] * 299 + e[1] + e[3] * 299 + r["evaluation_s"])
     assert fig["total_s"] == pytest.approx(fig["prepare_s"] + sum(r["projected_s"] for r in fig["methods"]))
     m = re.search(r"data preparation included: ([\d.]+) min projected", text)
     assert m and float(m.group(1)) == pytest.approx(fig["total_s"] / 60, abs=0.051)
