@@ -1,0 +1,75 @@
+"""A run folder's files across re-runs: a new training never destroys an earlier one's weights.
+
+MONAI's ``CheckpointSaver`` writes ``model.pt`` (and the profile's ``model_final.pt``) over whatever the checkpoint
+folder holds, so re-running a training command (another epoch count, a mistyped flag) used to replace weights that
+may have taken hours, with the calibrators fitted on them left beside the new weights. Every bundle's ``training``
+workflow therefore calls :func:`keep_previous_weights` with its trainer: when the trainer starts (after every
+component was built, so a run that fails on its data or settings moves nothing), the files of ``<run_dir>/models``
+(weights and the calibrators fitted on them, which belong together) move to
+``models/previous/<time of the earlier weights>/``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from pathlib import Path
+from typing import Any
+
+from calibmonai.progress import progress
+
+__all__ = ["PREVIOUS_DIR", "keep_previous_weights"]
+
+#: sub-folder of the checkpoint folder that keeps earlier trainings' files, one folder per training
+PREVIOUS_DIR = "previous"
+
+
+def _is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def keep_previous_weights(ckpt_dir: str | Path, trainer: Any = None) -> Path | None:
+    """Move the files at the top of ``ckpt_dir`` (an earlier training's weights and the calibrators fitted on them)
+    into ``ckpt_dir/previous/<YYYYmmdd-HHMMSS>/``, named after the newest of them, and say so; return that folder,
+    or ``None`` when ``ckpt_dir`` holds no file (a first training). Sub-folders stay where they are.
+
+    With ``trainer`` (an ignite ``Engine``) the files move when it starts (``Events.STARTED``), not now: the bundle's
+    ``training`` list builds the trainer (datasets, network, evaluator) before this call, and a run that stops
+    before training leaves the earlier weights in place; ``None`` is returned then.
+    Under ``torch.distributed`` rank 0 moves the files and every rank waits for it (a barrier), so no rank starts
+    training while another is still moving the files it will write.
+    """
+    if trainer is not None:
+        from ignite.engine import Events
+
+        trainer.add_event_handler(Events.STARTED, lambda _engine: keep_previous_weights(ckpt_dir))
+        return None
+    ckpt_dir = Path(ckpt_dir)
+    moved_to: Path | None = None
+    if _is_rank0() and ckpt_dir.is_dir():
+        files = sorted(p for p in ckpt_dir.iterdir() if p.is_file())
+        if files:
+            stamp = datetime.datetime.fromtimestamp(max(p.stat().st_mtime for p in files)).strftime("%Y%m%d-%H%M%S")
+            moved_to = ckpt_dir / PREVIOUS_DIR / stamp
+            n = 1
+            while moved_to.exists():  # two trainings within one second: keep both
+                n += 1
+                moved_to = ckpt_dir / PREVIOUS_DIR / f"{stamp}-{n}"
+            moved_to.mkdir(parents=True)
+            for p in files:
+                shutil.move(str(p), str(moved_to / p.name))
+            progress(
+                f"[training] {ckpt_dir} held an earlier training's files ({', '.join(p.name for p in files)}): kept in "
+                f"{moved_to}; the evaluations in the run folder belong to those weights until re-run"
+            )
+    _barrier()
+    return moved_to

@@ -1,0 +1,94 @@
+"""A new training keeps an earlier training's weights and calibrators (calibmonai.run_files), in every bundle."""
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from calibmonai.bundle_tools import config_files, run_workflow
+from calibmonai.data import prepare_mni_tissue
+from calibmonai.run_files import PREVIOUS_DIR, keep_previous_weights
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_first_training_moves_nothing(tmp_path):
+    assert keep_previous_weights(tmp_path / "absent") is None
+    (tmp_path / "models").mkdir()
+    assert keep_previous_weights(tmp_path / "models") is None
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_files_move_to_a_folder_named_after_the_newest(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="calibmonai")
+    models = tmp_path / "models"
+    (models / "sub").mkdir(parents=True)
+    (models / "sub" / "x.txt").write_text("stays")
+    (models / "model.pt").write_bytes(b"weights")
+    (models / "calibrator_ts.pt").write_bytes(b"calibrator")
+    t_old, t_new = 1_700_000_000, 1_700_000_100  # 2023-11-14 22:13:20 UTC and 100 s later
+    os.utime(models / "model.pt", (t_old, t_old))
+    os.utime(models / "calibrator_ts.pt", (t_new, t_new))
+    moved = keep_previous_weights(models)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(t_new))
+    assert moved == models / PREVIOUS_DIR / stamp
+    assert sorted(p.name for p in moved.iterdir()) == ["calibrator_ts.pt", "model.pt"]
+    assert (moved / "model.pt").read_bytes() == b"weights" and (moved / "calibrator_ts.pt").read_bytes() == b"calibrator"
+    assert sorted(p.name for p in models.iterdir()) == [PREVIOUS_DIR, "sub"] and (models / "sub" / "x.txt").read_text() == "stays"
+    out = capsys.readouterr().out + caplog.text  # printed, or logged where logging is configured
+    assert "held an earlier training's files (calibrator_ts.pt, model.pt)" in out and str(moved) in out
+    # a second earlier training with the same time stamp is kept beside the first, not merged into it
+    (models / "model.pt").write_bytes(b"second")
+    os.utime(models / "model.pt", (t_new, t_new))
+    again = keep_previous_weights(models)
+    assert again == models / PREVIOUS_DIR / f"{stamp}-2" and (again / "model.pt").read_bytes() == b"second"
+    assert (moved / "model.pt").read_bytes() == b"weights"
+
+
+@pytest.mark.slow
+def test_training_again_keeps_the_earlier_weights_and_calibrators(tmp_path):
+    data = tmp_path / "data"
+    prepare_mni_tissue(data, num_subjects=3, split=(1, 1, 1), seed=2, progress=False)
+    small = {"dataset_dir": str(data), "runs_dir": str(tmp_path / "runs"), "epochs": 1, "slices_per_volume": 2,
+             "batch_size": 2, "network_def#channels": [4, 8, 16, 32]}  # fmt: skip
+    files = config_files("mni_tissue_seg2d", "ce")
+    run_workflow("training", files, **small)
+    models = tmp_path / "runs" / "mni_tissue" / "ce" / "models"
+    first = _sha(models / "model.pt")
+    with pytest.raises(Exception, match="load_datalist"):  # a training that stops before it starts moves nothing
+        run_workflow("training", files, **{**small, "dataset_dir": str(tmp_path / "absent")})
+    assert _sha(models / "model.pt") == first and not (models / PREVIOUS_DIR).exists()
+    run_workflow("calibrate", config_files("mni_tissue_seg2d", "ce", "calibrate/ts.yaml"), **small)
+    calibrator = next(models.glob("calibrator_ts*"))
+    fitted = _sha(calibrator)
+    run_workflow("training", files, **{**small, "seed": 7})  # trained again (another seed: other weights)
+    kept = list((models / PREVIOUS_DIR).iterdir())
+    assert len(kept) == 1
+    assert _sha(kept[0] / "model.pt") == first and _sha(kept[0] / calibrator.name) == fitted
+    assert _sha(models / "model.pt") != first  # the new training's weights
+    assert not list(models.glob("calibrator_*"))  # no calibrator of the earlier weights beside the new ones
+    torch.load(kept[0] / "model.pt", weights_only=True)  # still a loadable checkpoint
+
+
+def test_with_a_trainer_the_files_move_when_it_starts(tmp_path):
+    from ignite.engine import Engine, Events
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "model.pt").write_bytes(b"weights")
+    engine = Engine(lambda e, batch: None)
+    seen = []
+    engine.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(sorted(p.name for p in models.iterdir())))
+    assert keep_previous_weights(models, engine) is None
+    assert (models / "model.pt").is_file()  # not yet: the engine has not started
+    engine.run([0], max_epochs=1)
+    assert seen == [[PREVIOUS_DIR]]  # moved before the first iteration
+    assert [p.name for p in (models / PREVIOUS_DIR).iterdir()] and not (models / "model.pt").exists()
