@@ -1,4 +1,4 @@
-"""Command line: ``calibmonai prepare | demo | infer | export-bundle | check-data | study | methods`` (python-fire).
+"""Command line: ``calibmonai prepare | demo | infer | preview | export-bundle | check-data | study | methods`` (python-fire).
 
 Flags are checked against each command's parameters before anything runs (python-fire alone would run the command
 and complain about an unknown flag afterwards), and boolean flags accept true/false/yes/no/1/0. ``--help`` (``-h``)
@@ -9,6 +9,7 @@ other flags on to their config).
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from typing import Any
 
@@ -76,23 +77,57 @@ class CLI:
         overwrite: Any = False,
         save_probs: Any = False,
         profile: str | None = None,
+        preview: Any = False,
         **config_overrides: Any,
     ) -> None:
         """Segment the scans of INPUT (folder, glob or file) into OUTPUT with a trained run of BUNDLE x METHOD
         (or an exported bundle folder), writing *_seg, *_conf, *_uncertainty (and *_prob) NIfTI files. Any other
         --KEY VALUE sets that key of the inference config, as with ``monai.bundle run`` (e.g. the training's
         ``--network_def#channels "[16, 32, 64, 128]"``, ``--loss_kwargs "{'margin': 5.0, 'alpha': 0.1}"``).
-        --profile paper: a run trained under that profile (the demo's runs), with the weights it was evaluated with."""
-        from calibmonai.bundle_tools import as_bool, check_config_keys, inference_config_files, profile_overrides, run_workflow
+        --profile paper: a run trained under that profile (the demo's runs), with the weights it was evaluated with.
+        --preview true: also a <case>_preview.png per scan (scan, segmentation, confidence, uncertainty)."""
+        from calibmonai.bundle_tools import as_bool, bundle_parser, check_config_keys, inference_config_files, profile_overrides, run_workflow
 
         overwrite, save_probs = as_bool(overwrite, "overwrite"), as_bool(save_probs, "save_probs")
+        preview = as_bool(preview, "preview")
         files, overrides = inference_config_files(bundle, method, runs_dir, backbone=backbone)
         if profile not in (None, "", "none", "None"):
             if files[0].endswith("inference.json"):
                 raise ValueError(f"--profile does not apply to an exported bundle ({bundle}): the export already holds the run's weights and settings.")
             overrides.update(profile_overrides(bundle, str(profile), files))  # the profile is checked there
         check_config_keys(files, config_overrides, "calibmonai infer")
-        run_workflow("run", files, input_dir=input, output_dir=output, calibrator=calibrator, overwrite=overwrite, save_probs=save_probs, **overrides, **config_overrides)
+        settings = dict(input_dir=input, output_dir=output, calibrator=calibrator, overwrite=overwrite, save_probs=save_probs, **overrides, **config_overrides)
+        try:
+            run_workflow("run", files, **settings)
+        finally:  # the scans that were segmented get their preview even when others failed
+            if preview and os.path.isdir(output):
+                from calibmonai.preview import preview_folder
+
+                parser = bundle_parser(files, **settings)
+                scans = {item["case"]: item["files"][0] for item in parser.get_parsed_content("datalist")}
+                try:
+                    preview_folder(output, scans, parser.get_parsed_content("class_names") if "class_names" in parser else None)
+                except FileNotFoundError:
+                    pass  # no scan was segmented: the inference's own error says why
+
+    def preview(self, output: str, input: str | None = None, bundle: str = "mni_tissue_seg2d") -> list:
+        """Write <case>_preview.png beside the maps of each case in OUTPUT (a folder written by ``calibmonai infer``
+        or a bundle's inference workflow): axial, coronal and sagittal slices through the segmented foreground of
+        the scan, the segmentation over it, the confidence and the uncertainty. --input SCANS: the scans segmented
+        (found by case name as BUNDLE's inference reads them), shown under the segmentation; BUNDLE (or an exported
+        bundle's folder) also names the classes."""
+        from calibmonai.bundle_tools import bundle_parser, inference_config_files
+        from calibmonai.preview import preview_folder
+
+        scans = None
+        if input not in (None, "") and not os.path.exists(str(input)) and not any(c in str(input) for c in "*?["):
+            raise FileNotFoundError(f"--input {input}: no such file or folder.")
+        files, _ = inference_config_files(bundle, "ce")
+        parser = bundle_parser(files, input_dir=str(input or ""))
+        if input not in (None, ""):
+            scans = {item["case"]: item["files"][0] for item in parser.get_parsed_content("datalist")}
+        class_names = parser.get_parsed_content("class_names") if "class_names" in parser else None
+        return [str(p) for p in preview_folder(output, scans, class_names)]
 
     def check_data(self, data: str, bundle: str = "acdc_seg2d") -> None:
         """Read the dataset folder DATA as BUNDLE's loader will and report, per case, what is wrong and how many

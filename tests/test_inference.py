@@ -277,3 +277,20 @@ def test_single_modality_scan_named_like_a_modality_file_is_skipped_when_done(tr
     seg.write_bytes(b"sentinel")
     _infer(trained, str(folder), out)
     assert seg.read_bytes() == b"sentinel"
+
+
+def test_infer_with_preview_writes_a_png_per_segmented_scan(trained, tmp_path, capsys):
+    from matplotlib.image import imread
+
+    from calibmonai.cli import main
+
+    folder = tmp_path / "scans"
+    names = _write_scans(trained["volume"], folder)
+    out = tmp_path / "out"
+    main(["infer", "--input", str(folder), "--output", str(out), "--method", "ce", "--runs_dir", str(trained["runs"]),
+          "--preview", "true", "--calibrator", "ts"])  # fmt: skip
+    for name in names:
+        png = imread(out / f"{name}_preview.png")
+        assert png.ndim == 3 and png[..., :3].std() > 0.05
+    text = capsys.readouterr().out
+    assert text.count("_preview.png") == 3 and "no scan given" not in text  # each scan found under its maps
