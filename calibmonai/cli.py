@@ -86,7 +86,7 @@ class CLI:
         ``--network_def#channels "[16, 32, 64, 128]"``, ``--loss_kwargs "{'margin': 5.0, 'alpha': 0.1}"``).
         --profile paper: a run trained under that profile (the demo's runs), with the weights it was evaluated with.
         --preview true: also a <case>_preview.png per scan (scan, segmentation, confidence, uncertainty)."""
-        from calibmonai.bundle_tools import as_bool, bundle_parser, check_config_keys, inference_config_files, profile_overrides, run_workflow
+        from calibmonai.bundle_tools import as_bool, check_config_keys, inference_config_files, profile_overrides, run_workflow
 
         overwrite, save_probs = as_bool(overwrite, "overwrite"), as_bool(save_probs, "save_probs")
         preview = as_bool(preview, "preview")
@@ -101,33 +101,26 @@ class CLI:
             run_workflow("run", files, **settings)
         finally:  # the scans that were segmented get their preview even when others failed
             if preview and os.path.isdir(output):
-                from calibmonai.preview import preview_folder
+                from calibmonai.preview import bundle_scans, preview_folder
 
-                parser = bundle_parser(files, **settings)
-                scans = {item["case"]: item["files"][0] for item in parser.get_parsed_content("datalist")}
                 try:
-                    preview_folder(output, scans, parser.get_parsed_content("class_names") if "class_names" in parser else None)
+                    preview_folder(output, *bundle_scans(files, **settings))
                 except FileNotFoundError:
                     pass  # no scan was segmented: the inference's own error says why
 
-    def preview(self, output: str, input: str | None = None, bundle: str = "mni_tissue_seg2d") -> list:
+    def preview(self, output: str, input: str | None = None, bundle: str = "mni_tissue_seg2d") -> None:
         """Write <case>_preview.png beside the maps of each case in OUTPUT (a folder written by ``calibmonai infer``
         or a bundle's inference workflow): axial, coronal and sagittal slices through the segmented foreground of
         the scan, the segmentation over it, the confidence and the uncertainty. --input SCANS: the scans segmented
         (found by case name as BUNDLE's inference reads them), shown under the segmentation; BUNDLE (or an exported
         bundle's folder) also names the classes."""
-        from calibmonai.bundle_tools import bundle_parser, inference_config_files
-        from calibmonai.preview import preview_folder
+        from calibmonai.bundle_tools import inference_config_files
+        from calibmonai.preview import bundle_scans, preview_folder
 
-        scans = None
         if input not in (None, "") and not os.path.exists(str(input)) and not any(c in str(input) for c in "*?["):
             raise FileNotFoundError(f"--input {input}: no such file or folder.")
         files, _ = inference_config_files(bundle, "ce")
-        parser = bundle_parser(files, input_dir=str(input or ""))
-        if input not in (None, ""):
-            scans = {item["case"]: item["files"][0] for item in parser.get_parsed_content("datalist")}
-        class_names = parser.get_parsed_content("class_names") if "class_names" in parser else None
-        return [str(p) for p in preview_folder(output, scans, class_names)]
+        preview_folder(output, *bundle_scans(files, input_dir=str(input or "")))
 
     def check_data(self, data: str, bundle: str = "acdc_seg2d") -> None:
         """Read the dataset folder DATA as BUNDLE's loader will and report, per case, what is wrong and how many

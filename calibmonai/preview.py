@@ -14,16 +14,26 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
 
-__all__ = ["PREVIEW_SUFFIX", "find_outputs", "preview_panels", "write_preview", "preview_folder"]
+__all__ = ["PREVIEW_SUFFIX", "bundle_scans", "find_outputs", "preview_panels", "write_preview", "preview_folder"]
 
 PREVIEW_SUFFIX = "_preview.png"
 _MAPS = ("seg", "conf", "uncertainty")
 _EXTS = (".nii.gz", ".nii")
+
+
+def bundle_scans(files: Sequence[str], **overrides: Any) -> tuple[dict[str, str], list[str] | None]:
+    """The scans a bundle's inference config reads from its ``input_dir`` (``{case: first modality's file}``, as
+    its ``datalist`` names them; empty without ``input_dir``) and its ``class_names`` (``None`` where it has none)."""
+    from calibmonai.bundle_tools import bundle_parser
+
+    parser = bundle_parser(files, **overrides)
+    scans = {item["case"]: item["files"][0] for item in parser.get_parsed_content("datalist")} if overrides.get("input_dir") else {}
+    return scans, (list(parser.get_parsed_content("class_names")) if "class_names" in parser else None)
 
 
 def find_outputs(output_dir: str | os.PathLike) -> dict[str, dict[str, Path]]:
