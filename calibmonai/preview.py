@@ -24,6 +24,7 @@ __all__ = ["PREVIEW_SUFFIX", "bundle_scans", "find_outputs", "preview_panels", "
 PREVIEW_SUFFIX = "_preview.png"
 _MAPS = ("seg", "conf", "uncertainty")
 _EXTS = (".nii.gz", ".nii")
+_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def bundle_scans(files: Sequence[str], **overrides: Any) -> tuple[dict[str, str], list[str] | None]:
@@ -69,35 +70,38 @@ def _canonical(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj, dtype=np.float32), img.affine
 
 
-def _scan(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """A scan as :func:`_canonical` gives it: NIfTI through nibabel, other formats (``.mha``, ``.nrrd``, ``.png``) through
-    MONAI's ``LoadImage`` (RAS affine) and reoriented the same way; an RGB image is averaged over its colours."""
+def _scan(path: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A scan as :func:`_canonical` gives it: NIfTI through nibabel, other volumes (``.mha``, ``.nrrd``) through MONAI's
+    ``LoadImage`` (RAS affine) and reoriented the same way; a 2D picture (``.png``, ``.jpg``, ``.bmp``, ``.tif``) as
+    read by ``LoadImage``, averaged over its colours, without an affine (``None``: its grid is its pixels)."""
     if str(path).lower().endswith(_EXTS):
         return _canonical(path)
     from monai.transforms import LoadImage
 
     img = LoadImage(image_only=True)(str(path))
     arr, affine = np.asarray(img, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and affine.shape == (3, 3):  # 2D colour image
-        arr = arr[..., :3].mean(-1)
-    if arr.ndim == 3 and affine.shape == (4, 4):
-        img3 = nib.as_closest_canonical(nib.Nifti1Image(arr, affine))
-        return np.asarray(img3.dataobj, dtype=np.float32), img3.affine
-    return arr, affine
+    if str(path).lower().endswith(_PICTURES):
+        return (arr[..., :3].mean(-1) if arr.ndim == 3 and arr.shape[-1] in (3, 4) else arr), None
+    img3 = nib.as_closest_canonical(nib.Nifti1Image(arr, affine))
+    return np.asarray(img3.dataobj, dtype=np.float32), img3.affine
 
 
 def preview_panels(seg: np.ndarray, conf: np.ndarray, uncertainty: np.ndarray, image: np.ndarray | None = None) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """The 2D panels of a preview, as displayed (``imshow(panel, origin="lower")``): ``[(view, {"seg", "conf",
+    """The 2D panels of a preview, as displayed (``imshow(panel, origin="lower")``; ``"upper"`` for the view
+    ``"picture"``): ``[(view, {"seg", "conf",
     "uncertainty"[, "image"]: 2D array})]``. Arrays in RAS order ``(x, y, z)``: axial ``[:, :, k].T``, coronal
     ``[:, j, :].T``, sagittal ``[i, :, :].T``, through the centre of the bounding box of ``seg > 0`` (of the volume
-    where nothing is segmented). A 2D array (or a volume one voxel thick) gives one panel, its plane."""
+    where nothing is segmented). A volume one voxel thick gives one panel, its plane (``"plane"``); 2D maps (those of
+    a 2D picture) one panel ``"picture"``, transposed the same way and shown with the first row on top."""
     arrays = {"seg": seg, "conf": conf, "uncertainty": uncertainty, **({"image": image} if image is not None else {})}
     shape = seg.shape
     for name, a in arrays.items():
         if a.shape != shape:
             raise ValueError(f"the {name} map has shape {a.shape}, the segmentation {shape}: not outputs of one scan.")
-    if seg.ndim == 2 or (seg.ndim == 3 and 1 in shape):
-        plane = {k: a.reshape([n for n in shape if n != 1] if a.ndim == 3 else a.shape) for k, a in arrays.items()}
+    if seg.ndim == 2:  # a 2D picture's maps (PIL's (x, y) pixel order): shown as the picture, first row on top
+        return [("picture", {k: a.T for k, a in arrays.items()})]
+    if seg.ndim == 3 and 1 in shape:
+        plane = {k: a.reshape([n for n in shape if n != 1]) for k, a in arrays.items()}
         return [("plane", {k: a.T for k, a in plane.items()})]
     if seg.ndim != 3:
         raise ValueError(f"a preview needs 2D or 3D maps, got shape {shape}.")
@@ -117,10 +121,11 @@ def write_preview(
     image_file: str | os.PathLike | None = None,
     title: str = "",
     class_names: Sequence[str] | None = None,
-) -> Path:
+) -> tuple[Path, str]:
     """Write the preview PNG of one case's output ``maps`` (``{"seg", "conf", "uncertainty"}`` files); with
     ``image_file`` (the scan, its first volume for a 4D file) under the segmentation, and ``class_names`` (background
-    first) in a legend of the segmentation's colours. Returns the PNG's path."""
+    first) in a legend of the segmentation's colours. Returns the PNG's path and why the scan is not drawn ("" when
+    it is or none was given: a scan that cannot be read, or on another grid than the maps, leaves its panels empty)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,10 +140,14 @@ def write_preview(
         try:
             image, image_affine = _scan(image_file)
         except Exception as e:  # noqa: BLE001 - the maps are still worth a look
-            image, note = None, f" (scan unreadable: {type(e).__name__})"
+            image, note = None, f"scan unreadable ({type(e).__name__})"
         else:
-            if image.shape != seg.shape or image_affine.shape != affine.shape or not np.allclose(image_affine, affine, atol=1e-3):
-                image, note = None, " (scan on another grid: not shown)"
+            same_grid = image_affine is None or (image_affine.shape == affine.shape and np.allclose(image_affine, affine, atol=1e-3))
+            squeezed = tuple(n for n in seg.shape if n != 1)
+            if image_affine is None and image.shape != seg.shape and tuple(n for n in image.shape if n != 1) == squeezed:
+                image = image.reshape(seg.shape)  # a picture and its maps, one of them with a singleton axis
+            if image.shape != seg.shape or not same_grid:
+                image, note = None, "scan on another grid than the maps: not shown"
     panels = preview_panels(seg, data["conf"][0], data["uncertainty"][0], image)
     labels = np.rint(seg).astype(int)
     fg = labels > 0
@@ -149,6 +158,7 @@ def write_preview(
     colours = ListedColormap(plt.get_cmap("tab10")(np.arange(n_classes) % 10))
     fig, axes = plt.subplots(len(panels), 4, figsize=(13, 3.3 * len(panels) + 0.6), squeeze=False)
     for row, (view, p) in enumerate(panels):
+        origin = "upper" if view == "picture" else "lower"
         under = p.get("image")
         shown = [("scan", under, "gray", None), ("segmentation", under, "gray", None),
                  ("confidence", p["conf"], "viridis", (0, 1)), ("uncertainty (entropy / log C)", p["uncertainty"], "magma", (0, 1))]  # fmt: skip
@@ -157,16 +167,16 @@ def write_preview(
             ax.set_xticks([])
             ax.set_yticks([])
             if arr is None:
-                ax.imshow(np.zeros_like(p["seg"]), cmap="gray", origin="lower", vmin=0, vmax=1)
+                ax.imshow(np.zeros_like(p["seg"]), cmap="gray", origin=origin, vmin=0, vmax=1)
                 if col == 0:
-                    ax.text(0.5, 0.5, ("scan" + note) if note else "scan not given", color="w", ha="center", va="center", transform=ax.transAxes)
+                    ax.text(0.5, 0.5, note or "scan not given", color="w", ha="center", va="center", transform=ax.transAxes)
             else:
-                im = ax.imshow(arr, cmap=cmap, origin="lower", vmin=lim[0] if lim else None, vmax=lim[1] if lim else None, interpolation="nearest")
+                im = ax.imshow(arr, cmap=cmap, origin=origin, vmin=lim[0] if lim else None, vmax=lim[1] if lim else None, interpolation="nearest")
                 if lim:
                     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             if col == 1:
                 lab = np.rint(p["seg"]).astype(int)
-                ax.imshow(np.ma.masked_where(lab == 0, lab - 1), cmap=colours, vmin=0, vmax=n_classes - 1, alpha=0.5, origin="lower", interpolation="nearest")
+                ax.imshow(np.ma.masked_where(lab == 0, lab - 1), cmap=colours, vmin=0, vmax=n_classes - 1, alpha=0.5, origin=origin, interpolation="nearest")
             if row == 0:
                 ax.set_title(name, fontsize=10)
             if col == 0:
@@ -187,7 +197,7 @@ def write_preview(
         plt.close(fig)
         if tmp.exists():
             tmp.unlink()
-    return out_png
+    return out_png, note
 
 
 def preview_folder(
@@ -207,14 +217,15 @@ def preview_folder(
         out_png = maps["seg"].with_name(f"{case}{PREVIEW_SUFFIX}")
         image = (scans or {}).get(case)
         try:
-            written.append(write_preview(maps, out_png, image_file=image, title=case, class_names=class_names))
+            _, note = write_preview(maps, out_png, image_file=image, title=case, class_names=class_names)
+            written.append(out_png)
         except Exception as e:  # noqa: BLE001 - a damaged output file fails its case only
             failed[case] = f"{type(e).__name__}: {e}".splitlines()[0]
             if progress:
                 print(f"[preview] {n}/{len(outputs)} {case}: FAILED {failed[case]}", flush=True)
             continue
         if progress:
-            print(f"[preview] {n}/{len(outputs)} {out_png}{'' if image else ' (no scan given: maps only)'}", flush=True)
+            print(f"[preview] {n}/{len(outputs)} {out_png}{f' ({note}: maps only)' if note else '' if image else ' (no scan given: maps only)'}", flush=True)
     if failed:
         raise RuntimeError(f"{len(failed)} preview(s) failed: " + "; ".join(f"{c}: {w}" for c, w in failed.items()))
     return written

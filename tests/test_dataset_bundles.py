@@ -267,7 +267,7 @@ def test_monai_workflow_properties(bundle, runs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
-def test_export_and_inference(bundle, runs, tmp_path):
+def test_export_and_inference(bundle, runs, tmp_path, capsys):
     name = BUNDLES[bundle][0]
     info = runs.get(bundle)
     small = {k: v for k, v in info["overrides"].items() if k in ("image_size", "network_def#channels", "preprocess")}
@@ -309,6 +309,13 @@ def test_export_and_inference(bundle, runs, tmp_path):
     assert set(np.unique(seg_data)) <= set(range(len(module.CLASS_NAMES)))
     conf = np.asarray(nib.load(str(pred / f"{case_name(stem)}_conf.nii.gz")).dataobj)
     assert conf.min() >= 1.0 / len(module.CLASS_NAMES) - 1e-4 and conf.max() <= 1.0 + 1e-6
+    # the preview of the outputs finds the scan as the bundle's inference named it, and draws it under the maps
+    from calibmonai.preview import bundle_scans, preview_folder
+
+    found, class_names = bundle_scans([str(out / "configs" / "inference.json")], bundle_root=str(out), input_dir=str(scans))
+    assert list(found) == [case_name(stem)] and class_names == list(module.CLASS_NAMES)
+    assert preview_folder(pred, found, class_names) == [pred / f"{case_name(stem)}_preview.png"]
+    assert "maps only" not in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -38,6 +38,9 @@ def test_panels_cut_through_the_foreground_centre():
     flat = preview_panels(seg[:, :, 9:10], conf[:, :, 9:10], unc[:, :, 9:10])
     assert [v for v, _ in flat] == ["plane"] and flat[0][1]["seg"].shape == (16, 20)
     np.testing.assert_array_equal(flat[0][1]["conf"], conf[:, :, 9].T)
+    picture = preview_panels(seg[:, :, 9], conf[:, :, 9], unc[:, :, 9])  # 2D maps: a picture's, shown first row on top
+    assert [v for v, _ in picture] == ["picture"]
+    np.testing.assert_array_equal(picture[0][1]["seg"], seg[:, :, 9].T)
     with pytest.raises(ValueError, match=r"conf map has shape \(20, 16\), the segmentation \(20, 16, 12\)"):
         preview_panels(seg, conf[:, :, 0], unc)
 
@@ -94,10 +97,14 @@ def test_preview_folder_writes_one_png_per_case_and_isolates_a_damaged_one(tmp_p
     # a scan on another grid is left out of the picture, the maps are still drawn
     other = tmp_path / "other.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), affine), str(other))
-    assert write_preview(maps, tmp_path / "p.png", image_file=other).is_file()
+    png_path, note = write_preview(maps, tmp_path / "p.png", image_file=other)
+    assert png_path.is_file() and note == "scan on another grid than the maps: not shown"
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b" + b"x" * 9)
+    assert write_preview(maps, tmp_path / "q.png", image_file=tmp_path / "broken.nii.gz")[1].startswith("scan unreadable (")
+    assert write_preview(maps, tmp_path / "r.png", image_file=scan)[1] == ""
     # 2D outputs (BUSI-like): one row
     flat = _write_case(tmp_path / "flat", "img", seg[:, :, 8], np.eye(4), conf=np.full((24, 20), 0.7, np.float32), unc=np.zeros((24, 20), np.float32))
-    one_row = imread(write_preview(flat, tmp_path / "flat.png"))
+    one_row = imread(write_preview(flat, tmp_path / "flat.png")[0])
     assert one_row.shape[0] < png.shape[0] / 2
 
 
