@@ -431,6 +431,14 @@ def test_left_atrium_export_and_inference_on_a_new_scan(la_h5, tmp_path):
     assert conf.min() >= 0.5 - 1e-6 and conf.max() <= 1 + 1e-6
     assert np.allclose(prob.sum(-1), 1.0, atol=1e-5) and np.allclose(prob.max(-1), conf, atol=1e-5)
     assert np.array_equal(prob.argmax(-1), np.asarray(seg.dataobj))
+    # the preview draws the .nrrd scan (ITK's LPS world, read into RAS) under maps on the same grid
+    from calibmonai.preview import bundle_scans, preview_folder, write_preview
+
+    found, names = bundle_scans(files, input_dir=str(scans), **overrides)
+    assert found == {"patient one": str(scans / "patient one.nrrd")} and names == ["background", "left atrium"]
+    maps = {k: tmp_path / "pred" / f"patient one_{k}.nii.gz" for k in ("seg", "conf", "uncertainty")}
+    assert write_preview(maps, tmp_path / "la.png", image_file=found["patient one"])[1] == ""
+    assert preview_folder(tmp_path / "pred", found, names) == [tmp_path / "pred" / "patient one_preview.png"]
 
 
 @pytest.mark.slow
