@@ -213,16 +213,17 @@ def test_export_runs_standalone(cohort, tmp_path):
     assert train["method"] == "mbls" and "calibmonai.losses.get_loss" in train["loss"]
     with pytest.raises(FileExistsError):
         export_bundle(BUNDLE, "mbls", str(out), runs_dir=str(tmp_path / "no_runs"), untrained=True)
-    shutil.copytree(cohort, out / "data")
+    shutil.copytree(cohort, out / "data" / "mni_tissue")  # the export's default dataset_dir: nothing prepared
+    small_net = ["--network_def#channels", "[4, 8, 16, 32]"]  # the exported configs take any key: a tiny network
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
-           "--epochs", "1", "--slices_per_volume", "2"]  # fmt: skip
+           "--epochs", "1", "--slices_per_volume", "2", "--batch_size", "4", "--volume_repeats", "1", *small_net]  # fmt: skip
     r = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     # training from the export writes under runs/, never over the shipped models/
     trained = out / "runs" / "mbls_alpha0.1_margin10.0" / "models" / "model.pt"
     assert trained.is_file() and not (out / "models" / "model.pt").exists()
     shutil.copy(trained, out / "models" / "model.pt")
-    r = subprocess.run([*cmd[:4], "evaluate", "--config_file", "configs/evaluate.json"], cwd=out, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([*cmd[:4], "evaluate", "--config_file", "configs/evaluate.json", *small_net], cwd=out, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "eval" / "summary.md").is_file()
 

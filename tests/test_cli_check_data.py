@@ -6,24 +6,35 @@ import sys
 
 from lookalike import write_acdc
 
+from calibmonai.cli import main
+
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
-def _check(bundle, folder):
-    return subprocess.run([sys.executable, "-m", "calibmonai.cli", "check-data", "--bundle", bundle, "--data", str(folder)],
-                          capture_output=True, text=True, env=ENV, timeout=300)  # fmt: skip
+def _check(bundle, folder, capsys):
+    """Exit status, stdout and stderr of ``calibmonai check-data`` run in this process (``main`` as the console
+    script calls it)."""
+    try:
+        main(["check-data", "--bundle", bundle, "--data", str(folder)])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_check_data_reports_usable_cases_and_names_broken_files(tmp_path):
+def test_check_data_reports_usable_cases_and_names_broken_files(tmp_path, capsys):
     root = write_acdc(tmp_path / "ACDC")
-    r = _check("acdc_seg2d", root)
+    # once as a user runs it, in its own process
+    r = subprocess.run([sys.executable, "-m", "calibmonai.cli", "check-data", "--bundle", "acdc_seg2d", "--data", str(root)],
+                       capture_output=True, text=True, env=ENV, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "usable" in r.stdout and "Traceback" not in r.stderr
     broken = sorted(root.rglob("training/*/*_frame01_gt.nii.gz"))[0]
     broken.write_bytes(broken.read_bytes()[:40])  # truncated label
-    r = _check("acdc_seg2d", root)
-    assert r.returncode == 1 and broken.name in r.stdout, r.stdout
-    r = _check("acdc_seg2d", tmp_path / "nowhere")
-    assert r.returncode != 0 and "nowhere" in (r.stdout + r.stderr)
-    r = _check("no_such_bundle", root)
-    assert r.returncode == 2 and "available bundles" in r.stderr
+    code, out, _ = _check("acdc_seg2d", root, capsys)
+    assert code == 1 and broken.name in out, out
+    code, out, err = _check("acdc_seg2d", tmp_path / "nowhere", capsys)
+    assert code not in (0, None) and "nowhere" in (out + err)
+    code, _, err = _check("no_such_bundle", root, capsys)
+    assert code == 2 and "available bundles" in err and "Traceback" not in err
