@@ -148,10 +148,10 @@ def write_preview(
                 image = image.reshape(seg.shape)  # a picture and its maps, one of them with a singleton axis
             if image.shape != seg.shape or not same_grid:
                 image, note = None, "scan on another grid than the maps: not shown"
-    panels = preview_panels(seg, data["conf"][0], data["uncertainty"][0], image)
+    conf, unc = data["conf"][0], data["uncertainty"][0]
+    panels = preview_panels(seg, conf, unc, image)
     labels = np.rint(seg).astype(int)
     fg = labels > 0
-    conf, unc = data["conf"][0], data["uncertainty"][0]
     stats = (f"{int(fg.sum())} foreground voxels; mean confidence {float(conf[fg].mean()):.3f}, mean uncertainty "
              f"{float(unc[fg].mean()):.3f} in the foreground" if fg.any() else "nothing segmented")  # fmt: skip
     n_classes = max(int(labels.max()), len(class_names) - 1 if class_names else 0, 1)
