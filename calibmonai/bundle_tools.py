@@ -130,6 +130,10 @@ def inference_config_files(bundle: str, method: str, runs_dir: str = "runs", bac
     return config_files(bundle, method, backbone=backbone, workflow="inference.yaml"), {"runs_dir": runs_dir}
 
 
+#: the values of ``--profile`` that mean "no profile"
+NO_PROFILE = (None, "", "none", "None")
+
+
 def profile_names(bundle: str) -> list[str]:
     """The profiles of ``bundle``: ``configs/profiles/<name>.yaml``."""
     return sorted(p.stem for p in (bundle_dir(bundle) / "configs" / "profiles").glob("*.yaml"))
@@ -141,7 +145,7 @@ def check_profile(bundle: str, profile: Any, alternatives: str = "") -> str | No
     Raises:
         ValueError: ``--profile 'papr' is not a profile of bundle ...; profiles: paper`` (+ ``alternatives``).
     """
-    if profile in (None, "", "none", "None"):
+    if profile in NO_PROFILE:
         return None
     names = profile_names(bundle)
     if not isinstance(profile, str) or profile not in names:

@@ -86,12 +86,12 @@ class CLI:
         ``--network_def#channels "[16, 32, 64, 128]"``, ``--loss_kwargs "{'margin': 5.0, 'alpha': 0.1}"``).
         --profile paper: a run trained under that profile (the demo's runs), with the weights it was evaluated with.
         --preview true: also a <case>_preview.png per scan (scan, segmentation, confidence, uncertainty)."""
-        from calibmonai.bundle_tools import as_bool, check_config_keys, inference_config_files, profile_overrides, run_workflow
+        from calibmonai.bundle_tools import NO_PROFILE, as_bool, check_config_keys, inference_config_files, profile_overrides, run_workflow
 
         overwrite, save_probs = as_bool(overwrite, "overwrite"), as_bool(save_probs, "save_probs")
         preview = as_bool(preview, "preview")
         files, overrides = inference_config_files(bundle, method, runs_dir, backbone=backbone)
-        if profile not in (None, "", "none", "None"):
+        if profile not in NO_PROFILE:
             if files[0].endswith("inference.json"):
                 raise ValueError(f"--profile does not apply to an exported bundle ({bundle}): the export already holds the run's weights and settings.")
             overrides.update(profile_overrides(bundle, str(profile), files))  # the profile is checked there
@@ -115,10 +115,14 @@ class CLI:
         (found by case name as BUNDLE's inference reads them), shown under the segmentation; BUNDLE (or an exported
         bundle's folder) also names the classes."""
         from calibmonai.bundle_tools import inference_config_files
+        from calibmonai.inference import input_files
         from calibmonai.preview import bundle_scans, preview_folder
 
-        if input not in (None, "") and not os.path.exists(str(input)) and not any(c in str(input) for c in "*?["):
-            raise FileNotFoundError(f"--input {input}: no such file or folder.")
+        if input not in (None, ""):
+            try:
+                input_files(str(input), ())  # a missing file or folder (a glob may match nothing)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"--input {input}: no such file or folder.") from None
         files, _ = inference_config_files(bundle, "ce")
         preview_folder(output, *bundle_scans(files, input_dir=str(input or "")))
 

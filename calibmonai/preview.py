@@ -62,7 +62,7 @@ def find_outputs(output_dir: str | os.PathLike) -> dict[str, dict[str, Path]]:
 
 
 def _canonical(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """Data (first volume of a 4D file, squeezed to 2D or 3D) and affine in nibabel's closest canonical (RAS) orientation."""
+    """Data (the first volume of a 4D file) and affine in nibabel's closest canonical (RAS) orientation."""
     img = nib.load(str(path))
     if len(img.shape) > 3:
         img = img.slicer[..., 0]

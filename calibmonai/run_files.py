@@ -24,19 +24,6 @@ __all__ = ["PREVIOUS_DIR", "keep_previous_weights"]
 PREVIOUS_DIR = "previous"
 
 
-def _is_rank0() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def keep_previous_weights(ckpt_dir: str | Path, trainer: Any = None) -> Path | None:
     """Move the files at the top of ``ckpt_dir`` (an earlier training's weights and the calibrators fitted on them)
     into ``ckpt_dir/previous/<YYYYmmdd-HHMMSS>/``, named after the newest of them, and say so; return that folder,
@@ -53,9 +40,11 @@ def keep_previous_weights(ckpt_dir: str | Path, trainer: Any = None) -> Path | N
 
         trainer.add_event_handler(Events.STARTED, lambda _engine: keep_previous_weights(ckpt_dir))
         return None
+    import ignite.distributed as idist  # rank 0 and a no-op barrier outside torch.distributed
+
     ckpt_dir = Path(ckpt_dir)
     moved_to: Path | None = None
-    if _is_rank0() and ckpt_dir.is_dir():
+    if idist.get_rank() == 0 and ckpt_dir.is_dir():
         files = sorted(p for p in ckpt_dir.iterdir() if p.is_file())
         if files:
             stamp = datetime.datetime.fromtimestamp(max(p.stat().st_mtime for p in files)).strftime("%Y%m%d-%H%M%S")
@@ -71,5 +60,5 @@ def keep_previous_weights(ckpt_dir: str | Path, trainer: Any = None) -> Path | N
                 f"[training] {ckpt_dir} held an earlier training's files ({', '.join(p.name for p in files)}): kept in "
                 f"{moved_to}; the evaluations in the run folder belong to those weights until re-run"
             )
-    _barrier()
+    idist.barrier()
     return moved_to
