@@ -22,6 +22,8 @@ import torch
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform
 
+from calibmonai.run_files import atomic_file
+
 __all__ = [
     "input_files", "find_scans", "scan_datalist", "case_name", "scan_name_formatter", "infer_scans", "save_transforms", "InferenceSummary",
     "ScanInferenceEngine", "CalibratedLogProbabilitiesd", "ProbabilityMapsd", "AtomicNibabelWriter", "SCAN_EXTENSIONS",
@@ -208,14 +210,8 @@ class AtomicNibabelWriter(NibabelWriter):
     never leaves a truncated output under the final name."""
 
     def write(self, filename: Any, verbose: bool = False, **obj_kwargs: Any) -> Any:
-        filename = str(filename)
-        tmp = os.path.join(os.path.dirname(filename), f".tmp-{os.getpid()}-{os.path.basename(filename)}")
-        try:
-            super().write(tmp, verbose=verbose, **obj_kwargs)
-            os.replace(tmp, filename)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_file(str(filename)) as tmp:
+            super().write(str(tmp), verbose=verbose, **obj_kwargs)
 
 
 class CalibratedLogProbabilitiesd(MapTransform):

@@ -19,6 +19,8 @@ from typing import Any, Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
+from calibmonai.run_files import atomic_file
+
 __all__ = ["PREVIEW_SUFFIX", "bundle_scans", "find_outputs", "preview_panels", "write_preview", "preview_folder"]
 
 PREVIEW_SUFFIX = "_preview.png"
@@ -189,14 +191,11 @@ def write_preview(
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.04 if class_names and len(class_names) > 1 else 0, 1, 1))
     out_png = Path(out_png)
-    tmp = out_png.with_name(f".tmp-{os.getpid()}-{out_png.name}")
     try:
-        fig.savefig(tmp, dpi=80, format="png")
-        os.replace(tmp, out_png)
+        with atomic_file(out_png) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return out_png, note
 
 

@@ -7,21 +7,50 @@ workflow therefore calls :func:`keep_previous_weights` with its trainer: when th
 component was built, so a run that fails on its data or settings moves nothing), the files of ``<run_dir>/models``
 (weights and the calibrators fitted on them, which belong together) move to
 ``models/previous/<time of the earlier weights>/``.
+
+Every file the package writes for a user to keep (calibrators, output maps, previews, study records, check stamps)
+is written through :func:`atomic_file`: to a hidden temporary name in the same folder, renamed when complete, so an
+interrupted or failed write never leaves a truncated file under the final name.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from calibmonai.progress import progress
 
-__all__ = ["PREVIOUS_DIR", "keep_previous_weights"]
+__all__ = ["PREVIOUS_DIR", "atomic_file", "keep_previous_weights"]
 
 #: sub-folder of the checkpoint folder that keeps earlier trainings' files, one folder per training
 PREVIOUS_DIR = "previous"
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield the temporary name to write ``path`` to: ``.tmp-<pid>-<name>`` in the same folder (hidden, and ending
+    like ``path``, so writers that pick the format from the extension, such as nibabel's, still do). When the block
+    ends without error the file is renamed to ``path`` (``os.replace``: atomic on one file system, an existing
+    ``path`` replaced); when it raises, the temporary file is removed and ``path`` is left as it was.
+
+    Example::
+
+        with atomic_file("models/calibrator_ts.pt") as tmp:
+            torch.save(state, tmp)
+    """
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def keep_previous_weights(ckpt_dir: str | Path, trainer: Any = None) -> Path | None:

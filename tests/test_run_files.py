@@ -11,13 +11,56 @@ import torch
 
 from calibmonai.bundle_tools import config_files, run_workflow
 from calibmonai.data import prepare_mni_tissue
-from calibmonai.run_files import PREVIOUS_DIR, keep_previous_weights
+from calibmonai.run_files import PREVIOUS_DIR, atomic_file, keep_previous_weights
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_atomic_file_renames_when_complete_and_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "record.json"
+    path.write_text("old")
+    with atomic_file(path) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".tmp-") and tmp.name.endswith("record.json")
+        tmp.write_text("new")
+        assert path.read_text() == "old"  # the final name changes only when the block ends
+    assert path.read_text() == "new"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_file(path) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_atomic_file_keeps_the_extension_for_writers_that_read_it(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    path = tmp_path / "case_seg.nii.gz"
+    with atomic_file(path) as tmp:
+        nib.save(nib.Nifti1Image(np.arange(8, dtype=np.uint8).reshape(2, 2, 2), np.eye(4)), tmp)
+    assert path.read_bytes()[:2] == b"\x1f\x8b"  # gzip, as the final name says
+    assert np.array_equal(np.asarray(nib.load(path).dataobj), np.arange(8).reshape(2, 2, 2))
+
+
+def test_a_failed_calibrator_save_leaves_the_earlier_file(tmp_path, monkeypatch):
+    from calibmonai.calibration import TemperatureScaling
+
+    path = tmp_path / "calibrator_ts.pt"
+    TemperatureScaling(num_classes=3).save(path)
+    before = _sha(path)
+
+    def failing_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"trunc")
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="no space"):
+        TemperatureScaling(num_classes=3).save(path)
+    assert _sha(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["calibrator_ts.pt"]
 
 
 def test_first_training_moves_nothing(tmp_path):

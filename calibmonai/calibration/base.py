@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from calibmonai.calibration.sampling import VoxelSample
+from calibmonai.run_files import atomic_file
 
 __all__ = ["Calibrator", "weighted_nll", "fit_lbfgs", "CALIBRATORS", "load_calibrator", "file_sha256"]
 
@@ -133,9 +134,8 @@ class Calibrator(torch.nn.Module):
         payload = {"kind": self.name, "num_classes": self.num_classes, "config": self.config(), "state": self.state_dict(), "extra": self.extra_state()}
         if fitted_on:
             payload["fitted_on"] = {str(k): str(v) for k, v in fitted_on.items()}
-        tmp = path + ".tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            torch.save(payload, tmp)
         return path
 
     def config(self) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from monai.transforms import MapTransform
 
 from calibmonai.datasets import common, get_dataset
 from calibmonai.datasets.common import CheckReport, format_report
+from calibmonai.run_files import atomic_file
 
 __all__ = [
     "PROTOCOLS",
@@ -323,9 +324,8 @@ def check_cases(
                 passed[key] = stamp
         if stamp_path is not None and passed != stored:
             stamp_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stamp_path.with_name(f".{stamp_path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(passed))
-            os.replace(tmp, stamp_path)
+            with atomic_file(stamp_path) as tmp:
+                tmp.write_text(json.dumps(passed))
     return report
 
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from calibmonai.run_files import atomic_file
 from calibmonai.study.spec import BundleSpec, Resources, StudySpec, grid_points, swept_parameter
 
 __all__ = ["Task", "build_plan", "task_status", "blocked_bundles", "plan_table", "estimate_gpu_hours", "write_plan", "marker_path", "read_marker", "KINDS"]
@@ -324,9 +325,9 @@ def write_plan(spec: StudySpec, tasks: Sequence[Task], study_dir: str | os.PathL
     own = spec.source and Path(spec.source).resolve() == (root / "study.yaml").resolve()
     source = study_source(root) if own or not spec.source else spec.source  # re-planned from the folder: kept
     header = f"{SOURCE_COMMENT}{source}\n" if source else ""
-    (root / "study.yaml").write_text(header + yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    with atomic_file(root / "study.yaml") as tmp:
+        tmp.write_text(header + yaml.safe_dump(spec.to_dict(), sort_keys=False))
     path = root / "plan.json"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps([t.to_dict() for t in tasks], indent=1))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps([t.to_dict() for t in tasks], indent=1))
     return path

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from calibmonai.run_files import atomic_file
 from calibmonai.study.plan import Task, marker_path, read_marker
 
 __all__ = ["execute_task", "record_training", "AddRelativeGaussianNoise", "capture_evaluation", "logit_gap_histograms", "GAP_EDGES"]
@@ -50,18 +51,16 @@ def record_training(evaluator: Any, run_dir: str, ckpt_path: str) -> None:
 # ---------------------------------------------------------------- files
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=float))
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> None:
     import yaml
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 _RECORD = {
