@@ -8,6 +8,10 @@ with ``CALIBMONAI_TRITON=0``, CUDA tensors run the torch implementations; CPU te
 The kernels also run on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``triton``
 is first imported), which is how the tests check them on machines without a GPU; :func:`interpreting` says
 whether that mode is on.
+
+A kernel that fails to compile or launch on the user's GPU or Triton version (an error of the kernel, not of the
+input) does not stop training: :func:`run_or_fall_back` warns once, switches Triton off for the process and lets the
+caller run its torch implementation (same values, slower).
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import warnings
+from typing import Any, Callable
 
 import torch
 
-__all__ = ["HAVE_TRITON", "triton_enabled", "set_triton_enabled", "interpreting", "runs_triton", "device_of"]
+__all__ = ["HAVE_TRITON", "triton_enabled", "set_triton_enabled", "interpreting", "runs_triton", "device_of", "run_or_fall_back"]
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 _STATE = {"enabled": os.environ.get("CALIBMONAI_TRITON", "1") != "0"}
@@ -64,3 +70,30 @@ def device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
     if tensor.device.type == "cuda":
         return torch.cuda.device(tensor.device)
     return contextlib.nullcontext()
+
+
+def run_or_fall_back(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` (a Triton path that returns ``None`` where it does not apply); when it fails with an
+    error of the kernel itself (Triton's compiler, a launch on this GPU), warn, switch Triton off for this process
+    (:func:`set_triton_enabled`) and return ``None``, so the caller runs its torch implementation.
+
+    Input errors (``ValueError``, with the torch implementation's messages) and running out of GPU memory (the torch
+    path would need memory too) are raised as they are. Under Triton's interpreter (the tests) every error is
+    raised: a kernel bug must fail its test, not hide behind the torch path.
+    """
+    if interpreting():
+        return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as e:
+        set_triton_enabled(False)
+        warnings.warn(
+            f"calibmonai: the Triton kernel of {what} failed ({type(e).__name__}: {str(e)[:300]}); Triton is now off in "
+            f"this process and the torch implementation runs instead (same values, slower). Set CALIBMONAI_TRITON=0 "
+            f"to start without it, and please report the error with your GPU, torch and triton versions.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None

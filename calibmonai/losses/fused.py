@@ -175,9 +175,11 @@ def fused_softmax_loss(
         ValueError: for bad logits or targets, with the same messages as the torch implementation.
     """
     if _STATE["enabled"] and isinstance(input, torch.Tensor) and (input.is_cuda or _STATE.get("triton_on_cpu", False)):
+        from calibmonai._triton import run_or_fall_back
         from calibmonai.losses._triton_kernel import triton_softmax_loss  # CUDA: the fused Triton kernels
 
-        return triton_softmax_loss(input, target, terms, reduction)  # None where they do not apply
+        # None where they do not apply, or after a failure of the kernel on this GPU: then the torch implementation
+        return run_or_fall_back("the fused losses", triton_softmax_loss, input, target, terms, reduction)
     if reduction not in ("mean", "sum") or not _can_use(input, target):
         return None
     from calibmonai.losses import _fused_kernel as K

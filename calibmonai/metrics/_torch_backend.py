@@ -150,7 +150,7 @@ def device_histograms(
     Raises:
         ValueError: for an unknown ``impl``, and the input errors of ``compute_calibration_histograms``.
     """
-    from calibmonai._triton import runs_triton
+    from calibmonai._triton import run_or_fall_back, runs_triton
 
     if impl not in ("auto", "triton", "torch"):
         raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}.")
@@ -168,8 +168,13 @@ def device_histograms(
             )
         from calibmonai.metrics._triton_histogram import triton_histograms
 
-        top, cls, sc, chk = triton_histograms(probs_all, labels_all, mask_all, num_bins, mode, softmax, classwise, background_index, with_nll)
-    else:
+        args = (probs_all, labels_all, mask_all, num_bins, mode, softmax, classwise, background_index, with_nll)
+        # impl="auto": a failure of the kernel on this GPU switches Triton off and the torch pass runs instead
+        out = triton_histograms(*args) if impl == "triton" else run_or_fall_back("the calibration metrics", triton_histograms, *args)
+        use_triton = out is not None
+        if use_triton:
+            top, cls, sc, chk = out
+    if not use_triton:
         top, cls, sc, chk = _torch_pass(probs_all, labels_all, mask_all, num_bins, mode, softmax, classwise, background_index, with_nll, chunk_voxels)
     hist.top_count.copy_(top[:, 0])
     hist.top_conf.copy_(top[:, 1])
