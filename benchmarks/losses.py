@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             loss = get_loss(name, num_classes=shape[1], spatial_dims=len(shape) - 2)
             t = _time(loss, x, y, args.repeats)
             flag = "" if t / base <= 1.3 else "  over"
+            if dev.type == "cuda" and fast.startswith("fused") and not triton_enabled():
+                flag += "  (the Triton kernel failed, see the warning: torch path timed)"
             if dev.type == "cuda":
                 mem = _peak(loss, x, y)
                 with fused_disabled():

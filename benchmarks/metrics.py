@@ -11,6 +11,7 @@ equal the CPU kernel's on the same data, and times the torch-only fallback (no T
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"MONAI CalibrationError   {t_monai * 1e3:9.2f} ms   calibmonai is {t_monai / t_ours:5.1f}x faster (target >= {target_monai})")
     print(f"peak extra memory        {peak / 2**20:9.1f} MiB  {peak / in_bytes:6.2f}x the input (target <= 2; {mem_note})")
     if dev.type == "cuda":
+        from calibmonai._triton import HAVE_TRITON, triton_enabled
+
+        if HAVE_TRITON and os.environ.get("CALIBMONAI_TRITON", "1") != "0" and not triton_enabled():
+            print("NOTE: the Triton kernel failed (see the warning above): the calibmonai figures are the torch pass")
         _cuda_extras(probs, labels, probs_cpu, labels_cpu, args.repeats, t_sum, t_monai)
 
 
