@@ -2,8 +2,9 @@
 
 The export holds plain JSON configs (``train.json``, ``evaluate.json``, ``inference.json``: the composed configs,
 flattened, every path derived from ``bundle_root``), ``metadata.json`` (schema 20240725, a version and changelog
-entry naming the method, its hyper-parameters and the training data), ``models/model.pt`` and the fitted
-calibrators, ``docs/`` and ``LICENSE``. It runs from its own folder, or from anywhere with ``--bundle_root``.
+entry naming the method, its hyper-parameters and the training data, and ``eval_metrics`` from the run's own
+evaluation of these weights), ``models/model.pt`` and the fitted calibrators, ``large_files.yml`` (each weight file
+with its sha256, the way model-zoo's CI and ``monai.bundle download_large_files`` check it), ``docs/`` and ``LICENSE``. It runs from its own folder, or from anywhere with ``--bundle_root``.
 ``--overwrite`` replaces an empty folder or a previous export only; a folder holding anything an export does not
 write (a user's notes, ``runs/`` or ``eval/`` results of running the export) is refused with those files named.
 """
@@ -54,6 +55,8 @@ _NOT_EXPORTED = {
 }  # fmt: skip
 #: config keys of training data that an exported inference config must not take (there they follow --input_dir)
 _TRAINING_ONLY = ("dataset_dir",)
+#: metadata.json ``eval_metrics`` of an export: its key -> the key of the run's evaluation ``summary.csv``
+EVAL_METRICS = {"mean_dice": "dsc_mean", "mean_hd95": "hd95_mean", "ece": "ece", "cece": "cece", "brier": "brier", "nll": "nll"}
 
 
 def _root_key(key: Any) -> str:
@@ -270,11 +273,12 @@ def export_bundle(
             if name == "train":
                 config.update(_EXPORTED_TRAIN)
             config.pop("_meta_", None)
-            (tmp / "configs" / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
+            (tmp / "configs" / f"{name}.json").write_text(json.dumps(config, indent=4) + "\n")
         data_note = _training_data(train)
         version = str(meta.get("version", "0.1.0"))
         meta["name"] = f"{meta.get('name', src.name)} [{tag}]"
         meta["changelog"] = {version: f"exported run {tag}: method {method_name}, hyper-parameters {kwargs}, backbone {backbone_name}; trained on {data_note}" + ("" if ckpt.is_file() else " (no weights: untrained export)"), **{k: v for k, v in meta.get("changelog", {}).items() if k != version}}
+        meta["eval_metrics"], eval_note = _run_eval_metrics(_eval_dir(workflows, base, per_workflow, run_dir), ckpt)
         meta["calibmonai_method"] = method_name
         meta["calibmonai_loss_kwargs"] = kwargs
         meta["calibmonai_backbone"] = backbone_name
@@ -298,11 +302,9 @@ def export_bundle(
                 if f.suffix in (".pt", ".json") and f.stem not in stale:
                     shutil.copy(f, tmp / "models" / f.name)
                     copied.append(f.name)
-        (tmp / "large_files.yml").write_text(
-            "large_files:\n" + "".join(f"  - path: \"models/{f}\"\n" for f in copied if f.endswith(".pt")) if any(f.endswith(".pt") for f in copied) else "large_files: []\n"
-        )
+        (tmp / "large_files.yml").write_text(_large_files_yml(tmp, [f for f in copied if f.endswith(".pt")]))
         readme = (src / "docs" / "README.md").read_text() if (src / "docs" / "README.md").is_file() else f"# {src.name}\n"
-        (tmp / "docs" / "README.md").write_text(readme + _export_section(tag, method_name, kwargs, backbone_name, data_note, copied))
+        (tmp / "docs" / "README.md").write_text(readme + _export_section(tag, method_name, kwargs, backbone_name, data_note, copied, eval_note))
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
@@ -330,6 +332,59 @@ def _stale_calibrators(models: Path, ckpt: Path) -> set[str]:
     return stale
 
 
+def _large_files_yml(bundle: Path, weights: list[str]) -> str:
+    """``large_files.yml`` listing each weight file of ``bundle/models`` with its sha256. ``url`` is left empty: the
+    files are in the bundle, and ``monai.bundle download_large_files`` (as model-zoo's CI does) checks the hash of a
+    file that exists and downloads nothing; whoever hosts a file elsewhere (model-zoo wants files over 25 MB hosted
+    outside its repository) writes its address there."""
+    from calibmonai.calibration.base import file_sha256
+
+    head = (
+        "# The weights shipped in models/, with their sha256: `python -m monai.bundle download_large_files --bundle_path .`\n"
+        "# checks them. To publish a file hosted elsewhere (model-zoo: files over 25 MB), put its address in `url`.\n"
+    )
+    if not weights:
+        return head + "large_files: []\n"
+    rows = "".join(
+        f'  - path: "models/{f}"\n    url: ""\n    hash_val: "{file_sha256(str(bundle / "models" / f))}"\n    hash_type: "sha256"\n' for f in weights
+    )
+    return head + "large_files:\n" + rows
+
+
+def _eval_dir(workflows: Mapping[str, list[str]], base: Mapping[str, Any], per_workflow: Mapping[str, Any], run_dir: Path) -> Path:
+    """Where the run's evaluation (without calibrator) wrote its ``summary.csv``: the evaluate config's ``eval_dir``."""
+    if "evaluate" in workflows:
+        parser = bundle_parser(workflows["evaluate"], **base, **per_workflow.get("evaluate", {}))
+        if "eval_dir" in parser:
+            return Path(parser.get_parsed_content("eval_dir"))
+    return run_dir / "eval"
+
+
+def _run_eval_metrics(eval_dir: Path, ckpt: Path) -> tuple[dict[str, float], str]:
+    """``metadata.json``'s ``eval_metrics`` for the exported weights (:data:`EVAL_METRICS`, test-split means) from the
+    run's evaluation ``eval_dir/summary.csv``, and a sentence for the export's README. Empty, and the sentence says
+    why, when the run was not evaluated or its evaluation is older than the weights (it measured other weights)."""
+    import csv
+
+    summary = eval_dir / "summary.csv"
+    if not ckpt.is_file():
+        return {}, "none (no weights exported)"
+    if not summary.is_file():
+        return {}, f"none: the run was not evaluated (no {summary}); run its 'evaluate' workflow, then export again"
+    if summary.stat().st_mtime < ckpt.stat().st_mtime:
+        return {}, f"none: {summary} is older than the exported weights (it evaluated earlier ones); evaluate again, then export"
+    with open(summary, newline="") as f:
+        values = {r["metric"]: r["value"] for r in csv.DictReader(f)}
+    metrics = {}
+    for key, column in EVAL_METRICS.items():
+        try:
+            metrics[key] = round(float(values[column]), 6)
+        except (KeyError, ValueError):
+            continue
+    shown = ", ".join(f"{k} {v:g}" for k, v in metrics.items())
+    return metrics, f"{shown} (means over the test cases of the run's evaluation, {summary.parent.name}/summary.csv)"
+
+
 def _training_data(train: Any) -> str:
     """A one-line description of the training data of a run: dataset name, folder and number of training cases."""
     name = train.get("dataset_name", "?")
@@ -342,7 +397,7 @@ def _training_data(train: Any) -> str:
     return f"{name} ({folder}" + (f", {n} training cases)" if n is not None else ")")
 
 
-def _export_section(tag: str, method: str, kwargs: dict, backbone: str, data_note: str, copied: list[str]) -> str:
+def _export_section(tag: str, method: str, kwargs: dict, backbone: str, data_note: str, copied: list[str], eval_note: str = "") -> str:
     weights = ", ".join(copied) if copied else "none (untrained export: run training first)"
     return f"""
 
@@ -350,6 +405,7 @@ def _export_section(tag: str, method: str, kwargs: dict, backbone: str, data_not
 
 Run `{tag}`: method `{method}`, hyper-parameters `{kwargs}`, backbone `{backbone}`, trained on {data_note}.
 Files in `models/`: {weights}.
+Test metrics of these weights (`eval_metrics` in `configs/metadata.json`): {eval_note or "none"}.
 
 Install calibmonai (it provides the losses, metrics and inference engine the configs name) from this repository
 or a wheel built from it, with the CPU torch first on machines without a GPU:

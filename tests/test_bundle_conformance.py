@@ -135,6 +135,62 @@ def test_booleans_parse_or_name_the_flag():
         as_bool("maybe", "overwrite")
 
 
+def _zoo_json_format(path: Path) -> bool:
+    """model-zoo's pre-commit hook ``pretty-format-json --indent=4 --no-sort-keys``: 4 spaces, keys in their order."""
+    text = path.read_text()
+    return text == json.dumps(json.loads(text), indent=4) + "\n"
+
+
+def test_json_files_have_the_model_zoo_format():
+    files = sorted((REPO / "bundles").glob("*/configs/*.json"))
+    assert len(files) >= 15  # metadata.json of 10 bundles and the shipped split files
+    assert [str(f.relative_to(REPO)) for f in files if not _zoo_json_format(f)] == []
+
+
+def test_export_lists_its_weights_with_their_hash_and_the_run_s_test_metrics(trained, tmp_path):
+    """large_files.yml as model-zoo's CI and MONAI read it (the shipped file's sha256, checked without network);
+    eval_metrics from the run's own evaluation of the exported weights, none from an older evaluation or none."""
+    import csv
+
+    import yaml
+    from monai.apps.utils import HashCheckError
+    from monai.bundle import download_large_files
+
+    runs = tmp_path / "runs"
+    shutil.copytree(trained["runs"], runs)
+    run_dir = runs / "mni_tissue" / "ce"
+    out = export_bundle(BUNDLE, "ce", str(tmp_path / "not_evaluated"), runs_dir=str(runs))
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert meta["eval_metrics"] == {}  # not the repository bundle's numbers: they are another run's
+    assert "the run was not evaluated" in (out / "docs" / "README.md").read_text()
+    entries = {e["path"]: e for e in yaml.safe_load((out / "large_files.yml").read_text())["large_files"]}
+    assert set(entries) == {"models/model.pt", "models/calibrator_ts.pt"}
+    for path, e in entries.items():
+        assert e["hash_type"] == "sha256" and e["hash_val"] == hashlib.sha256((out / path).read_bytes()).hexdigest()
+    download_large_files(bundle_path=str(out))  # the files exist with their hash: nothing to download, no error
+    assert [f.name for f in sorted((out / "configs").glob("*.json")) if not _zoo_json_format(f)] == []
+    (out / "models" / "calibrator_ts.pt").write_bytes(b"damaged")
+    with pytest.raises(HashCheckError):
+        download_large_files(bundle_path=str(out))
+
+    run_workflow("evaluate", config_files(BUNDLE, "ce", "evaluate.yaml"), dataset_dir=str(trained["data"]), runs_dir=str(runs), **SMALL)
+    with open(run_dir / "eval" / "summary.csv", newline="") as f:
+        summary = {r["metric"]: float(r["value"]) for r in csv.DictReader(f)}
+    out = export_bundle(BUNDLE, "ce", str(tmp_path / "evaluated"), runs_dir=str(runs))
+    metrics = json.loads((out / "configs" / "metadata.json").read_text())["eval_metrics"]
+    assert set(metrics) == {"mean_dice", "mean_hd95", "ece", "cece", "brier", "nll"}
+    assert metrics["mean_dice"] == pytest.approx(summary["dsc_mean"], abs=1e-6) and 0 < metrics["mean_dice"] <= 1
+    assert metrics["ece"] == pytest.approx(summary["ece"], abs=1e-6) and metrics["nll"] == pytest.approx(summary["nll"], abs=1e-6)
+    assert f"mean_dice {metrics['mean_dice']:g}" in (out / "docs" / "README.md").read_text()
+
+    ckpt = run_dir / "models" / "model.pt"
+    later = (run_dir / "eval" / "summary.csv").stat().st_mtime + 10
+    os.utime(ckpt, (later, later))  # weights newer than their evaluation: it measured earlier ones
+    out = export_bundle(BUNDLE, "ce", str(tmp_path / "stale"), runs_dir=str(runs))
+    assert json.loads((out / "configs" / "metadata.json").read_text())["eval_metrics"] == {}
+    assert "older than the exported weights" in (out / "docs" / "README.md").read_text()
+
+
 def test_export_runs_from_its_bundle_root_elsewhere(trained, tmp_path):
     """Inference from the export with --bundle_root from another folder: the shipped weights, no training, no data
     folder created; --overwrite false and --save_probs false are false; a bad boolean is an error naming the flag."""
@@ -196,6 +252,31 @@ def test_export_of_a_run_with_non_default_hyper_parameters(trained, tmp_path):
     assert "margin" in json.loads((out / "configs" / "metadata.json").read_text())["changelog"]["0.2.0"]
     readme = (out / "docs" / "README.md").read_text()
     assert f'pip install "{REPO}"' in readme and "pip install calibmonai\n" not in readme
+
+
+@pytest.mark.parametrize("bundle", sorted(p.parent.parent.name for p in (REPO / "bundles").glob("*/configs/inference.yaml")))
+def test_every_bundle_s_network_exports_to_torchscript(bundle, tmp_path):
+    """model-zoo's verify_torchscript: ``ckpt_export`` of the inference config's ``network_def`` (here with freshly
+    initialised weights) gives a TorchScript module with the same output on the metadata's input shape."""
+    from monai.bundle import ConfigParser, ckpt_export
+    from monai.data import load_net_with_metadata
+
+    configs = REPO / "bundles" / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.yaml"))
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def").eval()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
+                meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.yaml"), key_in_ckpt="")  # fmt: skip
+    scripted, meta, _ = load_net_with_metadata(str(tmp_path / "model.ts"))
+    image = json.loads((configs / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
+    assert meta["name"] == json.loads((configs / "metadata.json").read_text())["name"]
+    x = torch.randn(1, image["num_channels"], *image["spatial_shape"])
+    with torch.no_grad():
+        want, got = net(x), scripted(x)
+    assert got.shape == want.shape and got.shape[1] == parser["num_classes"]
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_torchscript_export_carries_the_inference_pipeline(trained, tmp_path):

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from calibmonai.run_files import atomic_file
+
 __all__ = [
     "Case",
     "CheckReport",
@@ -520,7 +522,8 @@ def save_split(split: Mapping[str, Sequence[str]], path: str | Path, **meta: Any
     doc["counts"] = {k: len(split[k]) for k in SPLIT_KEYS}
     for k in SPLIT_KEYS:
         doc[k] = list(split[k])
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    with atomic_file(path) as tmp:  # 4-space indent in key order: model-zoo's pretty-format-json hook
+        tmp.write_text(json.dumps(doc, indent=4) + "\n")
     return path
 
 

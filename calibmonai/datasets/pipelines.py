@@ -264,7 +264,8 @@ def write_bundle_split(
     doc = dict(meta, scheme="leave-one-subject-out", folds=[{k: list(f[k]) for k in common.SPLIT_KEYS} for f in folds])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=4) + "\n")
     return path
 
 
