@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -218,11 +219,36 @@ def main(argv: list[str] | None = None) -> None:
         _check_flags(args)
         fire.Fire(CLI(), command=args, name="calibmonai")
     except (FileNotFoundError, ValueError, FileExistsError, RuntimeError) as e:
-        root = e
-        while root.__cause__ is not None:  # MONAI's config parser wraps errors raised in expressions
-            root = root.__cause__
-        print(f"calibmonai: error: {root}", file=sys.stderr)
-        sys.exit(1 if "scan(s) failed" in str(root) else 2)
+        message = error_message(e)
+        print(f"calibmonai: error: {message}", file=sys.stderr)
+        sys.exit(1 if "scan(s) failed" in message else 2)
+
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _raised_in_calibmonai(e: BaseException) -> bool:
+    """Whether the innermost frame of ``e``'s traceback is calibmonai's code (not torch's, MONAI's, ...)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return _PACKAGE_DIR in Path(tb.tb_frame.f_code.co_filename).resolve().parents
+
+
+def error_message(e: BaseException) -> str:
+    """The message for a user of the error ``e``: along its ``__cause__`` chain (MONAI's config parser wraps errors
+    raised in expressions; calibmonai's messages wrap the library error they explain, e.g. torch's on a truncated
+    checkpoint), the outermost exception raised by calibmonai's own code, else the innermost cause; an empty message
+    is replaced by the exception's type."""
+    chain: list[BaseException] = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__
+    ours = [x for x in chain if _raised_in_calibmonai(x)]
+    picked = ours[0] if ours else chain[-1]
+    return str(picked) or f"{type(picked).__name__} (no message) from {type(chain[0]).__name__}: {chain[0]}"
 
 
 if __name__ == "__main__":

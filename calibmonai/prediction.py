@@ -24,10 +24,11 @@ def _read_state(checkpoint: str, device: Any) -> Any:
         # weights_only: a checkpoint is data (a crafted pickle in a downloaded bundle would otherwise run code)
         state = torch.load(checkpoint, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, OSError for these
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        lines = str(e).strip().splitlines()
+        reason = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
         raise ValueError(
             f"the checkpoint {checkpoint} cannot be read: it is empty, truncated or corrupt, or holds more than "
-            f"tensors and plain values ({type(e).__name__}: {reason}). Train the run again or copy the file again."
+            f"tensors and plain values ({reason}). Train the run again or copy the file again."
         ) from e
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import calibmonai.data
 import calibmonai.demo as demo
@@ -246,3 +247,44 @@ def test_every_command_prints_its_usage(tmp_path, capsys, monkeypatch, argv, usa
     assert code.value.code in (0, None), text
     assert f"NAME\n    {usage} - " in text and "FLAGS" in text and "error" not in text
     assert list(tmp_path.iterdir()) == []  # nothing ran
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated zip"], ids=["empty", "truncated"])
+def test_cli_names_a_damaged_checkpoint_not_torch_s_inner_error(tmp_path, capsys, content):
+    # calibmonai's message wraps torch's error; the command line used to print only the innermost cause (torch's
+    # "PytorchStreamReader failed ...", or an empty line for an empty file)
+    import nibabel as nib
+    import numpy as np
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 24, 6)).astype(np.float32), np.eye(4)), str(scans / "a.nii.gz"))
+    ckpt = tmp_path / "runs" / "mni_tissue" / "ce" / "models" / "model.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(content)
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", "--input", str(scans), "--output", str(tmp_path / "out"), "--runs_dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert f"calibmonai: error: the checkpoint {ckpt} cannot be read: it is empty, truncated or corrupt" in err, err
+
+
+def test_error_message_picks_calibmonai_s_message_along_the_chain(tmp_path):
+    from calibmonai.cli import error_message
+    from calibmonai.prediction import load_checkpoint
+
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"\x80\x02 not a checkpoint")
+    try:
+        try:
+            load_checkpoint(torch.nn.Linear(2, 2), str(bad), "cpu")
+        except ValueError as inner:  # as MONAI's config parser wraps an expression's error
+            raise RuntimeError("Failed to evaluate ConfigExpression") from inner
+    except RuntimeError as outer:
+        message = error_message(outer)
+    assert message.startswith(f"the checkpoint {bad} cannot be read") and "Failed to evaluate" not in message
+    root = ValueError("")  # no calibmonai frame anywhere: the innermost cause, its type when it has no message
+    wrapper = RuntimeError("wrapper")
+    wrapper.__cause__ = root
+    assert error_message(wrapper) == "ValueError (no message) from RuntimeError: wrapper"
+    assert error_message(KeyError("plain")) == "'plain'"
