@@ -3,8 +3,8 @@
 MONAI's ``CheckpointSaver`` writes ``model.pt`` (and the profile's ``model_final.pt``) over whatever the checkpoint
 folder holds, so re-running a training command (another epoch count, a mistyped flag) used to replace weights that
 may have taken hours, with the calibrators fitted on them left beside the new weights. Every bundle's ``training``
-workflow therefore calls :func:`keep_previous_weights` with its trainer: when the trainer starts (after every
-component was built, so a run that fails on its data or settings moves nothing), the files of ``<run_dir>/models``
+workflow therefore calls :func:`keep_previous_weights` with its trainer: when its first training step has completed
+(so a run that fails on its data, settings or first batch moves nothing), the files of ``<run_dir>/models``
 (weights and the calibrators fitted on them, which belong together) move to
 ``models/previous/<time of the earlier weights>/``.
 
@@ -58,16 +58,18 @@ def keep_previous_weights(ckpt_dir: str | Path, trainer: Any = None) -> Path | N
     into ``ckpt_dir/previous/<YYYYmmdd-HHMMSS>/``, named after the newest of them, and say so; return that folder,
     or ``None`` when ``ckpt_dir`` holds no file (a first training). Sub-folders stay where they are.
 
-    With ``trainer`` (an ignite ``Engine``) the files move when it starts (``Events.STARTED``), not now: the bundle's
-    ``training`` list builds the trainer (datasets, network, evaluator) before this call, and a run that stops
-    before training leaves the earlier weights in place; ``None`` is returned then.
+    With ``trainer`` (an ignite ``Engine``) the files move when its first iteration has completed, not now: the
+    bundle's ``training`` list builds the trainer (datasets, network, evaluator) before this call, and a run that
+    stops before it has trained a step (bad data or settings, a first batch that does not fit, an epoch without any
+    iteration) leaves the earlier weights in place; ``None`` is returned then. The checkpoint handlers write at the
+    end of an epoch or a validation, after the move.
     Under ``torch.distributed`` rank 0 moves the files and every rank waits for it (a barrier), so no rank starts
     training while another is still moving the files it will write.
     """
     if trainer is not None:
         from ignite.engine import Events
 
-        trainer.add_event_handler(Events.STARTED, lambda _engine: keep_previous_weights(ckpt_dir))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda _engine: keep_previous_weights(ckpt_dir))
         return None
     import ignite.distributed as idist  # rank 0 and a no-op barrier outside torch.distributed
 

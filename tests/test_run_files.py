@@ -121,7 +121,7 @@ def test_training_again_keeps_the_earlier_weights_and_calibrators(tmp_path):
     torch.load(kept[0] / "model.pt", weights_only=True)  # still a loadable checkpoint
 
 
-def test_with_a_trainer_the_files_move_when_it_starts(tmp_path):
+def test_with_a_trainer_the_files_move_after_its_first_step(tmp_path):
     from ignite.engine import Engine, Events
 
     models = tmp_path / "models"
@@ -130,8 +130,27 @@ def test_with_a_trainer_the_files_move_when_it_starts(tmp_path):
     engine = Engine(lambda e, batch: None)
     seen = []
     engine.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(sorted(p.name for p in models.iterdir())))
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(sorted(p.name for p in models.iterdir())))
     assert keep_previous_weights(models, engine) is None
     assert (models / "model.pt").is_file()  # not yet: the engine has not started
-    engine.run([0], max_epochs=1)
-    assert seen == [[PREVIOUS_DIR]]  # moved before the first iteration
+    engine.run([0, 1], max_epochs=1)
+    # the first step ran with the earlier weights in place; moved before the second and before the epoch's checkpoint
+    assert seen == [["model.pt"], [PREVIOUS_DIR], [PREVIOUS_DIR]]
     assert [p.name for p in (models / PREVIOUS_DIR).iterdir()] and not (models / "model.pt").exists()
+
+
+def test_a_training_that_fails_before_its_first_step_completes_moves_nothing(tmp_path):
+    from ignite.engine import Engine
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "model.pt").write_bytes(b"weights")
+
+    def step(engine, batch):
+        raise RuntimeError("the first batch does not fit the network")
+
+    engine = Engine(step)
+    keep_previous_weights(models, engine)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        engine.run([0], max_epochs=1)
+    assert sorted(p.name for p in models.iterdir()) == ["model.pt"] and (models / "model.pt").read_bytes() == b"weights"
