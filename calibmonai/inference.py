@@ -8,13 +8,14 @@ to a temporary name and renamed, and existing outputs are kept unless ``overwrit
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import math
 import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -27,13 +28,15 @@ from calibmonai.run_files import atomic_file
 __all__ = [
     "input_files", "find_scans", "scan_datalist", "case_name", "scan_name_formatter", "infer_scans", "save_transforms", "InferenceSummary",
     "ScanInferenceEngine", "CalibratedLogProbabilitiesd", "ProbabilityMapsd", "AtomicNibabelWriter", "SCAN_EXTENSIONS",
-    "MODALITY_PATTERN",
+    "MODALITY_PATTERN", "OUTPUTS_RECORD", "output_provenance",
 ]  # fmt: skip
 
 SCAN_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 #: several files per scan (multi-modal bundles): ``<case>_<4-digit modality index>.<ext>``, e.g. ``brain_0000.nii.gz``
 MODALITY_PATTERN = re.compile(r"^(?P<case>.+)_(?P<mod>\d{4})$")
 OUTPUT_SUFFIXES = ("seg", "conf", "uncertainty", "prob")
+#: the output folder's record of which weights and calibrator wrote each case's maps
+OUTPUTS_RECORD = "calibmonai_outputs.json"
 
 
 def _strip_ext(path: str) -> str:
@@ -168,6 +171,53 @@ class ScanError(ValueError):
     """A scan that cannot be processed, with a one-line reason."""
 
 
+def output_provenance(checkpoint: str, calibrator: Any = None, run_dir: str | None = None) -> dict[str, str]:
+    """What makes a scan's maps: the weights (path and sha256) and the calibrator (``"none"``, or its name and the
+    sha256 of its file ``<run_dir>/models/calibrator_<name>.pt``; a calibrator object: its class and the sha256 of
+    its state). :class:`ScanInferenceEngine` keeps it per case in the output folder's :data:`OUTPUTS_RECORD`, and
+    keeps existing outputs only when they were made the same way."""
+    import hashlib
+    import io
+
+    from calibmonai.calibration.base import file_sha256
+
+    record = {"checkpoint": os.path.abspath(checkpoint), "checkpoint_sha256": file_sha256(checkpoint) if os.path.isfile(checkpoint) else "missing"}
+    if calibrator in (None, "", "none", "None"):
+        record["calibrator"] = "none"
+    elif isinstance(calibrator, str):
+        from calibmonai.calibration.workflow import calibrator_path
+
+        path = calibrator_path(run_dir or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), calibrator)
+        record["calibrator"] = calibrator
+        record["calibrator_sha256"] = file_sha256(path) if os.path.isfile(path) else "missing"
+    else:
+        buffer = io.BytesIO()
+        torch.save(calibrator.state_dict() if hasattr(calibrator, "state_dict") else repr(calibrator), buffer)
+        record["calibrator"] = type(calibrator).__name__
+        record["calibrator_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    return record
+
+
+def _made_otherwise(recorded: Mapping[str, str] | None, current: Mapping[str, str]) -> str:
+    """How existing outputs (``recorded`` provenance) differ from what this run would write (``current``)."""
+    if not recorded:
+        return f"no record in {OUTPUTS_RECORD} says which weights and calibrator made them"
+
+    def weights(r: Mapping[str, str]) -> str:
+        return f"{r.get('checkpoint', '?')} (sha256 {str(r.get('checkpoint_sha256', '?'))[:12]})"
+
+    def calibrator(r: Mapping[str, str]) -> str:
+        name = r.get("calibrator", "none")
+        return name if name == "none" else f"{name} (sha256 {str(r.get('calibrator_sha256', '?'))[:12]})"
+
+    parts = []
+    if (recorded.get("checkpoint"), recorded.get("checkpoint_sha256")) != (current.get("checkpoint"), current.get("checkpoint_sha256")):
+        parts.append(f"they were made with the weights {weights(recorded)}, this run uses {weights(current)}")
+    if calibrator(recorded) != calibrator(current):
+        parts.append(f"they were made with calibrator {calibrator(recorded)}, this run uses {calibrator(current)}")
+    return "; ".join(parts) or "they were made another way"
+
+
 def scan_datalist(
     inputs: str | Sequence[str],
     num_modalities: int = 1,
@@ -207,7 +257,17 @@ def scan_name_formatter(metadict: dict, saver: Any) -> dict:
 
 class AtomicNibabelWriter(NibabelWriter):
     """MONAI's ``NibabelWriter`` writing to a temporary name in the same folder, then renaming: an interrupted run
-    never leaves a truncated output under the final name."""
+    never leaves a truncated output under the final name.
+
+    A one-channel map (segmentation, confidence, uncertainty) keeps every spatial dimension of its scan: MONAI's
+    ``squeeze_end_dims`` also drops trailing spatial dimensions of size 1, so a 40 x 40 x 1 scan got 40 x 40 maps
+    (and a 1 x 1 x 1 one made the writer fail); only the channel is dropped here."""
+
+    def set_data_array(self, data_array: Any, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs: Any) -> None:
+        single = squeeze_end_dims and channel_dim == 0 and data_array.ndim > 1 and data_array.shape[0] == 1
+        super().set_data_array(data_array, channel_dim=channel_dim, squeeze_end_dims=squeeze_end_dims and not single, **kwargs)
+        if single:
+            self.data_obj = self.data_obj.reshape(tuple(data_array.shape[1:]))
 
     def write(self, filename: Any, verbose: bool = False, **obj_kwargs: Any) -> Any:
         with atomic_file(str(filename)) as tmp:
@@ -319,6 +379,10 @@ class ScanInferenceEngine:
         output_dir, output_ext, postfixes: where the outputs go and which ones a finished scan has
             (``<case>_<postfix><ext>``), to skip finished scans.
         num_modalities, spatial_dims: what a valid scan has.
+        provenance: what makes the maps (:func:`output_provenance`: weights and calibrator), recorded per case in
+            ``output_dir/calibmonai_outputs.json``. Without ``overwrite`` a finished scan is skipped only when its
+            outputs were recorded with the same provenance; outputs of other weights, another calibrator, or unrecorded
+            ones fail that scan (nothing written) and say so. ``None``: finished scans are skipped whatever made them.
     """
 
     def __init__(
@@ -336,6 +400,7 @@ class ScanInferenceEngine:
         device: Any = "cpu",
         amp: bool = False,
         source: Any = None,
+        provenance: Mapping[str, str] | None = None,
     ) -> None:
         from calibmonai.bundle_tools import as_bool
 
@@ -353,6 +418,7 @@ class ScanInferenceEngine:
         self.amp = bool(amp) and self.device.type == "cuda"
         self.summary = InferenceSummary()
         self.source = source
+        self.provenance = dict(provenance) if provenance else None
 
     def _check_files(self, files: Sequence[str]) -> None:
         for f in files:
@@ -400,6 +466,31 @@ class ScanInferenceEngine:
         existing = [f for f in wanted + others if os.path.isfile(f)]
         return existing, [f for f in wanted if not os.path.isfile(f)]
 
+    def _records(self) -> dict[str, Any]:
+        path = os.path.join(self.output_dir, OUTPUTS_RECORD)
+        try:
+            with open(path) as f:
+                records = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return records if isinstance(records, dict) else {}
+
+    def _recorded(self, case: str) -> dict[str, str] | None:
+        """The provenance recorded for ``case``'s outputs, ``None`` when none was."""
+        found = self._records().get(case)
+        return found if isinstance(found, dict) else None
+
+    def _record(self, case: str) -> None:
+        """Record what made ``case``'s outputs (after they were written), or that it is unknown (no provenance)."""
+        records = self._records()
+        if self.provenance is None:
+            if records.pop(case, None) is None:
+                return
+        else:
+            records[case] = self.provenance
+        with atomic_file(os.path.join(self.output_dir, OUTPUTS_RECORD)) as tmp:
+            tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+
     def run(self) -> InferenceSummary:
         """Segment every scan; raises ``RuntimeError`` listing the failures after all scans were tried."""
         items = list(self.dataset.data)
@@ -425,11 +516,17 @@ class ScanInferenceEngine:
             files = list(item.get("files") or ([item["image"]] if isinstance(item["image"], str) else item["image"]))
             prefix = f"[inference] {i + 1}/{len(items)} {case}"
             existing, missing = self._existing_outputs(case)
-            if not self.overwrite and existing and not missing:
+            made_by = self._recorded(case)
+            if not self.overwrite and existing and not missing and (self.provenance is None or made_by == self.provenance):
                 summary.skipped.append(case)
                 _log(f"{prefix}: outputs exist, skipped (use --overwrite)")
                 continue
             try:
+                if not self.overwrite and existing and not missing:  # complete, but made another way
+                    raise ScanError(
+                        f"its outputs exist but {_made_otherwise(made_by, self.provenance or {})}: nothing written; "
+                        f"--overwrite true to replace them, or another --output"
+                    )
                 if not self.overwrite and existing:  # never rewrite some outputs and keep others (of another run)
                     raise ScanError(
                         f"some outputs exist ({', '.join(os.path.basename(f) for f in existing)}) and others do not "
@@ -445,7 +542,11 @@ class ScanInferenceEngine:
                 with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
                     logits = self.inferer(torch.as_tensor(image)[None].float().to(self.device), self.network)
                 data["pred"] = torch.as_tensor(logits)[0].float().cpu()
-                data = self.postprocessing(data)
+                try:
+                    data = self.postprocessing(data)
+                except Exception as e:  # noqa: BLE001 - inversion or writing failed for this scan: the others go on
+                    raise ScanError(f"cannot map back or write the outputs of {files[0] if len(files) == 1 else files}: {_root_message(e)}") from e
+                self._record(case)
                 summary.done.append(case)
                 conf = data.get("conf")
                 extra = f", mean confidence {float(torch.as_tensor(conf).float().mean()):.3f}" if conf is not None else ""
@@ -523,6 +624,6 @@ def infer_scans(
     engine = ScanInferenceEngine(
         Dataset(scan_datalist(inputs, num_modalities), transform=preprocessing), network, inferer, postprocessing,
         output_dir, postfixes=postfixes, overwrite=overwrite, num_modalities=num_modalities, spatial_dims=spatial_dims,
-        device=device, source=inputs,
+        device=device, source=inputs, provenance=output_provenance(checkpoint, calibrator),
     )  # fmt: skip
     return engine.run()

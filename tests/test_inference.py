@@ -294,3 +294,94 @@ def test_infer_with_preview_writes_a_png_per_segmented_scan(trained, tmp_path, c
         assert png.ndim == 3 and png[..., :3].std() > 0.05
     text = capsys.readouterr().out
     assert text.count("_preview.png") == 3 and "no scan given" not in text  # each scan found under its maps
+
+
+def _hashes(folder):
+    import hashlib
+
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.glob("*.nii.gz"))}
+
+
+def test_outputs_of_other_weights_or_another_calibrator_are_not_taken_as_done(trained, tmp_path, capsys):
+    """Without --overwrite a finished scan is skipped only when the same weights and calibrator made its maps (the
+    output folder's calibmonai_outputs.json); otherwise it fails, nothing written, saying what differs."""
+    import json
+    import shutil
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(trained["volume"], np.diag([2.0, 2.0, 2.0, 1.0])), str(folder / "plain.nii.gz"))
+    out = tmp_path / "out"
+    _infer(trained, str(folder), out)
+    record = json.loads((out / "calibmonai_outputs.json").read_text())["plain"]
+    ckpt = trained["run_dir"] / "models" / "model.pt"
+    import hashlib
+
+    assert record == {"checkpoint": str(ckpt), "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "calibrator": "none"}
+    before = _hashes(out)
+    capsys.readouterr()
+    _infer(trained, str(folder), out)  # the same run again: skipped
+    assert "plain: outputs exist, skipped" in capsys.readouterr().out and _hashes(out) == before
+    with pytest.raises(Exception, match="Failed to evaluate"):  # the TS maps are not the uncalibrated ones
+        _infer(trained, str(folder), out, calibrator="ts")
+    assert "FAILED plain: its outputs exist but they were made with calibrator none, this run uses ts (sha256" in capsys.readouterr().out
+    assert _hashes(out) == before
+    other_runs = tmp_path / "other_runs"  # other weights under another path
+    shutil.copytree(trained["runs"], other_runs)
+    torch.save({k: v + 0.01 for k, v in torch.load(other_runs / "mni_tissue" / "ce" / "models" / "model.pt").items()},
+               other_runs / "mni_tissue" / "ce" / "models" / "model.pt")  # fmt: skip
+    with pytest.raises(Exception, match="Failed to evaluate"):
+        run_workflow("inference", config_files(BUNDLE, "ce", workflow="inference.yaml"), input_dir=str(folder), output_dir=str(out),
+                     runs_dir=str(other_runs), **SMALL)  # fmt: skip
+    assert f"they were made with the weights {ckpt} (sha256 {record['checkpoint_sha256'][:12]}), this run uses" in capsys.readouterr().out
+    assert _hashes(out) == before
+    _infer(trained, str(folder), out, calibrator="ts", overwrite=True)  # replaced, and recorded
+    assert json.loads((out / "calibmonai_outputs.json").read_text())["plain"]["calibrator"] == "ts"
+    assert _hashes(out) != before
+    (out / "calibmonai_outputs.json").unlink()  # outputs nobody recorded (another tool, an older version)
+    with pytest.raises(Exception, match="Failed to evaluate"):
+        _infer(trained, str(folder), out, calibrator="ts")
+    assert "no record in calibmonai_outputs.json says which weights and calibrator made them" in capsys.readouterr().out
+
+
+def test_scans_with_size_one_axes_keep_their_grid(trained, tmp_path, capsys):
+    # MONAI's writer squeezed trailing size-1 axes: a 40x40x1 scan got 40x40 maps, a 1x1x1 scan stopped the whole run
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    shapes = {"flat": (40, 36, 1), "voxel": (1, 1, 1), "line": (30, 1, 1), "first": (1, 30, 28)}
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    for name, shape in shapes.items():
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), affine), str(folder / f"{name}.nii.gz"))
+    _infer(trained, str(folder), tmp_path / "out", save_probs=True)
+    for name, shape in shapes.items():
+        for k in ("seg", "conf", "uncertainty"):
+            img = nib.load(str(tmp_path / "out" / f"{name}_{k}.nii.gz"))
+            assert img.shape == shape, (name, k, img.shape)
+            np.testing.assert_allclose(img.affine, affine)
+        prob = nib.load(str(tmp_path / "out" / f"{name}_prob.nii.gz")).get_fdata()
+        seg = nib.load(str(tmp_path / "out" / f"{name}_seg.nii.gz")).get_fdata()
+        assert prob.shape == shape + (4,)
+        np.testing.assert_array_equal(seg, prob.argmax(-1))
+
+
+def test_a_scan_whose_outputs_cannot_be_written_fails_alone(trained, tmp_path, capsys, monkeypatch):
+    from calibmonai import inference
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("a_first", "b_broken", "c_last"):
+        nib.save(nib.Nifti1Image(trained["volume"][:, :, :6].copy(), np.eye(4)), str(folder / f"{name}.nii.gz"))
+    original = inference.AtomicNibabelWriter.write
+
+    def write(self, filename, *args, **kwargs):
+        if "b_broken" in str(filename):
+            raise OSError("No space left on device")
+        return original(self, filename, *args, **kwargs)
+
+    monkeypatch.setattr(inference.AtomicNibabelWriter, "write", write)
+    with pytest.raises(Exception, match="Failed to evaluate"):
+        _infer(trained, str(folder), tmp_path / "out")
+    text = capsys.readouterr().out
+    assert "FAILED b_broken: cannot map back or write the outputs of" in text and "No space left on device" in text
+    assert (tmp_path / "out" / "a_first_seg.nii.gz").is_file() and (tmp_path / "out" / "c_last_seg.nii.gz").is_file()
