@@ -79,6 +79,16 @@ class Calibrator(torch.nn.Module):
             bad = int((~torch.isfinite(logits)).sum())
             raise ValueError(f"{type(self).__name__}: the logits hold {bad} non-finite value(s) (NaN or Inf): a diverged network or a corrupt scan.")
 
+    def _float_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` checked (:meth:`_check_logits`), integer or boolean ones converted to ``float32``.
+
+        Every calibrator takes integer logits (e.g. quantised network outputs) the same way: as the float values
+        they hold, with float probabilities out (a softmax is not defined on integers, and dividing integer logits
+        by a temperature cast to their dtype would truncate the temperature).
+        """
+        self._check_logits(logits)
+        return logits if logits.is_floating_point() else logits.float()
+
     def _check_sample(self, sample: Any) -> VoxelSample:
         """``sample`` as the voxel calibrators' ``fit`` takes it (a :class:`VoxelSample`), or a ``ValueError`` saying so."""
         if not isinstance(sample, VoxelSample):
@@ -109,8 +119,9 @@ class Calibrator(torch.nn.Module):
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
-        """Calibrated probabilities of the same shape as ``logits (B, C, *spatial)``."""
-        self._check_logits(logits)
+        """Calibrated probabilities of the same shape as ``logits (B, C, *spatial)`` (integer logits are taken as
+        ``float32`` values)."""
+        logits = self._float_logits(logits)
         flat = logits.movedim(1, -1).reshape(-1, self.num_classes)
         probs = self.calibrate_flat(flat)
         return probs.reshape(logits.movedim(1, -1).shape).movedim(-1, 1)

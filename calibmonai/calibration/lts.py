@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import time
 from typing import Any, Sequence
 
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibmonai.calibration.base import Calibrator
+from calibmonai.progress import progress
 
 __all__ = ["LocalTemperatureScaling"]
 
@@ -79,7 +81,9 @@ class LocalTemperatureScaling(Calibrator):
         return torch.softmax(logits / self.temperature_map(logits, image), dim=1)
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
-        self._check_logits(logits)
+        """Calibrated probabilities of the shape of ``logits (B, C, *spatial)`` (integer logits are taken as
+        ``float32`` values, as by the other calibrators), given ``image (B, Ci, *spatial)``."""
+        logits = self._float_logits(logits)
         if image is None:
             raise ValueError("local temperature scaling needs the image as well as the logits.")
         if logits.ndim == self.spatial_dims + 2:
@@ -103,8 +107,57 @@ class LocalTemperatureScaling(Calibrator):
             raise ValueError(f"LTS item {k}: expected {want}; got {tuple(z.shape)}, {tuple(x.shape)}, {tuple(y.shape)} (a channel-first label (1, *spatial) needs label[0]).")
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"LTS item {k}: the logits hold non-finite values (NaN or Inf).")
+        if y.is_floating_point() and y.numel():
+            frac = (y != y.round()) | ~torch.isfinite(y)
+            if bool(frac.any()):
+                raise ValueError(f"LTS item {k}: labels must be class indices (whole numbers), got {int(frac.sum())} non-integral value(s) such as {float(y[frac][0]):g}.")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise ValueError(f"LTS item {k}: labels must lie in [0, {self.num_classes - 1}], got [{int(y.min())}, {int(y.max())}].")
+
+    def _batch(self, items: Sequence[Any], idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Items ``idx`` (all of one spatial shape) stacked as ``logits (B, C, *spatial)``, ``image (B, Ci, *spatial)``
+        in the model's dtype and on its device, and ``label (B, *spatial)`` as ``long``."""
+        p = next(self.parameters())
+        z = torch.stack([torch.as_tensor(items[i][0]) for i in idx]).to(device=p.device, dtype=p.dtype)
+        x = torch.stack([torch.as_tensor(items[i][1]) for i in idx]).to(device=p.device, dtype=p.dtype)
+        y = torch.stack([torch.as_tensor(items[i][2]) for i in idx]).to(p.device).long()
+        return z, x, y
+
+    @staticmethod
+    def _shape_batches(items: Sequence[Any], idx: Sequence[int], batch_size: int) -> list[list[int]]:
+        """``idx`` cut into batches of at most ``batch_size`` items of one spatial shape: the items of each shape, in
+        the order of ``idx``, cut into consecutive runs; the batches ordered by the position of their first item in
+        ``idx`` (for items of a single shape, simply ``idx`` cut into consecutive runs of ``batch_size``)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in idx:
+            groups.setdefault(tuple(torch.as_tensor(items[i][0]).shape), []).append(i)
+        batches = [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
+        position = {i: k for k, i in enumerate(idx)}
+        return sorted(batches, key=lambda b: position[b[0]])
+
+    def nll(self, items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], batch_size: int = 16) -> float:
+        """Mean NLL ``-log p_y`` of the calibrated probabilities over every voxel of ``items`` (``(logits (C,
+        *spatial), image (Ci, *spatial), label (*spatial))``, of any spatial sizes): each voxel counts once, so an
+        item weighs by its number of voxels. The held-out criterion of :meth:`fit`.
+
+        Raises:
+            ValueError: for malformed items (see :meth:`fit`) or no item.
+        """
+        if len(items) == 0:
+            raise ValueError("LTS nll: no item given.")
+        for k, item in enumerate(items):
+            self._check_item(k, item)
+        return self._nll(items, list(range(len(items))), batch_size)
+
+    def _nll(self, items: Sequence[Any], idx: Sequence[int], batch_size: int) -> float:
+        with torch.no_grad():
+            total, count = 0.0, 0
+            for b in self._shape_batches(items, idx, batch_size):
+                z, x, y = self._batch(items, b)
+                p = self._forward_native(z, x)
+                total += float(F.nll_loss(torch.log(p.clamp_min(1e-12)), y, reduction="sum"))
+                count += y.numel()
+        return total / count
 
     def fit(  # type: ignore[override]
         self,
@@ -114,52 +167,81 @@ class LocalTemperatureScaling(Calibrator):
         holdout: float = 0.25,
         batch_size: int = 16,
         seed: int = 0,
+        progress_every: int | None = None,
     ) -> dict[str, Any]:
-        """Train on ``items``: ``(logits (C, *spatial), image (Ci, *spatial), label (*spatial))`` of equal shapes.
+        """Train on ``items``: ``(logits (C, *spatial), image (Ci, *spatial), label (*spatial))``.
 
-        A ``holdout`` fraction of the items (at least one) selects the epoch with the lowest NLL.
+        The items may differ in spatial size (validation subjects on different grids, whole 3D volumes): a mini-batch
+        stacks only items of one size (the training items of each size, in the epoch's shuffled order, cut into
+        batches of at most ``batch_size``), and its loss is the mean NLL over its voxels. Items of a single size are
+        batched exactly as ``batch_size`` consecutive items of the shuffled order.
+
+        A ``holdout`` fraction of the items (at least one: the first ``max(1, round(holdout * len(items)))`` of
+        ``range(len(items))`` shuffled by ``random.Random(seed)``) selects the epoch with the lowest held-out NLL,
+        the mean over all their voxels (:meth:`nll`).
+
+        Args:
+            items: the validation items; labels may be float tensors holding whole numbers.
+            epochs: passes over the training items.
+            lr: Adam learning rate.
+            holdout: fraction of the items held out to select the epoch.
+            batch_size: most items per mini-batch.
+            seed: seed of the split, the shuffling and the initialisation of the optimiser's randomness.
+            progress_every: report the epoch, the training NLL (mean over the epoch's training voxels) and the
+                held-out NLL every this many epochs and at the last one, through :func:`calibmonai.progress.progress`
+                (logger ``calibmonai.calibration``); ``None``: about ten reports per fit.
+
+        Raises:
+            ValueError: for fewer than 2 items, malformed items (naming the item and the shapes), ``epochs < 0``,
+                ``batch_size < 1`` or ``progress_every < 1``.
         """
         if len(items) < 2:
             raise ValueError(f"LTS needs at least 2 validation images (one held out), got {len(items)}.")
+        if int(epochs) < 0 or int(batch_size) < 1:
+            raise ValueError(f"LTS fit needs epochs >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}.")
+        if progress_every is not None and int(progress_every) < 1:
+            raise ValueError(f"progress_every must be >= 1 (or None for about ten reports), got {progress_every}.")
         for k, item in enumerate(items):
             self._check_item(k, item)
+        every = int(progress_every) if progress_every is not None else max(1, int(epochs) // 10)
         rng = random.Random(seed)
         order = list(range(len(items)))
         rng.shuffle(order)
         n_hold = max(1, int(round(holdout * len(items))))
         hold, train = order[:n_hold], order[n_hold:]
-
-        def stack(idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            z = torch.stack([items[i][0] for i in idx]).float()
-            x = torch.stack([items[i][1] for i in idx]).float()
-            y = torch.stack([items[i][2] for i in idx]).long()
-            return z, x, y
-
-        def nll(idx: Sequence[int]) -> float:
-            with torch.no_grad():
-                total, count = 0.0, 0
-                for s in range(0, len(idx), batch_size):
-                    z, x, y = stack(idx[s : s + batch_size])
-                    p = self._forward_native(z, x)
-                    total += float(F.nll_loss(torch.log(p.clamp_min(1e-12)), y, reduction="sum"))
-                    count += y.numel()
-            return total / count
+        sizes = sorted({tuple(torch.as_tensor(it[0]).shape[1:]) for it in items})
 
         torch.manual_seed(seed)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
-        start = nll(hold)
+        t0 = time.time()
+        start = self._nll(items, hold, batch_size)
         best, best_state, best_epoch = start, copy.deepcopy(self.state_dict()), 0
+        progress(
+            f"[calibrate] lts: {len(train)} training and {len(hold)} held-out item(s) of {len(sizes)} size(s), {epochs} epoch(s); "
+            f"held-out NLL before training {start:.4f}",
+            "calibmonai.calibration",
+        )
         for epoch in range(1, epochs + 1):
             rng.shuffle(train)
-            for s in range(0, len(train), batch_size):
-                z, x, y = stack(train[s : s + batch_size])
+            train_total, train_count = 0.0, 0
+            for b in self._shape_batches(items, train, batch_size):
+                z, x, y = self._batch(items, b)
                 opt.zero_grad()
                 loss = F.nll_loss(torch.log(self._forward_native(z, x).clamp_min(1e-12)), y)
                 loss.backward()
                 opt.step()
-            value = nll(hold)
+                train_total += float(loss.detach()) * y.numel()
+                train_count += y.numel()
+            value = self._nll(items, hold, batch_size)
             if value < best and math.isfinite(value):
                 best, best_state, best_epoch = value, copy.deepcopy(self.state_dict()), epoch
+            if epoch % every == 0 or epoch == epochs:
+                train_nll = train_total / train_count if train_count else float("nan")
+                progress(
+                    f"[calibrate] lts: epoch {epoch}/{epochs}: training NLL {train_nll:.4f}, held-out NLL {value:.4f} "
+                    f"(best {best:.4f} at epoch {best_epoch}) ({time.time() - t0:.0f} s)",
+                    "calibmonai.calibration",
+                )
         self.load_state_dict(best_state)
         self.fitted = True
         return {"holdout_nll_before": start, "holdout_nll_after": best, "best_epoch": best_epoch, "train_items": len(train), "holdout_items": len(hold)}

@@ -16,24 +16,48 @@ class VoxelSample:
 
     def __init__(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
         """
+        Args:
+            logits: ``(N, C)``; integer logits are taken as ``float32`` values.
+            labels: ``(N,)`` class indices in ``[0, C)``; float labels holding whole numbers are converted to ``long``.
+            weights: ``(N,)`` finite, non-negative voxel weights, not all zero.
+
         Raises:
             ValueError: naming the shapes or values, for logits that are not ``(N, C)`` with ``N >= 1`` and ``C >= 2``,
-                labels or weights that are not ``(N,)``, non-finite logits, labels outside ``[0, C)``, or negative or
-                non-finite weights: a calibrator fitted on them would be silently wrong (a single NaN logit makes
-                the temperature and Platt fits NaN).
+                labels or weights that are not ``(N,)``, non-finite logits, labels that are not whole numbers or lie
+                outside ``[0, C)``, negative or non-finite weights, or weights summing to 0 (no voxel has weight): a
+                calibrator fitted on them would be silently wrong (a single NaN logit makes the temperature and Platt
+                fits NaN, all-zero weights make every weighted NLL 0 / 0).
         """
+        logits, labels, weights = torch.as_tensor(logits), torch.as_tensor(labels), torch.as_tensor(weights)
         if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 2:
             raise ValueError(f"logits must be (N, C) with N >= 1 voxels and C >= 2 classes, got {tuple(logits.shape)}.")
         n, c = logits.shape
         if tuple(labels.shape) != (n,) or tuple(weights.shape) != (n,):
             raise ValueError(f"labels and weights must be ({n},) like the logits {tuple(logits.shape)}, got {tuple(labels.shape)} and {tuple(weights.shape)}.")
+        if not logits.is_floating_point():
+            logits = logits.float()
         bad = int((~torch.isfinite(logits)).sum())
         if bad:
             raise ValueError(f"{bad} non-finite logit value(s) (NaN or Inf) in the sample: a diverged network or a corrupt scan?")
+        if labels.is_floating_point():
+            frac = (labels != labels.round()) | ~torch.isfinite(labels)  # NaN != NaN; Inf is no class index either
+            if bool(frac.any()):
+                raise ValueError(
+                    f"labels must be class indices (whole numbers), got {int(frac.sum())} non-integral value(s) of dtype {labels.dtype} "
+                    f"such as {float(labels[frac][0]):g}."
+                )
+        labels = labels.long()
         if int(labels.min()) < 0 or int(labels.max()) >= c:
             raise ValueError(f"labels must lie in [0, {c - 1}], got [{int(labels.min())}, {int(labels.max())}].")
-        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-            raise ValueError("weights must be finite and non-negative.")
+        if not weights.is_floating_point():
+            weights = weights.double()
+        finite = torch.isfinite(weights)
+        if not bool(finite.all()):
+            raise ValueError(f"weights must be finite, got {int((~finite).sum())} non-finite value(s) (NaN or Inf) among {n}.")
+        if bool((weights < 0).any()):
+            raise ValueError(f"weights must be non-negative, got {int((weights < 0).sum())} negative value(s) among {n} (minimum {float(weights.min()):g}).")
+        if float(weights.double().sum()) <= 0:
+            raise ValueError(f"no voxel has weight: the {n} weights sum to 0, so every weighted NLL would be 0 / 0 (NaN).")
         self.logits, self.labels, self.weights = logits, labels, weights
 
     def __len__(self) -> int:
@@ -65,7 +89,13 @@ class StratifiedVoxelSampler:
         self.seen = torch.zeros(num_classes, dtype=torch.float64)
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Add a batch: ``logits (B, C, *spatial)``, ``labels (B, 1, *spatial)`` or ``(B, *spatial)``, optional mask."""
+        """Add a batch: ``logits (B, C, *spatial)``, ``labels (B, 1, *spatial)`` or ``(B, *spatial)``, optional mask.
+
+        Raises:
+            ValueError: naming the shapes, for logits that are not ``(B, C, *spatial)``, labels or a mask with another
+                number of voxels than the logits, non-integral labels or labels outside ``[0, C)``, or non-finite
+                logits among the voxels kept.
+        """
         if logits.ndim < 3 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be (B, {self.num_classes}, *spatial), got {tuple(logits.shape)}.")
         flat = logits.detach().float().movedim(1, -1).reshape(-1, self.num_classes).cpu()
@@ -78,7 +108,12 @@ class StratifiedVoxelSampler:
         if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got [{int(lab.min())}, {int(lab.max())}].")
         if mask is not None:
-            keep = mask.detach().reshape(-1).bool().cpu()
+            keep = torch.as_tensor(mask).detach().reshape(-1).bool().cpu()
+            if keep.numel() != flat.shape[0]:
+                raise ValueError(
+                    f"mask shape {tuple(torch.as_tensor(mask).shape)} does not match logits shape {tuple(logits.shape)}: "
+                    f"it must be (B, 1, *spatial) or (B, *spatial) with {flat.shape[0]} voxels, got {keep.numel()}."
+                )
             flat, lab = flat[keep], lab[keep]
         bad = int((~torch.isfinite(flat)).sum())
         if bad:
