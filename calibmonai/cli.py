@@ -127,9 +127,10 @@ class CLI:
         files, _ = inference_config_files(bundle, "ce")
         preview_folder(output, *bundle_scans(files, input_dir=str(input or "")))
 
-    def check_data(self, data: str, bundle: str = "acdc_seg2d") -> None:
-        """Read the dataset folder DATA as BUNDLE's loader will and report, per case, what is wrong and how many
-        cases are usable (exit status 1 when a case is unusable)."""
+    def check_data(self, data: str, bundle: str = "mni_tissue_seg2d") -> None:
+        """Read the dataset folder DATA as BUNDLE's loader will (default: the embedded task's bundle, as for infer
+        and preview; give a dataset bundle, e.g. --bundle acdc_seg2d, for a public dataset's download) and report, per
+        case, what is wrong and how many cases are usable (exit status 1 when a case is unusable)."""
         from calibmonai.datasets import bundle_dataset, check_folder, format_report
 
         report = check_folder(bundle_dataset(bundle), data)

@@ -38,3 +38,31 @@ def test_check_data_reports_usable_cases_and_names_broken_files(tmp_path, capsys
     assert code not in (0, None) and "nowhere" in (out + err)
     code, _, err = _check("no_such_bundle", root, capsys)
     assert code == 2 and "available bundles" in err and "Traceback" not in err
+
+
+def test_embedded_datalist_problems_are_reported_with_the_file_named(tmp_path, capsys):
+    # the default bundle is the embedded task's (as for infer and preview)
+    root = tmp_path / "task"
+    root.mkdir()
+    (root / "datalist.json").write_text('{"training": [\n')
+    code, out, err = _check_default(root, capsys)
+    assert code == 1 and f"{root / 'datalist.json'} is not valid JSON" in out + err, out + err
+    (root / "datalist.json").write_text('{"training": [{"img": "x.nii.gz"}]}')
+    code, out, err = _check_default(root, capsys)
+    assert code == 1 and "entry 0 of the 'training' split" in out + err and "['img']" in out + err and "Traceback" not in err
+    (root / "datalist.json").write_text('[{"image": "x.nii.gz"}]')
+    code, out, err = _check_default(root, capsys)
+    assert code == 1 and "must hold a JSON object of splits" in out + err
+    (root / "datalist.json").unlink()
+    code, out, err = _check_default(root, capsys)
+    assert code == 1 and "no datalist.json" in out + err and "--bundle acdc_seg2d" in out + err
+
+
+def _check_default(folder, capsys):
+    try:
+        main(["check-data", str(folder)])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -274,16 +274,19 @@ def load_datalist(
         raise FileNotFoundError(f"data folder {root} does not exist (prepare it with `calibmonai prepare --out {root}`).")
     if not datalist.is_file():
         raise FileNotFoundError(f"no datalist.json in data folder {root}: prepare it with `calibmonai prepare --out {root}`.")
-    try:
-        content = json.loads(datalist.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{datalist} is not valid JSON: {e}") from e
+    content = _read_datalist(datalist)
     splits = [k for k, v in content.items() if isinstance(v, list)]
     if split not in splits:
         raise ValueError(f"split {split!r} not in {datalist}; available splits: {splits}.")
     items = []
     missing = []
-    for entry in content[split]:
+    for k, entry in enumerate(content[split]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(entry.get("label"), str):
+            shown = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+            raise ValueError(
+                f"entry {k} of the {split!r} split of {datalist} must be an object with an \"image\" and a \"label\" file "
+                f"path, got {shown}."
+            )
         item = dict(entry)
         for key in ("image", "label", "probs", "clean_label"):
             if key in item:
@@ -323,6 +326,19 @@ def _check_report(items: list[dict[str, str]], root: Path, num_classes: int) -> 
     return check_cases(module, cases, root)
 
 
+def _read_datalist(datalist: Path) -> dict[str, Any]:
+    """The JSON object of ``datalist``, or a ``ValueError`` naming the file (invalid JSON, or not an object)."""
+    try:
+        content = json.loads(datalist.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{datalist} is not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{datalist} is not a text (JSON) file: {e}") from e
+    if not isinstance(content, dict):
+        raise ValueError(f"{datalist} must hold a JSON object of splits ({{\"training\": [...], ...}}), got a {type(content).__name__}.")
+    return content
+
+
 def check_datalist(dataset_dir: str | os.PathLike, num_classes: int = 4) -> Any:
     """Check every case of every split of ``dataset_dir/datalist.json`` (what ``calibmonai check-data --bundle
     mni_tissue_seg2d`` runs): files present and readable, image and label on one grid, labels in
@@ -333,8 +349,11 @@ def check_datalist(dataset_dir: str | os.PathLike, num_classes: int = 4) -> Any:
     items: list[dict[str, str]] = []
     try:
         if not (root / "datalist.json").is_file():
-            raise FileNotFoundError(f"no datalist.json in {root}: prepare the embedded task with `calibmonai prepare --out {root}`.")
-        splits = [k for k, v in json.loads((root / "datalist.json").read_text()).items() if isinstance(v, list)]
+            raise FileNotFoundError(
+                f"no datalist.json in {root}: prepare the embedded task with `calibmonai prepare --out {root}`, or, for a "
+                f"public dataset's download, give its bundle (--bundle acdc_seg2d, brats19_seg2d, ...)."
+            )
+        splits = [k for k, v in _read_datalist(root / "datalist.json").items() if isinstance(v, list)]
         for split in splits:
             items += load_datalist(root, split, num_classes=None)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # json.JSONDecodeError is a ValueError
