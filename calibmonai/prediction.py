@@ -13,13 +13,33 @@ import torch
 __all__ = ["load_checkpoint", "check_checkpoint", "predict_logits", "to_probabilities"]
 
 
+def _trained_runs_beside(checkpoint: str) -> str:
+    """A sentence naming the trained runs beside the run of a missing ``<runs>/<dataset>/<run>/models/<file>``
+    (a run folder is named after the method and its hyper-parameters as written: ``margin5`` and ``margin5.0`` are
+    two folders), or ``""`` when there is none."""
+    models = os.path.dirname(os.path.abspath(checkpoint))
+    run_dir = os.path.dirname(models)
+    runs = os.path.dirname(run_dir)
+    name = os.path.basename(checkpoint)
+    if os.path.basename(models) != "models" or not os.path.isdir(runs):
+        return ""
+    found = sorted(d for d in os.listdir(runs) if os.path.isfile(os.path.join(runs, d, "models", name)) and d != os.path.basename(run_dir))
+    if not found:
+        return ""
+    shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+    return (
+        f" Trained runs in {runs}: {shown} (a run's folder is named after its method and hyper-parameters as they were "
+        f"written: give the same --method, --loss_kwargs and --backbone, e.g. 5.0 and not 5 for a margin trained as 5.0)."
+    )
+
+
 def _read_state(checkpoint: str, device: Any) -> Any:
     """The network's state dict of a MONAI ``CheckpointSaver`` file (a state dict, or ``{"model": state_dict}``)."""
     if not os.path.isfile(checkpoint):
         where = "" if os.path.isabs(checkpoint) else (
             f" (a path relative to {os.getcwd()}: from another folder, pass --bundle_root <the bundle's folder>)"
         )
-        raise FileNotFoundError(f"no trained checkpoint at {checkpoint}{where}: run the 'training' workflow of this run first.")
+        raise FileNotFoundError(f"no trained checkpoint at {checkpoint}{where}: run the 'training' workflow of this run first.{_trained_runs_beside(checkpoint)}")
     try:
         # weights_only: a checkpoint is data (a crafted pickle in a downloaded bundle would otherwise run code)
         state = torch.load(checkpoint, map_location=device, weights_only=True)

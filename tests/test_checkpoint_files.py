@@ -70,3 +70,26 @@ def test_a_calibrator_fitted_before_the_run_was_trained_again_is_refused(tmp_pat
     TemperatureScaling(3).save(calibrator_path(str(run), "ts"))
     assert load_calibrator(calibrator_path(str(run), "ts")).fitted_on == {}
     assert run_calibrator("ts", str(run), 3) is not None
+
+
+def test_a_missing_checkpoint_names_the_trained_runs_beside_it(tmp_path):
+    import re
+
+    from calibmonai.prediction import load_checkpoint
+
+    runs = tmp_path / "runs" / "mni_tissue"
+    for run in ("ce", "mbls_alpha0.1_margin5.0"):
+        (runs / run / "models").mkdir(parents=True)
+        torch.save(torch.nn.Linear(2, 2).state_dict(), runs / run / "models" / "model.pt")
+    (runs / "untrained" / "models").mkdir(parents=True)  # no weights: not named
+    missing = runs / "mbls_alpha0.1_margin5" / "models" / "model.pt"  # the margin written 5, not 5.0
+    with pytest.raises(FileNotFoundError) as exc:
+        load_checkpoint(torch.nn.Linear(2, 2), str(missing), "cpu")
+    message = str(exc.value)
+    assert f"no trained checkpoint at {missing}" in message
+    assert re.search(rf"Trained runs in {re.escape(str(runs))}: ce, mbls_alpha0\.1_margin5\.0 \(", message), message
+    (runs / "ce" / "models" / "model.pt").unlink()
+    (runs / "mbls_alpha0.1_margin5.0" / "models" / "model.pt").unlink()
+    with pytest.raises(FileNotFoundError) as exc:
+        load_checkpoint(torch.nn.Linear(2, 2), str(missing), "cpu")
+    assert "Trained runs" not in str(exc.value)
