@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
-from calibmonai.losses.utils import check_reduction, nll_map, reduce_voxel_loss, to_class_indices
+from calibmonai.losses.utils import check_reduction, finite_float, nll_map, reduce_voxel_loss, to_class_indices
 
 __all__ = ["ConfidencePenaltyLoss", "LabelSmoothingLoss"]
 
@@ -30,13 +30,18 @@ class ConfidencePenaltyLoss(_Loss):
     def __init__(self, beta: float = 0.1, reduction: str = "mean") -> None:
         """
         Args:
-            beta: weight of the entropy reward, >= 0. ``beta=0`` is plain cross-entropy.
+            beta: weight of the entropy reward, a finite number >= 0. ``beta=0`` is plain cross-entropy.
             reduction: ``"mean"`` over voxels, ``"sum"``, or ``"none"`` for a ``(B, *spatial)`` map.
+
+        Raises:
+            ValueError: for a ``beta`` that is not a finite number >= 0 (a string such as ``"0.1"`` included), or an
+                unknown reduction.
         """
         super().__init__(reduction=check_reduction(reduction))
+        beta = finite_float(beta, "beta", type(self).__name__)
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}.")
-        self.beta = float(beta)
+        self.beta = beta
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """
@@ -71,11 +76,16 @@ class LabelSmoothingLoss(_Loss):
         Args:
             alpha: smoothing factor in ``[0, 1]``. ``alpha=0`` is plain cross-entropy.
             reduction: ``"mean"`` over voxels, ``"sum"``, or ``"none"`` for a ``(B, *spatial)`` map.
+
+        Raises:
+            ValueError: for an ``alpha`` that is not a number in ``[0, 1]`` (NaN and strings included), or an
+                unknown reduction.
         """
         super().__init__(reduction=check_reduction(reduction))
+        alpha = finite_float(alpha, "alpha", type(self).__name__)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}.")
-        self.alpha = float(alpha)
+        self.alpha = alpha
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """

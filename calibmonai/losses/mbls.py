@@ -8,7 +8,7 @@ from monai.losses import DiceCELoss
 from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
-from calibmonai.losses.utils import check_reduction, nll_map, reduce_voxel_loss, to_class_indices
+from calibmonai.losses.utils import check_reduction, finite_float, nll_map, reduce_voxel_loss, to_class_indices
 
 __all__ = ["MarginLabelSmoothingLoss", "margin_penalty"]
 
@@ -82,9 +82,12 @@ class MarginLabelSmoothingLoss(_Loss):
                 classes. Defaults to False (the reference MbLS + Dice code); ignored with ``base="ce"``.
 
         Raises:
-            ValueError: for a negative margin or weight, or an unknown penalty, base or reduction.
+            ValueError: for a margin or weight that is not a finite number >= 0 (NaN, Inf and strings included), or an
+                unknown penalty, base or reduction.
         """
         super().__init__(reduction=check_reduction(reduction))
+        margin = finite_float(margin, "margin", type(self).__name__)
+        alpha = finite_float(alpha, "alpha", type(self).__name__)
         if margin < 0 or alpha < 0:
             raise ValueError(f"margin and alpha must be >= 0, got margin={margin}, alpha={alpha}.")
         if penalty not in ("l1", "l2"):
@@ -93,8 +96,8 @@ class MarginLabelSmoothingLoss(_Loss):
             raise ValueError(f"base must be 'ce' or 'ce_dice', got {base!r}.")
         if base == "ce_dice" and reduction != "mean":
             raise ValueError(f"base='ce_dice' supports reduction='mean' only, got {reduction!r}.")
-        self.margin = float(margin)
-        self.alpha = float(alpha)
+        self.margin = margin
+        self.alpha = alpha
         self.penalty = penalty
         self.base = base
         self.dice_include_background = bool(dice_include_background)

@@ -12,7 +12,7 @@ from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.ce import CrossEntropyLoss
 from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
-from calibmonai.losses.utils import first_argmax, nll_map, to_class_indices
+from calibmonai.losses.utils import finite_float, first_argmax, nll_map, to_class_indices
 
 __all__ = ["ErroneousEntropyLoss", "erroneous_regularizer"]
 
@@ -95,13 +95,21 @@ class ErroneousEntropyLoss(_Loss):
         Args:
             base_loss: ``"ce"`` (cross-entropy), ``"dice"`` (MONAI ``DiceLoss`` with softmax and one-hot
                 labels), or any loss called as ``base_loss(logits, labels)`` with ``(B, 1, *spatial)`` labels.
-            lam: weight ``lambda`` of the regulariser, >= 0.
+            lam: weight ``lambda`` of the regulariser, a finite number >= 0.
             regularizer: ``"entropy"`` (subtract the entropy) or ``"kl"`` (add KL(uniform || p)).
-            eps: probability floor before logarithms.
+            eps: probability floor before logarithms, in ``(0, 1)``.
+
+        Raises:
+            ValueError: for a ``lam`` that is not a finite number >= 0 or an ``eps`` outside ``(0, 1)`` (NaN and strings
+                included), or an unknown regulariser or base loss.
         """
         super().__init__()
+        lam = finite_float(lam, "lam", type(self).__name__)
+        eps = finite_float(eps, "eps", type(self).__name__)
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}.")
+        if not 0.0 < eps < 1.0:
+            raise ValueError(f"eps must lie in (0, 1), got {eps}.")
         if regularizer not in ("entropy", "kl"):
             raise ValueError(f"regularizer must be 'entropy' or 'kl', got {regularizer!r}.")
         self._base_kind = base_loss if base_loss in ("ce", "dice") else "callable"
@@ -115,9 +123,9 @@ class ErroneousEntropyLoss(_Loss):
         elif not callable(base_loss):
             raise ValueError(f"base_loss must be 'ce', 'dice' or a callable loss, got {type(base_loss).__name__}.")
         self.base_loss = base_loss
-        self.lam = float(lam)
+        self.lam = lam
         self.regularizer = regularizer
-        self.eps = float(eps)
+        self.eps = eps
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """

@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import torch
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss, NACLLoss
 from torch.nn.modules.loss import _Loss
 
@@ -16,6 +17,7 @@ from calibmonai.losses.confidence_penalty import ConfidencePenaltyLoss, LabelSmo
 from calibmonai.losses.mbls import MarginLabelSmoothingLoss
 from calibmonai.losses.meep import ErroneousEntropyLoss
 from calibmonai.losses.svls import SpatiallyVaryingLabelSmoothingLoss
+from calibmonai.losses.utils import finite_float
 
 __all__ = ["METHODS", "Method", "get_loss", "loss_parameters"]
 
@@ -34,26 +36,49 @@ class Method:
 # gradient, tested against MONAI's own), so the adapter takes it for float32 CPU logits.
 
 
+#: float hyper-parameters of the wrapped MONAI losses that reach them through ``**kw``; each must be a finite number
+#: (MONAI takes NaN/Inf/strings and returns a NaN loss or a TypeError deep inside)
+_MONAI_FLOATS = ("smooth_nr", "smooth_dr", "lambda_dice", "lambda_ce", "label_smoothing")
+
+
+def _check_monai_floats(method: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """``kw`` with the float hyper-parameters of :data:`_MONAI_FLOATS` checked finite (``ValueError`` naming them)."""
+    return {k: finite_float(v, k, method) if k in _MONAI_FLOATS else v for k, v in kw.items()}
+
+
 def _dice_ce(**kw: Any) -> _Loss:
+    kw = _check_monai_floats("ce_dice", kw)
     fused = FusedTerms(ce=1.0, dice=1.0) if not kw else None
     return TargetFormatAdapter(DiceCELoss(to_onehot_y=True, softmax=True, **kw), "channel", fused)
 
 
 def _dice(**kw: Any) -> _Loss:
     # the Dice base of calibmonai's MEEP (``meep_dice_*``): Dice vs MEEP-Dice differ only by the regulariser
+    kw = _check_monai_floats("dice", kw)
     fused = FusedTerms(dice=1.0) if not kw else None
     return TargetFormatAdapter(DiceLoss(to_onehot_y=True, softmax=True, **kw), "channel", fused)
 
 
 def _focal(gamma: float = 2.0, **kw: Any) -> _Loss:
     # MONAI's FocalLoss "mean" runs over classes as well as voxels: it is 1/C of the per-voxel focal sum.
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < float("inf"):
+    gamma = finite_float(gamma, "gamma", "focal")
+    if gamma < 0:
         raise ValueError(f"focal: gamma must be a number >= 0 (0 is cross-entropy), got {gamma!r}.")
+    alpha = kw.get("alpha")  # MONAI's class weight: a number in [0, 1], a sequence of per-class weights, or None
+    if alpha is not None and (isinstance(alpha, (str, bytes)) or not isinstance(alpha, (Sequence, torch.Tensor))):
+        kw["alpha"] = finite_float(alpha, "alpha", "focal")
     fused = FusedTerms(focal=1.0, focal_gamma=gamma) if not kw and gamma in (0, 1, 2, 3, 4) else None
     return TargetFormatAdapter(FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma, **kw), "channel", fused)
 
 
 def _nacl(num_classes: int, spatial_dims: int, alpha: float = 0.1, **kw: Any) -> _Loss:
+    alpha = finite_float(alpha, "alpha", "nacl")
+    if alpha < 0:
+        raise ValueError(f"nacl: alpha must be >= 0, got {alpha}.")
+    if "sigma" in kw:  # the width of NACLLoss's Gaussian kernel (kernel_ops="gaussian")
+        kw["sigma"] = finite_float(kw["sigma"], "sigma", "nacl")
+        if kw["sigma"] <= 0:
+            raise ValueError(f"nacl: sigma must be > 0, got {kw['sigma']}.")
     fused = FusedTerms(ce=1.0, nacl=alpha) if not kw else None
     loss = NACLLoss(classes=num_classes, dim=spatial_dims, alpha=alpha, **kw)
     return TargetFormatAdapter(loss, "indices", fused, num_classes=num_classes, spatial_dims=spatial_dims)

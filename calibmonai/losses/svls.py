@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
-from calibmonai.losses.utils import check_reduction, reduce_voxel_loss, to_class_indices
+from calibmonai.losses.utils import check_reduction, finite_float, reduce_voxel_loss, to_class_indices
 
 __all__ = ["SpatiallyVaryingLabelSmoothingLoss", "svls_kernel", "svls_soft_labels"]
 
@@ -20,10 +20,11 @@ def svls_kernel(spatial_dims: int, sigma: float = 1.0, dtype: torch.dtype = torc
 
     Args:
         spatial_dims: 2 or 3.
-        sigma: standard deviation of the Gaussian, in voxels, > 0.
+        sigma: standard deviation of the Gaussian, in voxels, a finite number > 0.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+    sigma = finite_float(sigma, "sigma", "svls_kernel")
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}.")
     kernel = torch.zeros((3,) * spatial_dims, dtype=torch.float64)
@@ -67,13 +68,18 @@ class SpatiallyVaryingLabelSmoothingLoss(_Loss):
     def __init__(self, sigma: float = 1.0, reduction: str = "mean") -> None:
         """
         Args:
-            sigma: standard deviation of the Gaussian kernel in voxels, > 0.
+            sigma: standard deviation of the Gaussian kernel in voxels, a finite number > 0.
             reduction: ``"mean"`` over voxels, ``"sum"``, or ``"none"`` for a ``(B, *spatial)`` map.
+
+        Raises:
+            ValueError: for a ``sigma`` that is not a finite number > 0 (NaN, Inf and strings included), or an
+                unknown reduction.
         """
         super().__init__(reduction=check_reduction(reduction))
+        sigma = finite_float(sigma, "sigma", type(self).__name__)
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}.")
-        self.sigma = float(sigma)
+        self.sigma = sigma
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """

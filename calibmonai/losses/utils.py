@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_logits", "to_class_indices", "reduce_voxel_loss", "check_reduction", "nll_map", "first_argmax", "REDUCTIONS"]
+__all__ = [
+    "check_logits",
+    "to_class_indices",
+    "onehot_to_indices",
+    "finite_float",
+    "reduce_voxel_loss",
+    "check_reduction",
+    "nll_map",
+    "first_argmax",
+    "REDUCTIONS",
+]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -33,12 +46,60 @@ def check_logits(input: torch.Tensor, check_finite: bool = True) -> None:
             raise ValueError(f"input contains {n_bad} non-finite logit(s) (NaN or Inf), shape {tuple(input.shape)}.")
 
 
+def finite_float(value: Any, name: str, owner: str) -> float:
+    """Return the hyper-parameter ``value`` as a finite ``float``, or raise ``ValueError`` naming it.
+
+    Accepts Python and numpy numbers and 0-d tensors/arrays; refuses ``bool``, strings (also numeric ones such as
+    ``"0.1"``: a hyper-parameter read from a text config must be converted where it is read), ``None`` and
+    NaN/Inf. Range checks are left to the caller.
+
+    Args:
+        value: the hyper-parameter as given.
+        name: its name, for the message (``"margin"``).
+        owner: the loss it belongs to, for the message (``"MarginLabelSmoothingLoss"``).
+    """
+    if isinstance(value, (bool, str, bytes)) or value is None:
+        converted = None
+    else:
+        try:
+            converted = float(value)
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
+            converted = None
+    if converted is None:
+        raise ValueError(f"{owner}: {name} must be a real number (int or float), got {value!r} of type {type(value).__name__}.")
+    if not math.isfinite(converted):
+        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}.")
+    return converted
+
+
+def onehot_to_indices(onehot: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *spatial)`` one-hot (any dtype, ``bool`` included; checked by the caller) -> ``(B, *spatial)`` int64.
+
+    A weighted sum over dim 1 (faster than ``argmax`` over the channel dimension); the class weights take a dtype
+    that holds ``C - 1`` exactly and that ``bool``/8-bit targets promote to, so no copy of the target is made.
+    """
+    c = onehot.shape[1]
+    if onehot.dtype in (torch.bool, torch.uint8) and c <= 256:
+        dtype = torch.uint8
+    elif onehot.dtype == torch.int8 and c <= 128:
+        dtype = torch.int8
+    elif onehot.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16):
+        dtype = torch.int16 if c <= 2**15 else torch.int64
+    elif onehot.dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
+    else:
+        dtype = onehot.dtype
+    classes = torch.arange(c, device=onehot.device, dtype=dtype).view((1, c) + (1,) * (onehot.ndim - 2))
+    return (onehot * classes).sum(1).long()
+
+
 def to_class_indices(input: torch.Tensor, target: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
     """Validate ``input``/``target`` and return the target as ``(B, *spatial)`` int64 class indices.
 
     Args:
         input: logits of shape ``(B, C, *spatial)``.
-        target: class indices ``(B, 1, *spatial)`` or ``(B, *spatial)``, or one-hot ``(B, C, *spatial)``.
+        target: class indices ``(B, 1, *spatial)`` or ``(B, *spatial)``, or one-hot ``(B, C, *spatial)``; integer,
+            integral floating point or ``bool`` (a one-hot mask, or the indices of a 2-class task).
         check_finite: whether to reject NaN/Inf logits.
 
     Raises:
@@ -58,8 +119,7 @@ def to_class_indices(input: torch.Tensor, target: torch.Tensor, check_finite: bo
                 f"target of shape {tshape} matches the input shape {tuple(input.shape)} and is read as one-hot, "
                 "but it is not one-hot (values must be 0/1 with exactly one 1 per voxel along dim 1)."
             )
-        classes = torch.arange(c, device=target.device, dtype=target.dtype).view((1, c) + (1,) * len(spatial))
-        return (target * classes).sum(1).long()  # faster than argmax over dim 1
+        return onehot_to_indices(target)
     if tshape == (b, 1) + spatial:
         idx = target[:, 0]
     elif tshape == (b,) + spatial:

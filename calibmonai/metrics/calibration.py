@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from monai.metrics.metric import CumulativeIterationMetric
 
-from calibmonai.losses.utils import first_argmax
+from calibmonai.losses.utils import first_argmax, onehot_to_indices
 
 __all__ = [
     "CALIBRATION_METRICS",
@@ -103,15 +103,18 @@ class CalibrationHistograms:
 
 
 def _as_labels(y: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
-    """Return labels as a ``(B, N)`` view/tensor of class indices, checking shape."""
+    """Return labels as a ``(B, N)`` view/tensor of class indices, checking shape.
+
+    ``y``: ``(B, 1, *spatial)`` / ``(B, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot, of any integer,
+    floating point or ``bool`` dtype (a boolean one-hot mask reads as its integer equivalent).
+    """
     b, c = y_pred.shape[:2]
     spatial = tuple(y_pred.shape[2:])
     shape = tuple(y.shape)
     if shape == (b, c) + spatial and c > 1:
         if not bool(((y == 0) | (y == 1)).all()) or not bool((y.sum(1) == 1).all()):
             raise ValueError(f"y of shape {shape} is read as one-hot, but it is not one-hot (0/1, one 1 per voxel).")
-        classes = torch.arange(c, device=y.device, dtype=y.dtype).view((1, c) + (1,) * len(spatial))
-        return (y * classes).sum(1).reshape(b, -1).long()
+        return onehot_to_indices(y).reshape(b, -1)
     if shape == (b, 1) + spatial or shape == (b,) + spatial:
         return y.reshape(b, -1)
     raise ValueError(
@@ -250,7 +253,7 @@ def compute_calibration_histograms(
         with_nll: whether to fill ``nll_sum`` (one logarithm per voxel; skip it when the NLL is not reported).
 
     Raises:
-        ValueError: for mismatched shapes, labels outside ``[0, C)``, probabilities outside ``[0, 1]`` or not
+        ValueError: for mismatched shapes, an empty ``y_pred`` (no case or no voxel), labels outside ``[0, C)``, probabilities outside ``[0, 1]`` or not
             summing to 1 over classes (beyond ``prob_tol``), non-finite values, or an unknown ``foreground``.
     """
     if not isinstance(y_pred, torch.Tensor) or y_pred.ndim < 3:
@@ -263,6 +266,8 @@ def compute_calibration_histograms(
     b, c = y_pred.shape[:2]
     if c < 2:
         raise ValueError(f"y_pred must have at least 2 classes along dim 1, got shape {tuple(y_pred.shape)}.")
+    if y_pred.numel() == 0:
+        raise ValueError(f"y_pred holds no voxel (an empty batch or spatial size), shape {tuple(y_pred.shape)}.")
     if isinstance(background_index, bool) or not isinstance(background_index, numbers.Integral) or not 0 <= background_index < c:
         raise ValueError(f"background_index must be a class index in [0, {c - 1}] for y_pred {tuple(y_pred.shape)}, got {background_index!r}.")
     _warn_suspicious_inputs(y_pred, softmax)
@@ -515,6 +520,27 @@ class CalibrationMetrics(CumulativeIterationMetric):
         self._pooled = None
         self._case_names = []
 
+    def __call__(self, y_pred: Any, y: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Compute the per-case values of a batch ``(B, C, *spatial)`` or a list of channel-first cases and
+        accumulate them (MONAI's ``CumulativeIterationMetric``).
+
+        Raises:
+            ValueError: for a ``y_pred`` or ``y`` that is neither a tensor nor a list/tuple of tensors, naming its
+                type (MONAI would drop a numpy ``y`` silently and report it missing); see
+                :func:`compute_calibration_histograms` for the checks of the values.
+        """
+        if not isinstance(y_pred, (torch.Tensor, list, tuple)):
+            raise ValueError(
+                f"y_pred must be a tensor (B, C, *spatial) or a list of channel-first tensors, got {type(y_pred).__name__}"
+                + (" (numpy: torch.as_tensor(y_pred))." if type(y_pred).__module__ == "numpy" else ".")
+            )
+        if y is not None and not isinstance(y, (torch.Tensor, list, tuple)):
+            raise ValueError(
+                f"y must be a tensor of labels (B, 1, *spatial) or one-hot (B, C, *spatial), got {type(y).__name__}"
+                + (" (numpy: torch.as_tensor(y))." if type(y).__module__ == "numpy" else ".")
+            )
+        return super().__call__(y_pred, y, **kwargs)
+
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, case_names: Sequence[str] | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """Per-case values ``(B, len(metric_names))``; also accumulates the pooled histograms."""
         case_names = None if case_names is None else list(case_names)
@@ -553,6 +579,12 @@ class CalibrationMetrics(CumulativeIterationMetric):
         names = None if names is None else list(names)
         if len(y) != n:
             raise ValueError(f"y_pred and y must list the same cases, got {n} and {len(y)}.")
+        if n == 0:
+            raise ValueError("y_pred and y list no case (empty lists).")
+        for what, items in (("y_pred", y_pred), ("y", y)):
+            bad = [i for i, t in enumerate(items) if not isinstance(t, torch.Tensor)]
+            if bad:
+                raise ValueError(f"{what} item {bad[0]} must be a channel-first tensor, got {type(items[bad[0]]).__name__}.")
         if names is not None and len(names) != n:
             raise ValueError(f"case_names must name each of the {n} listed cases, got {len(names)}: {names}.")
         if mask is not None and len(mask) != n:

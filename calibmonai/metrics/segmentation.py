@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +30,51 @@ def image_diagonal(shape: Sequence[int], spacing: Sequence[float] | None = None)
     if len(s) != len(shape):
         raise ValueError(f"spacing needs one value per spatial dimension of {tuple(shape)}, got {list(s)}.")
     return float(math.sqrt(sum(((int(n) - 1) * x) ** 2 for n, x in zip(shape, s))))
+
+
+def _check_label_map(x: Any, name: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor of integral class labels (integer, ``bool``, or floating point
+    holding finite whole numbers): a probability map or a fractional label would be truncated by ``long()``."""
+    if not isinstance(x, torch.Tensor):
+        hint = f" (numpy: torch.as_tensor({name}))" if type(x).__module__ == "numpy" else ""
+        raise ValueError(f"{name} must be a torch.Tensor label map (B, 1, *spatial), got {type(x).__name__}{hint}.")
+    if x.is_complex():
+        raise ValueError(f"{name} must hold class labels, got dtype {x.dtype}.")
+    if x.is_floating_point():
+        bad = int((~torch.isfinite(x) | (x != torch.round(x))).sum())
+        if bad:
+            raise ValueError(
+                f"{name} must hold integer class labels (argmax of the probabilities, not the probabilities), but {bad} "
+                f"of its {x.numel()} values are not whole numbers (or not finite); shape {tuple(x.shape)}, dtype {x.dtype}."
+            )
+
+
+def _check_spacing(spacing: Any, batch: int, shape: Sequence[int]) -> list[float] | list[list[float]] | None:
+    """The voxel spacing as MONAI's distance metrics take it: ``None``; a number (isotropic) -> one value per spatial
+    dimension; a sequence of one value per spatial dimension; or one such sequence per case of the batch. Every value
+    must be a finite number > 0 (``ValueError`` naming what is expected otherwise)."""
+    if spacing is None:
+        return None
+    ndim = len(shape)
+    expected = (
+        f"spacing must be a number (isotropic), one value > 0 per spatial dimension of {tuple(shape)} ({ndim} values), "
+        f"or one such sequence per case ({batch})"
+    )
+    if isinstance(spacing, (str, bytes, bool)):
+        raise ValueError(f"{expected}, got {spacing!r}.")
+    if isinstance(spacing, torch.Tensor):
+        spacing = spacing.detach().cpu().numpy()
+    try:
+        arr = np.asarray(spacing, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}, got {spacing!r}.") from None
+    if arr.ndim == 0:
+        arr = np.full(ndim, float(arr))
+    if arr.shape not in ((ndim,), (batch, ndim)):
+        raise ValueError(f"{expected}, got {spacing!r} (shape {arr.shape}).")
+    if not (np.isfinite(arr).all() and (arr > 0).all()):
+        raise ValueError(f"{expected}, got {spacing!r}: every value must be a finite number > 0.")
+    return arr.tolist()
 
 
 #: what a class absent from the reference scores (``empty_reference``)
@@ -70,8 +116,9 @@ class SegmentationMetrics:
         missed_distance: str | float = "diagonal",
         empty_reference: str = "nan",
     ) -> None:
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+        num_classes = int(num_classes)
         if isinstance(missed_distance, str):
             if missed_distance not in ("diagonal", "nan"):
                 raise ValueError(f"missed_distance must be 'diagonal', 'nan' or a distance >= 0, got {missed_distance!r}.")
@@ -103,25 +150,38 @@ class SegmentationMetrics:
             return labels_to_regions(labels, self.regions)
         return one_hot(labels.long(), self.num_classes, dim=1)
 
-    def __call__(self, pred: torch.Tensor, label: torch.Tensor, spacing: Sequence[float] | None = None) -> list[dict[str, float]]:
+    def __call__(self, pred: torch.Tensor, label: torch.Tensor, spacing: float | Sequence[float] | Sequence[Sequence[float]] | None = None) -> list[dict[str, float]]:
         """Score a batch of cases.
 
         Args:
-            pred, label: ``(B, 1, *spatial)`` label maps.
-            spacing: voxel spacing (one per spatial dim) for the distances; voxels when ``None``.
+            pred, label: ``(B, 1, *spatial)`` label maps: integer, ``bool``, or floating point holding whole numbers
+                (a probability map is refused, give its argmax).
+            spacing: voxel spacing for the distances (and the ``"diagonal"`` missed distance): a number (isotropic),
+                one value per spatial dim, or one such sequence per case; voxels when ``None``.
 
         Returns:
             one dict per case: ``dsc_<name>``, ``asd_<name>``, ``hd95_<name>`` and their ``*_mean``.
+
+        Raises:
+            ValueError: for inputs that are not tensors, shapes that are not both ``(B, 1, *spatial)``, an empty
+                volume or batch, non-integral or non-finite values, labels outside ``[0, num_classes)``, or a
+                spacing that is not as above.
         """
+        _check_label_map(pred, "pred")
+        _check_label_map(label, "label")
         if pred.shape != label.shape or pred.ndim < 3 or pred.shape[1] != 1:
             raise ValueError(f"pred and label must both be (B, 1, *spatial) label maps, got {tuple(pred.shape)} and {tuple(label.shape)}.")
-        hi = int(max(pred.max(), label.max()))
-        if hi >= self.num_classes or int(min(pred.min(), label.min())) < 0:
-            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got a maximum of {hi}.")
+        if pred.numel() == 0:
+            raise ValueError(f"pred and label hold no voxel (an empty batch or spatial size), shape {tuple(pred.shape)}.")
+        spacing = _check_spacing(spacing, pred.shape[0], tuple(pred.shape[2:]))
+        ranges = [torch.stack(torch.aminmax(x)).long().cpu() for x in (pred, label)]  # one host sync per map
+        lo, hi = min(int(r[0]) for r in ranges), max(int(r[1]) for r in ranges)
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}] for {self.num_classes} classes, got values in [{lo}, {hi}].")
         p, g = self._channels(pred), self._channels(label)
         values = {"dsc": self.dice(p, g)}
         if self.distances:
-            kw = {"spacing": list(spacing)} if spacing is not None else {}
+            kw = {"spacing": spacing} if spacing is not None else {}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # MONAI warns for empty classes; those are NaN below
                 values["asd"] = self.asd(p, g, **kw)
@@ -130,18 +190,19 @@ class SegmentationMetrics:
         first = 0 if self.regions else 1
         p_any = p[:, first:].flatten(2).any(-1).cpu()
         g_any = g[:, first:].flatten(2).any(-1).cpu()
+        per_case = spacing is not None and isinstance(spacing[0], list)  # one spacing per case
         if not self.distances or self.missed_distance == "nan":
-            missed = math.nan
+            missed = [math.nan] * pred.shape[0]
         elif self.missed_distance == "diagonal":
-            missed = image_diagonal(pred.shape[2:], spacing)
+            missed = [image_diagonal(pred.shape[2:], spacing[b] if per_case else spacing) for b in range(pred.shape[0])]  # type: ignore[index]
         else:
-            missed = float(self.missed_distance)
+            missed = [float(self.missed_distance)] * pred.shape[0]
         rows = []
         for b in range(pred.shape[0]):
             row: dict[str, float] = {}
             for key, v in values.items():
                 vals = [float(x) for x in v[b].tolist()]
-                vals = [self._empty_rule(key, x, bool(pa), bool(ga), missed) for x, pa, ga in zip(vals, p_any[b], g_any[b])]
+                vals = [self._empty_rule(key, x, bool(pa), bool(ga), missed[b]) for x, pa, ga in zip(vals, p_any[b], g_any[b])]
                 for name, x in zip(self.names, vals):
                     row[f"{key}_{name}"] = x
                 finite = [x for x in vals if not math.isnan(x)]
