@@ -281,6 +281,8 @@ def check_command_line_keys(argv: Sequence[str] | None = None) -> None:
         return  # MONAI names the missing file
     unknown, keys = unknown_config_keys(files, [str(k).replace("-", "_") if str(k).replace("-", "_") in _RUN_ARGUMENTS else k for k in flags], _RUN_ARGUMENTS)
     _check_run_id(files, str(run_id) if run_id not in (None, True) else "run")
+    if not unknown:
+        check_setting_values(bundle_parser(files).config, flags)
     if unknown:
         near = nearest_keys(unknown[0], keys)
         hint = f" Did you mean {' or '.join('--' + k for k in near)}?" if near else ""
@@ -288,6 +290,58 @@ def check_command_line_keys(argv: Sequence[str] | None = None) -> None:
             f"unknown flag --{unknown[0]}: not a key of the config ({', '.join(files)}) nor an argument of "
             f"`monai.bundle run`, so nothing would read it.{hint} Config keys: {', '.join(keys)}."
         )
+
+
+#: count settings of the bundles that must be at least 1 (a 0 divides by zero or trains nothing without a word)
+POSITIVE_SETTINGS = ("epochs", "batch_size", "slices_per_volume", "volume_repeats", "val_interval")
+
+
+def _command_line_value(value: Any) -> Any:
+    """A flag's value as Fire gives it to MONAI: a Python literal where the text is one, else the text."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def check_setting_values(config: Mapping[str, Any], flags: Mapping[str, Any]) -> None:
+    """Refuse a command-line value that cannot be the number a setting of the config is (``--epochs one``: MONAI
+    would stop later in an expression's ``TypeError``, naming no flag), a count of :data:`POSITIVE_SETTINGS` below 1
+    (``--slices_per_volume 0`` divided by zero, ``--batch_size 0`` trained silently on one volume per step), and a
+    ``batch_size`` that is not a multiple of ``slices_per_volume`` (each step takes whole volumes' slices:
+    ``batch_size // slices_per_volume`` volumes, so the remainder would be dropped without a word).
+
+    Raises:
+        ValueError: naming the flag, the value and what the setting expects.
+    """
+    values: dict[str, Any] = {}
+    for name, raw in flags.items():
+        key = str(name).replace("-", "_")
+        if key not in config or "#" in key or "::" in key:
+            continue
+        default, value = config[key], _command_line_value(raw)
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        if isinstance(value, str) and value.strip()[:1] in ("$", "@", "%"):  # an expression or reference: MONAI's to evaluate
+            continue
+        want_int = isinstance(default, int)
+        ok = isinstance(value, int) and not isinstance(value, bool) if want_int else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            kind = "an integer" if want_int else "a number"
+            raise ValueError(f"--{name} expects {kind} (the config's default is {default!r}), got {raw!r}.")
+        if key in POSITIVE_SETTINGS and value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}.")
+        values[key] = value
+    if "batch_size" in values or "slices_per_volume" in values:
+        batch, per_volume = values.get("batch_size", config.get("batch_size")), values.get("slices_per_volume", config.get("slices_per_volume"))
+        if isinstance(batch, int) and isinstance(per_volume, int) and per_volume >= 1 and batch % per_volume:
+            raise ValueError(
+                f"--batch_size {batch} is not a multiple of --slices_per_volume {per_volume}: a step takes the slices of "
+                f"whole volumes ({max(1, batch // per_volume)} volume(s) of {per_volume} slices = {max(1, batch // per_volume) * per_volume} "
+                f"slices); give a multiple, e.g. --batch_size {max(1, batch // per_volume) * per_volume}."
+            )
 
 
 def workflow_ids(config: Mapping[str, Any]) -> list[str]:

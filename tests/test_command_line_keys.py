@@ -42,6 +42,29 @@ def test_a_mistyped_key_is_refused_with_the_nearest_keys():
         check_command_line_keys(_argv("--marginn#x", "1"))
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "one"], re.escape("--epochs expects an integer (the config's default is 30), got 'one'.")),
+        (["--epochs", "2.5"], "--epochs expects an integer"),
+        (["--lr", "fast"], re.escape("--lr expects a number (the config's default is 0.001), got 'fast'.")),
+        (["--slices_per_volume", "0"], "--slices_per_volume must be a positive integer, got 0."),
+        (["--batch_size", "0"], "--batch_size must be a positive integer, got 0."),
+        (["--batch_size", "6"], "--batch_size 6 is not a multiple of --slices_per_volume 4: .*1 volume\\(s\\) of 4 slices = 4 slices.*--batch_size 4"),
+        (["--batch_size", "8", "--slices_per_volume", "3"], "--batch_size 8 is not a multiple of --slices_per_volume 3"),
+    ],
+)
+def test_setting_values_that_cannot_be_their_number_are_refused(flags, message):
+    with pytest.raises(ValueError, match=message):
+        check_command_line_keys(_argv(*flags))
+
+
+def test_setting_values_that_fit_pass():
+    check_command_line_keys(_argv("--epochs", "3", "--lr", "1e-4", "--lr=0.01", "--batch_size", "8", "--slices_per_volume", "2"))
+    check_command_line_keys(_argv("--epochs", "$2 * 3", "--batch_size", "@slices_per_volume"))  # MONAI's to evaluate
+    check_command_line_keys(_argv("--lr", "1"))  # an integer where the default is a float
+
+
 def test_a_run_id_that_is_no_workflow_is_refused():
     # `train` is the section of the trainer's components: MONAI would build them and exit 0 without training
     with pytest.raises(ValueError, match=r"'train' is a section of components, not a workflow: .*Did you mean 'training'\?.*Workflows of .*: calibrate, training, run\."):
