@@ -157,6 +157,9 @@ def write_preview(
     stats = (f"{int(fg.sum())} foreground voxels; mean confidence {float(conf[fg].mean()):.3f}, mean uncertainty "
              f"{float(unc[fg].mean()):.3f} in the foreground" if fg.any() else "nothing segmented")  # fmt: skip
     n_classes = max(int(labels.max()), len(class_names) - 1 if class_names else 0, 1)
+    unnamed = sorted(int(v) for v in np.unique(labels) if class_names and v >= len(class_names))
+    # maps of another bundle's classes (a --bundle that is not the one that segmented them)
+    label_note = f"labels {unnamed} are no class of the bundle ({len(class_names or ())} classes): drawn unnamed; right --bundle?" if unnamed else ""
     colours = ListedColormap(plt.get_cmap("tab10")(np.arange(n_classes) % 10))
     fig, axes = plt.subplots(len(panels), 4, figsize=(13, 3.3 * len(panels) + 0.6), squeeze=False)
     for row, (view, p) in enumerate(panels):
@@ -188,6 +191,7 @@ def write_preview(
         from matplotlib.patches import Patch
 
         handles = [Patch(color=colours(c - 1), alpha=0.5, label=str(name)) for c, name in enumerate(class_names) if c > 0]
+        handles += [Patch(color=colours(c - 1), alpha=0.5, label=f"label {c} (unnamed)") for c in unnamed]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.04 if class_names and len(class_names) > 1 else 0, 1, 1))
     out_png = Path(out_png)
@@ -196,7 +200,7 @@ def write_preview(
             fig.savefig(tmp, dpi=80, format="png")
     finally:
         plt.close(fig)
-    return out_png, note
+    return out_png, "; ".join(n for n in (note, label_note) if n)
 
 
 def preview_folder(
@@ -224,7 +228,13 @@ def preview_folder(
                 print(f"[preview] {n}/{len(outputs)} {case}: FAILED {failed[case]}", flush=True)
             continue
         if progress:
-            print(f"[preview] {n}/{len(outputs)} {out_png}{f' ({note}: maps only)' if note else '' if image else ' (no scan given: maps only)'}", flush=True)
+            parts = note.split("; ") if note else []
+            if image is None:  # the scan's notes of write_preview start with "scan "
+                parts.insert(0, f"no scan of the inputs is named {case}" if scans else "no scan given")
+            if parts and (image is None or parts[0].startswith("scan ")):
+                parts[0] += ": maps only"
+            detail = f" ({'; '.join(parts)})" if parts else ""
+            print(f"[preview] {n}/{len(outputs)} {out_png}{detail}", flush=True)
     if failed:
         raise RuntimeError(f"{len(failed)} preview(s) failed: " + "; ".join(f"{c}: {w}" for c, w in failed.items()))
     return written

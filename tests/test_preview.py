@@ -119,10 +119,32 @@ def test_preview_command(tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.ones(seg.shape, np.float32), affine), str(scans / "sub 1.nii.gz"))
     main(["preview", str(out), "--input", str(scans)])
     assert (out / "sub 1_preview.png").is_file()
-    assert "no scan given" not in capsys.readouterr().out  # the scan was found by its case name
+    assert "maps only" not in capsys.readouterr().out  # the scan was found by its case name
     with pytest.raises(SystemExit) as e:
         main(["preview", str(out), "--input", str(tmp_path / "nowhere")])
     assert e.value.code == 2 and "--input" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["preview", str(tmp_path / "scans")])  # no inference output there
     assert "run calibmonai infer first" in capsys.readouterr().err
+
+
+def test_preview_says_why_a_scan_is_not_drawn_and_names_labels_the_bundle_lacks(tmp_path, capsys):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    seg = np.zeros((16, 16, 8), np.uint8)
+    seg[4:12, 4:12, 2:6] = 1
+    seg[6:9, 6:9, 3:5] = 3  # a label of a 4-class bundle's maps, previewed with a 2-class bundle's names
+    out = tmp_path / "out"
+    _write_case(out, "case a", seg, affine)
+    other = tmp_path / "other.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(seg.shape, np.float32), affine), str(other))
+    preview_folder(out, {"case b": other})  # scans given, none named like the case
+    assert "(no scan of the inputs is named case a: maps only)" in capsys.readouterr().out
+    preview_folder(out, None)
+    assert "(no scan given: maps only)" in capsys.readouterr().out
+    preview_folder(out, {"case a": other}, class_names=["background", "lesion"])
+    text = capsys.readouterr().out
+    assert "labels [3] are no class of the bundle (2 classes): drawn unnamed; right --bundle?" in text and "maps only" not in text
+    _, note = write_preview(find_outputs(out)["case a"], tmp_path / "p.png", image_file=tmp_path / "missing.nii.gz", class_names=["background", "lesion"])
+    assert note.startswith("scan unreadable (") and note.endswith("; labels [3] are no class of the bundle (2 classes): drawn unnamed; right --bundle?")
+    _, note = write_preview(find_outputs(out)["case a"], tmp_path / "q.png", class_names=["bg", "a", "b", "c"])
+    assert note == ""
