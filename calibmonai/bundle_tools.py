@@ -309,7 +309,8 @@ def _command_line_value(value: Any) -> Any:
 def check_setting_values(config: Mapping[str, Any], flags: Mapping[str, Any]) -> None:
     """Refuse a command-line value that cannot be the number a setting of the config is (``--epochs one``: MONAI
     would stop later in an expression's ``TypeError``, naming no flag), a count of :data:`POSITIVE_SETTINGS` below 1
-    (``--slices_per_volume 0`` divided by zero, ``--batch_size 0`` trained silently on one volume per step), and a
+    (``--slices_per_volume 0`` divided by zero, ``--batch_size 0`` trained silently on one volume per step), a
+    ``--device cuda`` where torch sees no GPU (the run failed deep in the data pipeline and the process aborted), and a
     ``batch_size`` that is not a multiple of ``slices_per_volume`` (each step takes whole volumes' slices:
     ``batch_size // slices_per_volume`` volumes, so the remainder would be dropped without a word).
 
@@ -319,6 +320,14 @@ def check_setting_values(config: Mapping[str, Any], flags: Mapping[str, Any]) ->
     values: dict[str, Any] = {}
     for name, raw in flags.items():
         key = str(name).replace("-", "_")
+        if key in ("device", "cache_device") and isinstance(raw, str) and raw.strip().lower().startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():  # MONAI would fail deep in the data pipeline, then the process aborts
+                raise ValueError(
+                    f"--{name} {raw}: no CUDA device is visible to torch (torch.cuda.is_available() is False: a CPU build "
+                    f"of torch, or no GPU). Leave --{name} out: the bundles take the GPU when there is one, else the CPU."
+                )
         if key not in config or "#" in key or "::" in key:
             continue
         default, value = config[key], _command_line_value(raw)

@@ -59,6 +59,17 @@ def test_setting_values_that_cannot_be_their_number_are_refused(flags, message):
         check_command_line_keys(_argv(*flags))
 
 
+def test_device_cuda_without_a_gpu_is_refused(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda:0: no CUDA device is visible to torch .*Leave --device out"):
+        check_command_line_keys(_argv("--device", "cuda:0"))
+    check_command_line_keys(_argv("--device", "cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_command_line_keys(_argv("--device", "cuda"))
+
+
 def test_setting_values_that_fit_pass():
     check_command_line_keys(_argv("--epochs", "3", "--lr", "1e-4", "--lr=0.01", "--batch_size", "8", "--slices_per_volume", "2"))
     check_command_line_keys(_argv("--epochs", "$2 * 3", "--batch_size", "@slices_per_volume"))  # MONAI's to evaluate
