@@ -198,6 +198,15 @@ def output_provenance(checkpoint: str, calibrator: Any = None, run_dir: str | No
     return record
 
 
+#: what identifies the maker of a case's maps: the weights' and calibrator's contents (not where the files lie: a
+#: moved run or export still makes the same maps)
+_IDENTITY = ("checkpoint_sha256", "calibrator", "calibrator_sha256")
+
+
+def _same_maker(recorded: Mapping[str, str] | None, current: Mapping[str, str] | None) -> bool:
+    return bool(recorded) and bool(current) and all(recorded.get(k) == current.get(k) for k in _IDENTITY)  # type: ignore[union-attr]
+
+
 def _made_otherwise(recorded: Mapping[str, str] | None, current: Mapping[str, str]) -> str:
     """How existing outputs (``recorded`` provenance) differ from what this run would write (``current``)."""
     if not recorded:
@@ -211,7 +220,7 @@ def _made_otherwise(recorded: Mapping[str, str] | None, current: Mapping[str, st
         return name if name == "none" else f"{name} (sha256 {str(r.get('calibrator_sha256', '?'))[:12]})"
 
     parts = []
-    if (recorded.get("checkpoint"), recorded.get("checkpoint_sha256")) != (current.get("checkpoint"), current.get("checkpoint_sha256")):
+    if recorded.get("checkpoint_sha256") != current.get("checkpoint_sha256"):
         parts.append(f"they were made with the weights {weights(recorded)}, this run uses {weights(current)}")
     if calibrator(recorded) != calibrator(current):
         parts.append(f"they were made with calibrator {calibrator(recorded)}, this run uses {calibrator(current)}")
@@ -517,7 +526,7 @@ class ScanInferenceEngine:
             prefix = f"[inference] {i + 1}/{len(items)} {case}"
             existing, missing = self._existing_outputs(case)
             made_by = self._recorded(case)
-            if not self.overwrite and existing and not missing and (self.provenance is None or made_by == self.provenance):
+            if not self.overwrite and existing and not missing and (self.provenance is None or _same_maker(made_by, self.provenance)):
                 summary.skipped.append(case)
                 _log(f"{prefix}: outputs exist, skipped (use --overwrite)")
                 continue

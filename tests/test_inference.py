@@ -322,6 +322,11 @@ def test_outputs_of_other_weights_or_another_calibrator_are_not_taken_as_done(tr
     capsys.readouterr()
     _infer(trained, str(folder), out)  # the same run again: skipped
     assert "plain: outputs exist, skipped" in capsys.readouterr().out and _hashes(out) == before
+    moved = tmp_path / "moved_runs"  # the same weights elsewhere make the same maps: still done
+    shutil.copytree(trained["runs"], moved)
+    run_workflow("inference", config_files(BUNDLE, "ce", workflow="inference.yaml"), input_dir=str(folder), output_dir=str(out),
+                 runs_dir=str(moved), **SMALL)  # fmt: skip
+    assert "plain: outputs exist, skipped" in capsys.readouterr().out and _hashes(out) == before
     with pytest.raises(Exception, match="Failed to evaluate"):  # the TS maps are not the uncalibrated ones
         _infer(trained, str(folder), out, calibrator="ts")
     assert "FAILED plain: its outputs exist but they were made with calibrator none, this run uses ts (sha256" in capsys.readouterr().out
