@@ -293,6 +293,9 @@ def test_tiny_study_interrupted_and_resumed(tiny):
     changed = load_study({**tiny_spec(tiny["spec"].bundles[0].dataset_dir), "epochs": 2})
     assert task_status(build_plan(changed, out), out)["train/mni_tissue_seg2d/unet/seed0/ce"] == "changed"
     assert run_study(changed, out=out, workers=0)["ran"] == []
+    stale = write_report(out, out / "changed_report").read_text()  # the report says its results predate the file
+    assert re.search(r"\*\*\d+ finished task\(s\) ran with other settings than the study file now gives\*\* \(`train/mni_tissue_seg2d/unet/seed0/ce`", stale)
+    assert "finished task(s) ran with other settings" not in tiny["report"].read_text()
     assert run_study(tiny["spec"], out=out, workers=0)["ran"] == []  # (and the study folder holds the tiny study again)
 
 
@@ -313,6 +316,71 @@ def test_tiny_study_redo_and_failure(tiny, tmp_path):
     assert "Traceback" in failed["traceback"] and failed["log"].endswith("ce.log")
     assert task_status(build_plan(bad, tmp_path / "bad"), tmp_path / "bad")[res["failed"][0]] == "failed"
     assert "_No finished run yet._" in write_report(tmp_path / "bad").read_text()
+
+
+@pytest.mark.slow
+def test_a_task_another_process_runs_is_not_run_twice(tiny):
+    from calibmonai.study.tasks import execute_task, task_lock
+
+    out = tiny["out"]
+    task = next(t for t in build_plan(tiny["spec"], out) if t.id.startswith("analysis/"))
+    before = marker_path(out, task.id).read_bytes()
+    with task_lock(out, task.id):  # as a worker of a killed study run would hold it (a second open file: flock conflicts)
+        res = execute_task(out, task, force=True)
+    assert not res["ok"] and re.match(rf"another process \(pid {os.getpid()} on .+\) is running this task", res["error"]), res
+    assert marker_path(out, task.id).read_bytes() == before and not marker_path(out, task.id, failed=True).exists()
+    assert execute_task(out, task)["skipped"]  # the lock released: the finished task is found finished
+
+
+def test_noise_levels_never_share_a_folder():
+    from calibmonai.study.tasks import noise_dir_name
+
+    assert [noise_dir_name(s) for s in (0, 0.01, 0.05, 0.1)] == ["sigma0.000", "sigma0.010", "sigma0.050", "sigma0.100"]  # as before
+    close = [0.0005, 0.001, 0.0125, 0.0126, 0.01255]
+    assert len({noise_dir_name(s) for s in close}) == len(close)
+    assert noise_dir_name(0.0125) == "sigma0.0125"
+
+
+def test_pool_workers_end_when_the_study_process_is_killed(tmp_path):
+    """kill -9 of the study process: its pool cannot stop the workers, their watchdog does (a worker left training
+    would write into the run folder the next study run trains again)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import concurrent.futures as cf, multiprocessing as mp, os, time
+from calibmonai.study.executors import _init_worker
+
+def work(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(None, os.getpid()))
+    pool.submit(work, {str(tmp_path / "worker.pid")!r})
+    time.sleep(120)
+"""
+    (tmp_path / "driver.py").write_text(script)
+    driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py")], cwd=tmp_path)
+    pid_file = tmp_path / "worker.pid"
+    t0 = time.time()
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() - t0 < 120:
+        time.sleep(0.2)
+    worker = int(pid_file.read_text())
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    t0 = time.time()
+    while time.time() - t0 < 15:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the pool worker outlived its study process by 15 s")
 
 
 def _table_cells(md: str, title: str) -> list[list[str]]:
@@ -467,3 +535,18 @@ def test_mistyped_study_flags_are_refused_before_anything_runs(tmp_path, capsys)
     assert "unknown flag --outt for `calibmonai study plan`; flags: --study, --out, --verbose, --replace." in err
     assert "unknown command 'plann' of `calibmonai study`; commands: plan, run, report." in err
     assert not out.exists()  # nothing planned, run or written
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_its_task_only_and_says_so(tiny, tmp_path, capsys):
+    """A pool worker killed abruptly (the out-of-memory killer; here the training config ends its process): the task
+    it ran fails with a marker naming what happened, tasks not started are reported not run, not failed."""
+    raw = tiny_spec(tiny["spec"].bundles[0].dataset_dir, methods={"ce": {}, "mbls": {"margin": [5.0], "alpha": [0.1]}})
+    raw["overrides"] = {**raw["overrides"], "epochs": "$__import__('os')._exit(9)"}
+    res = run_study(load_study(raw), out=tmp_path / "killed", workers=1)
+    text = capsys.readouterr().out
+    assert res["ran"] == [] and res["failed"] == ["train/mni_tissue_seg2d/unet/seed0/ce"], res
+    failed = json.loads(marker_path(tmp_path / "killed", res["failed"][0], failed=True).read_text())
+    assert "worker process died" in failed["error"]
+    assert "train/mni_tissue_seg2d/unet/seed0/mbls_alpha0.1_margin5.0" in res["not_run"]
+    assert f"failed: {res['failed'][0]} (see {marker_path(tmp_path / 'killed', res['failed'][0], failed=True)})" in text

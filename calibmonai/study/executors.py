@@ -110,14 +110,49 @@ def _exit_quietly(signum: int, frame: Any) -> None:
     os._exit(128 + int(signum))
 
 
-def _init_worker(gpu_queue: Any) -> None:
+def _exit_when_orphaned(parent: int, interval: float = 1.0) -> None:
+    """A pool worker's watchdog: when the study process that started it is gone (killed with ``kill`` or
+    ``kill -9``, which its pool cannot see), leave within ``interval`` seconds: a worker left training would write
+    into the run folder that the next ``study run`` trains again."""
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent:
+            os._exit(143)
+
+
+def _init_worker(gpu_queue: Any, parent: int | None = None) -> None:
     """Give a pool worker its GPUs (``CUDA_VISIBLE_DEVICES``) before torch initialises CUDA; Ctrl-C ends it quietly
-    (a handler, not ``SIG_IGN``: a ``torchrun`` it starts still gets the default)."""
+    (a handler, not ``SIG_IGN``: a ``torchrun`` it starts still gets the default); it ends itself when the study
+    process ``parent`` is gone (:func:`_exit_when_orphaned`)."""
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, _exit_quietly)
+    if parent is not None:
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="calibmonai-orphan-watchdog").start()
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """``kill`` (SIGTERM) of the study process: stop as Ctrl-C does (the workers are terminated, their tasks stay
+    unfinished)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _record_worker_death(study_dir: str, tid: str, error: str) -> None:
+    """The failure marker of a task whose worker process died (the task could not write it): ``study plan`` then
+    lists it as failed, and the run's summary names an existing file."""
+    import json
+    import socket
+
+    from calibmonai.run_files import atomic_file
+
+    path = marker_path(Path(study_dir), tid, failed=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = Path(study_dir) / "logs" / f"{tid}.log"
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps({"id": tid, "error": error, "traceback": "", "log": str(log), "host": socket.gethostname()}, indent=1))
 
 
 def _pool_entry(study_dir: str, task: dict[str, Any], force: bool) -> dict[str, Any]:
@@ -180,15 +215,21 @@ class LocalExecutor:
             for g in groups:
                 queue.put(g)
         running: dict[cf.Future, str] = {}
-        with cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
+        import signal
+        import threading
+
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if on_main else None
+        with cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(queue, os.getpid())) as pool:
             try:
                 while True:
                     if not driver.exhausted():
                         for t in driver.take(driver.ready(), n - len(running)):
                             try:
                                 running[pool.submit(_pool_entry, study_dir, t.to_dict(), t.id in force)] = t.id
-                            except cf.process.BrokenProcessPool as e:  # a worker died: nothing more can start
-                                driver.finished({"id": t.id, "ok": False, "skipped": False, "wall_s": 0.0, "error": f"the process pool broke: {e}"})
+                            except cf.process.BrokenProcessPool:  # a worker died: nothing more can start
+                                driver.not_run.add(t.id)
+                                driver.results.append({"id": t.id, "ok": False, "skipped": True, "wall_s": 0.0, "error": "not started: a worker process died"})
                                 driver.budget = 0
                     if not running:
                         break
@@ -198,7 +239,9 @@ class LocalExecutor:
                         try:
                             driver.finished(fut.result())
                         except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
-                            driver.finished({"id": tid, "ok": False, "skipped": False, "wall_s": 0.0, "error": f"worker process died: {e!r}"})
+                            error = f"its worker process died (killed, or out of memory?): {e!r}"
+                            _record_worker_death(study_dir, tid, error)
+                            driver.finished({"id": tid, "ok": False, "skipped": False, "wall_s": 0.0, "error": error})
             except KeyboardInterrupt:
                 for fut in running:
                     fut.cancel()
@@ -206,6 +249,9 @@ class LocalExecutor:
                     if proc.is_alive():  # a worker still training: its task stays unfinished (no marker)
                         proc.terminate()
                 raise
+            finally:
+                if on_main:
+                    signal.signal(signal.SIGTERM, previous)
         return driver.results
 
 
@@ -501,6 +547,8 @@ def run_study(
     blocked = {b: why for b, why in blocked_bundles(tasks, spec).items() if b in left}
     wall = time.time() - t0
     log(f"[study] ran {len(ran)} task(s), {len(failed)} failed, {len(not_run)} not run after a failure, {len(remaining)} remaining; {wall:.0f} s")
+    errors = {r["id"]: r.get("error") for r in results}
     for tid in failed:
-        log(f"[study]   failed: {tid} (see {marker_path(root, tid, failed=True)})")
+        path = marker_path(root, tid, failed=True)
+        log(f"[study]   failed: {tid} ({f'see {path}' if path.exists() else errors.get(tid)})")
     return {"study_dir": str(root), "ran": ran, "failed": failed, "not_run": not_run, "remaining": remaining, "blocked": blocked, "wall_s": wall}

@@ -31,6 +31,7 @@ import numpy as np
 
 from calibmonai.study.plan import Task, read_marker, replicate_tag
 from calibmonai.study.stats import mean_case_rank, paired_wilcoxon, sum_rank
+from calibmonai.study.tasks import noise_dir_name
 
 __all__ = ["TIDY_COLUMNS", "RANK_METRICS", "collect_tidy", "write_tidy", "read_tidy", "write_report", "table1", "table2", "table3", "table4", "meep_table", "paired_table", "noise_table", "sensitivity_table", "backbone_table"]
 
@@ -127,7 +128,7 @@ def collect_tidy(study_dir: str | Path) -> list[dict[str, Any]]:
                 add(key, name, 0.0, _read_per_case(run_dir / f"eval_{name}" / "per_case.csv"))
         elif t.kind == "noise":
             for sigma in t.params["sigmas"]:
-                add(key, "noise", float(sigma), _read_per_case(run_dir / "noise" / f"sigma{sigma:.3f}" / "per_case.csv"))
+                add(key, "noise", float(sigma), _read_per_case(run_dir / "noise" / noise_dir_name(sigma) / "per_case.csv"))
     order = ("bundle", "backbone", "seed", "fold", "method", "run", "evaluation", "sigma", "case", "metric")
     rows.sort(key=lambda r: tuple(str(r[k]) if not isinstance(r[k], (int, float)) or isinstance(r[k], bool) else f"{r[k]:020.6f}" for k in order))
     return rows
@@ -553,6 +554,14 @@ def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     finished = sum(1 for s in status.values() if s in ("done", "changed"))
     ref = spec.reference
     md = [f"# Study {spec.name}\n", f"{finished} of {len(tasks)} tasks finished ({time.strftime('%Y-%m-%d %H:%M')}); tidy data: `tidy.csv` ({len(rows)} rows, run x case x metric).\n"]
+    changed = [t.id for t in tasks if status[t.id] == "changed"]
+    if changed:
+        shown = ", ".join(f"`{c}`" for c in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        md.append(
+            f"**{len(changed)} finished task(s) ran with other settings than the study file now gives** ({shown}): e.g. a "
+            "selection made before a grid point was added, which has not compared it. Their results are shown as they are; "
+            "`calibmonai study run STUDY.yaml --redo '<id>'` re-runs them and what depends on them.\n"
+        )
     unfinished = sorted({t.kind for t in tasks if status[t.id] not in ("done", "changed")})
     if unfinished:
         md.append(f"Unfinished task kinds: {', '.join(unfinished)} (`study plan` lists them); the tables below use what has finished.\n")

@@ -258,6 +258,14 @@ def _select(task: Task, study_dir: Path) -> dict[str, Any]:
     return {"run_name": best, "loss_kwargs": chosen["loss_kwargs"], "scores": scores, "metric": wanted, "param": task.params.get("param")}
 
 
+def noise_dir_name(sigma: float) -> str:
+    """The folder of a run's evaluation under noise ``sigma``: ``sigma0.050`` (three decimals, as studies have always
+    named them) where three decimals hold ``sigma`` exactly, else every digit it needs (``sigma0.0125``), so two
+    levels never share a folder."""
+    sigma = float(sigma)
+    return f"sigma{sigma:.3f}" if float(f"{sigma:.3f}") == sigma else f"sigma{sigma!r}"
+
+
 def _noise(task: Task, study_dir: Path) -> dict[str, Any]:
     import calibmonai.evaluation as ev
 
@@ -265,7 +273,7 @@ def _noise(task: Task, study_dir: Path) -> dict[str, Any]:
     inputs = _evaluation_inputs(task, run_dir)
     done = {}
     for sigma in task.params["sigmas"]:
-        out = Path(run_dir) / "noise" / f"sigma{sigma:.3f}"
+        out = Path(run_dir) / "noise" / noise_dir_name(sigma)
         kwargs = dict(inputs)
         kwargs.update(preprocessing=AddRelativeGaussianNoise(inputs["preprocessing"], sigma, seed=task.seed or 0), output_dir=str(out), title=f"{sel['run_name']} + noise {sigma:g}")
         ev.evaluate_run(**kwargs)
@@ -388,6 +396,47 @@ def _task_log(path: Path, capture_fds: bool) -> Iterator[None]:
                 lg.setLevel(lv)
 
 
+class TaskBusy(RuntimeError):
+    """Another process is running the task (it holds the task's lock)."""
+
+
+@contextlib.contextmanager
+def task_lock(study_dir: Path, task_id: str) -> Iterator[None]:
+    """Hold ``<study>/state/<task id>.lock`` (an exclusive ``flock``, released by the system when the holder dies)
+    while a task runs, so two processes never run one task into the same run folder (a study run started again
+    while a worker of a killed one is still training). Where file locks are unavailable (no ``fcntl``, a file system
+    refusing them) the task runs unlocked.
+
+    Raises:
+        TaskBusy: naming the process that holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = marker_path(study_dir, task_id).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise TaskBusy(f"another process ({holder}) is running this task; wait for it to finish or stop it, then run the study again") from None
+        except OSError:  # a file system without locks: run unlocked
+            yield
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def execute_task(study_dir: str | os.PathLike, task: dict[str, Any] | Task, threads: int | None = None, capture_fds: bool = False, force: bool = False) -> dict[str, Any]:
     """Run one task here and write its marker; never raises for a failing task.
 
@@ -399,13 +448,27 @@ def execute_task(study_dir: str | os.PathLike, task: dict[str, Any] | Task, thre
             that a study gives the same numbers through every executor.
         capture_fds: redirect file descriptors 1/2 to the task log (worker processes), not only Python's streams.
         force: run even when the marker exists (``study run --redo``).
-    """
-    import torch
 
+    A task that another process is running (it holds the task's lock, :func:`task_lock`) is not run: ``ok`` is
+    false and ``error`` names that process; nothing of the task is written.
+    """
     t = task if isinstance(task, Task) else Task.from_dict(task)
     root = Path(study_dir)
     if not force and read_marker(root, t.id) is not None:
         return {"id": t.id, "ok": True, "skipped": True, "wall_s": 0.0, "error": None}
+    try:
+        with task_lock(root, t.id):
+            if not force and read_marker(root, t.id) is not None:  # finished by the lock's previous holder
+                return {"id": t.id, "ok": True, "skipped": True, "wall_s": 0.0, "error": None}
+            return _execute_locked(t, root, threads, capture_fds)
+    except TaskBusy as e:
+        return {"id": t.id, "ok": False, "skipped": False, "wall_s": 0.0, "error": str(e)}
+
+
+def _execute_locked(t: Task, root: Path, threads: int | None, capture_fds: bool) -> dict[str, Any]:
+    """:func:`execute_task` once the task's lock is held."""
+    import torch
+
     log = root / "logs" / f"{t.id}.log"
     failed = marker_path(root, t.id, failed=True)
     before = torch.get_num_threads()
