@@ -364,7 +364,9 @@ def _run_eval_metrics(eval_dir: Path, ckpt: Path) -> tuple[dict[str, float], str
     """``metadata.json``'s ``eval_metrics`` for the exported weights (:data:`EVAL_METRICS`, test-split means) from the
     run's evaluation ``eval_dir/summary.csv``, and a sentence for the export's README. Empty, and the sentence says
     why, when the run was not evaluated or its evaluation is older than the weights (it measured other weights)."""
-    import csv
+    import math
+
+    from calibmonai.meep_table import read_summary
 
     summary = eval_dir / "summary.csv"
     if not ckpt.is_file():
@@ -373,14 +375,12 @@ def _run_eval_metrics(eval_dir: Path, ckpt: Path) -> tuple[dict[str, float], str
         return {}, f"none: the run was not evaluated (no {summary}); run its 'evaluate' workflow, then export again"
     if summary.stat().st_mtime < ckpt.stat().st_mtime:
         return {}, f"none: {summary} is older than the exported weights (it evaluated earlier ones); evaluate again, then export"
-    with open(summary, newline="") as f:
-        values = {r["metric"]: r["value"] for r in csv.DictReader(f)}
-    metrics = {}
-    for key, column in EVAL_METRICS.items():
-        try:
-            metrics[key] = round(float(values[column]), 6)
-        except (KeyError, ValueError):
-            continue
+    try:
+        values = read_summary(summary)
+    except ValueError as e:
+        return {}, f"none: {e}"
+    # only finite values: a metric undefined on every case (NaN) is left out, JSON has no NaN
+    metrics = {key: round(values[column], 6) for key, column in EVAL_METRICS.items() if math.isfinite(values.get(column, math.nan))}
     shown = ", ".join(f"{k} {v:g}" for k, v in metrics.items())
     return metrics, f"{shown} (means over the test cases of the run's evaluation, {summary.parent.name}/summary.csv)"
 

@@ -190,11 +190,15 @@ def output_provenance(checkpoint: str, calibrator: Any = None, run_dir: str | No
         path = calibrator_path(run_dir or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), calibrator)
         record["calibrator"] = calibrator
         record["calibrator_sha256"] = file_sha256(path) if os.path.isfile(path) else "missing"
-    else:
+    elif hasattr(calibrator, "state_dict"):
         buffer = io.BytesIO()
-        torch.save(calibrator.state_dict() if hasattr(calibrator, "state_dict") else repr(calibrator), buffer)
+        torch.save(calibrator.state_dict(), buffer)
         record["calibrator"] = type(calibrator).__name__
         record["calibrator_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    else:  # a plain function: its qualified name (its repr holds a memory address, another at every run)
+        name = f"{getattr(calibrator, '__module__', '?')}.{getattr(calibrator, '__qualname__', type(calibrator).__qualname__)}"
+        record["calibrator"] = name
+        record["calibrator_sha256"] = hashlib.sha256(name.encode()).hexdigest()
     return record
 
 
@@ -476,29 +480,49 @@ class ScanInferenceEngine:
         return existing, [f for f in wanted if not os.path.isfile(f)]
 
     def _records(self) -> dict[str, Any]:
+        """The output folder's record (:data:`OUTPUTS_RECORD`), ``{}`` when there is none.
+
+        Raises:
+            ValueError: for a record that cannot be read or is not a JSON object, naming it (it would otherwise be
+                overwritten with this run's cases only, and every finished case taken as unrecorded).
+        """
         path = os.path.join(self.output_dir, OUTPUTS_RECORD)
+        if not os.path.exists(path):
+            return {}
         try:
             with open(path) as f:
                 records = json.load(f)
-        except (OSError, ValueError):
-            return {}
-        return records if isinstance(records, dict) else {}
+        except (OSError, ValueError) as e:
+            raise ValueError(f"the outputs record {path} cannot be read ({type(e).__name__}: {e}): move it away (the outputs it described then count as unrecorded) and run again.") from e
+        if not isinstance(records, dict):
+            raise ValueError(f"the outputs record {path} is not a JSON object of cases: move it away and run again.")
+        return records
 
     def _recorded(self, case: str) -> dict[str, str] | None:
         """The provenance recorded for ``case``'s outputs, ``None`` when none was."""
         found = self._records().get(case)
         return found if isinstance(found, dict) else None
 
-    def _record(self, case: str) -> None:
-        """Record what made ``case``'s outputs (after they were written), or that it is unknown (no provenance)."""
+    def _record(self, case: str, provenance: Mapping[str, str] | None) -> None:
+        """Record what made ``case``'s outputs, or (``None``) that it is unknown: before outputs are replaced (a scan
+        failing half-way through must not keep the earlier maker's record beside the new maps), and after they were
+        written.
+
+        Raises:
+            ScanError: when the record cannot be written (its folder read-only, the disk full).
+        """
         records = self._records()
-        if self.provenance is None:
+        if provenance is None:
             if records.pop(case, None) is None:
                 return
         else:
-            records[case] = self.provenance
-        with atomic_file(os.path.join(self.output_dir, OUTPUTS_RECORD)) as tmp:
-            tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+            records[case] = dict(provenance)
+        path = os.path.join(self.output_dir, OUTPUTS_RECORD)
+        try:
+            with atomic_file(path) as tmp:
+                tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+        except OSError as e:
+            raise ScanError(f"cannot write the outputs record {path}: {e}") from e
 
     def run(self) -> InferenceSummary:
         """Segment every scan; raises ``RuntimeError`` listing the failures after all scans were tried."""
@@ -516,6 +540,7 @@ class ScanInferenceEngine:
                 raise FileNotFoundError(f"the input {str(source)!r} does not exist (give a folder of scans, a glob or a file).")
             raise FileNotFoundError(f"no scan found in {source!r} (extensions {', '.join(SCAN_EXTENSIONS)}).")
         os.makedirs(self.output_dir, exist_ok=True)
+        self._records()  # a damaged record stops the run before any scan, naming it
         transform = self.dataset.transform
         self.network.eval()
         summary = self.summary = InferenceSummary()
@@ -551,11 +576,13 @@ class ScanInferenceEngine:
                 with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
                     logits = self.inferer(torch.as_tensor(image)[None].float().to(self.device), self.network)
                 data["pred"] = torch.as_tensor(logits)[0].float().cpu()
+                if existing:  # outputs about to be replaced (--overwrite): their maker's record goes first
+                    self._record(case, None)
                 try:
                     data = self.postprocessing(data)
                 except Exception as e:  # noqa: BLE001 - inversion or writing failed for this scan: the others go on
                     raise ScanError(f"cannot map back or write the outputs of {files[0] if len(files) == 1 else files}: {_root_message(e)}") from e
-                self._record(case)
+                self._record(case, self.provenance)
                 summary.done.append(case)
                 conf = data.get("conf")
                 extra = f", mean confidence {float(torch.as_tensor(conf).float().mean()):.3f}" if conf is not None else ""

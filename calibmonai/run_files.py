@@ -36,7 +36,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield the temporary name to write ``path`` to: ``.tmp-<pid>-<name>`` in the same folder (hidden, and ending
     like ``path``, so writers that pick the format from the extension, such as nibabel's, still do). When the block
     ends without error the file is renamed to ``path`` (``os.replace``: atomic on one file system, an existing
-    ``path`` replaced); when it raises, the temporary file is removed and ``path`` is left as it was.
+    ``path`` replaced); when it raises, the temporary file is removed and ``path`` is left as it was. A process
+    killed mid-write leaves ``path`` whole (an earlier version or none); no ``fsync`` is made, so a power loss just
+    after the rename may still lose the new content.
 
     Example::
 

@@ -141,6 +141,21 @@ def _zoo_json_format(path: Path) -> bool:
     return text == json.dumps(json.loads(text), indent=4) + "\n"
 
 
+def test_export_metrics_leave_out_undefined_values(tmp_path):
+    from calibmonai.bundle_export import _run_eval_metrics
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"w")
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "summary.csv").write_text("metric,value\ndsc_mean,0.9\nhd95_mean,nan\nece,0.04\n")
+    metrics, note = _run_eval_metrics(eval_dir, ckpt)
+    assert metrics == {"mean_dice": 0.9, "ece": 0.04} and "nan" not in json.dumps(metrics).lower()  # JSON has no NaN
+    (eval_dir / "summary.csv").write_text("a,b\n1,2\n")
+    metrics, note = _run_eval_metrics(eval_dir, ckpt)
+    assert metrics == {} and "is not an evaluation summary" in note
+
+
 def test_json_files_have_the_model_zoo_format():
     files = sorted((REPO / "bundles").glob("*/configs/*.json"))
     assert len(files) >= 15  # metadata.json of 10 bundles and the shipped split files

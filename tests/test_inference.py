@@ -390,3 +390,55 @@ def test_a_scan_whose_outputs_cannot_be_written_fails_alone(trained, tmp_path, c
     text = capsys.readouterr().out
     assert "FAILED b_broken: cannot map back or write the outputs of" in text and "No space left on device" in text
     assert (tmp_path / "out" / "a_first_seg.nii.gz").is_file() and (tmp_path / "out" / "c_last_seg.nii.gz").is_file()
+
+
+def test_outputs_record_damaged_or_left_behind_by_a_failed_overwrite(trained, tmp_path, capsys, monkeypatch):
+    import json
+
+    from calibmonai import inference
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(trained["volume"][:, :, :6].copy(), np.diag([2.0, 2.0, 2.0, 1.0])), str(folder / "plain.nii.gz"))
+    out = tmp_path / "out"
+    _infer(trained, str(folder), out)
+    record = out / "calibmonai_outputs.json"
+    # --overwrite with another calibrator that fails half-way (its conf map cannot be written): the earlier maker's
+    # record is gone, so the next run of that maker does not take the mixed maps as its own
+    original = inference.AtomicNibabelWriter.write
+
+    def write(self, filename, *args, **kwargs):
+        if str(filename).endswith("_conf.nii.gz"):
+            raise OSError("No space left on device")
+        return original(self, filename, *args, **kwargs)
+
+    monkeypatch.setattr(inference.AtomicNibabelWriter, "write", write)
+    with pytest.raises(Exception, match="Failed to evaluate"):
+        _infer(trained, str(folder), out, calibrator="ts", overwrite=True)
+    monkeypatch.undo()
+    assert "plain" not in json.loads(record.read_text())
+    capsys.readouterr()
+    with pytest.raises(Exception, match="Failed to evaluate"):
+        _infer(trained, str(folder), out)
+    assert "no record in calibmonai_outputs.json" in capsys.readouterr().out
+    # a damaged record stops the run before any scan, naming it (it would be overwritten with this run's cases only)
+    record.write_text("{not json")
+    with pytest.raises(Exception) as exc:
+        _infer(trained, str(folder), out, overwrite=True)
+    from calibmonai.cli import error_message
+
+    assert f"the outputs record {record} cannot be read" in error_message(exc.value)
+    assert record.read_text() == "{not json"
+
+
+def test_outputs_record_of_a_calibrator_function_is_the_same_at_every_run(tmp_path):
+    from calibmonai.inference import output_provenance
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+
+    def my_calibration(logits):
+        return logits
+
+    a, b = output_provenance(str(ckpt), my_calibration), output_provenance(str(ckpt), my_calibration)
+    assert a == b and a["calibrator"].endswith("my_calibration") and "0x" not in a["calibrator"]

@@ -300,3 +300,16 @@ def test_numeric_hyper_parameter_types_give_the_float_loss():
         get_loss("meep_ce_kl", eps=0.0)
     with pytest.raises(ValueError, match="margin and alpha must be >= 0"):  # the range checks stay as they were
         get_loss("mbls", margin=-1)
+
+
+def test_focal_takes_per_class_weights_as_numpy_like_monai():
+    import numpy as np
+
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (2, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+    weights = [0.2, 0.3, 0.5]
+    as_list = get_loss("focal", num_classes=3, spatial_dims=2, alpha=weights)(x, y)
+    as_numpy = get_loss("focal", num_classes=3, spatial_dims=2, alpha=np.array(weights))(x, y)
+    assert float(as_numpy) == pytest.approx(float(as_list), rel=1e-6)
+    with pytest.raises(ValueError, match="write 1.0e-3"):
+        get_loss("mbls", num_classes=3, spatial_dims=2, margin="1e-3")

@@ -538,15 +538,62 @@ def test_mistyped_study_flags_are_refused_before_anything_runs(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_a_worker_that_dies_fails_its_task_only_and_says_so(tiny, tmp_path, capsys):
-    """A pool worker killed abruptly (the out-of-memory killer; here the training config ends its process): the task
-    it ran fails with a marker naming what happened, tasks not started are reported not run, not failed."""
+def test_a_worker_that_dies_fails_its_task_and_says_so(tiny, tmp_path, capsys):
+    """A pool worker killed abruptly (the out-of-memory killer; here the training config ends its process): its task
+    fails with a marker naming what happened; the tasks not started are reported not run, not failed."""
     raw = tiny_spec(tiny["spec"].bundles[0].dataset_dir, methods={"ce": {}, "mbls": {"margin": [5.0], "alpha": [0.1]}})
     raw["overrides"] = {**raw["overrides"], "epochs": "$__import__('os')._exit(9)"}
-    res = run_study(load_study(raw), out=tmp_path / "killed", workers=1)
+    out = tmp_path / "killed"
+    res = run_study(load_study(raw), out=out, workers=1)
     text = capsys.readouterr().out
-    assert res["ran"] == [] and res["failed"] == ["train/mni_tissue_seg2d/unet/seed0/ce"], res
-    failed = json.loads(marker_path(tmp_path / "killed", res["failed"][0], failed=True).read_text())
-    assert "worker process died" in failed["error"]
-    assert "train/mni_tissue_seg2d/unet/seed0/mbls_alpha0.1_margin5.0" in res["not_run"]
-    assert f"failed: {res['failed'][0]} (see {marker_path(tmp_path / 'killed', res['failed'][0], failed=True)})" in text
+    ce, mbls = "train/mni_tissue_seg2d/unet/seed0/ce", "train/mni_tissue_seg2d/unet/seed0/mbls_alpha0.1_margin5.0"
+    assert res["ran"] == [] and res["failed"] == [ce], res
+    failed = json.loads(marker_path(out, ce, failed=True).read_text())
+    assert "its worker process died (exit status 9)" in failed["error"]
+    assert mbls in res["not_run"] and not marker_path(out, mbls, failed=True).exists()
+    assert f"failed: {ce} (see {marker_path(out, ce, failed=True)})" in text
+    assert task_status(build_plan(load_study(raw), out), out)[ce] == "failed"
+
+
+def test_when_a_worker_dies_only_its_task_fails(tmp_path):
+    """The pool stops every other worker when one dies (SIGTERM, answered with status 143): their tasks are not run,
+    with no failure marker; the task whose worker died (here killed: -9) fails. Each task's worker is found by the
+    pid in its lock file."""
+    import signal
+
+    from calibmonai.study.executors import _Driver
+    from calibmonai.study.tasks import task_lock
+
+    class Worker:
+        def __init__(self, exitcode):
+            self.exitcode = exitcode
+
+        def join(self, timeout=None):
+            return None
+
+    tasks = [Task(id=f"train/b/unet/seed0/{m}", kind="train", bundle="b", backbone="unet", method=m) for m in ("ce", "mbls", "meep")]
+    for t, pid in zip(tasks, (101, 102, 103)):
+        with task_lock(tmp_path, t.id):
+            marker_path(tmp_path, t.id).with_suffix(".lock").write_text(f"pid {pid} on host")
+    workers = {101: Worker(-signal.SIGKILL), 102: Worker(128 + signal.SIGTERM), 103: Worker(-signal.SIGTERM)}
+    lines = []
+    driver = _Driver(tasks, [], None, lines.append)
+    for t in tasks:
+        LocalExecutor._worker_died(driver, str(tmp_path), t.id, RuntimeError("pool broke"), workers)
+    assert driver.failed == {tasks[0].id} and driver.not_run == {tasks[1].id, tasks[2].id}
+    assert marker_path(tmp_path, tasks[0].id, failed=True).is_file()
+    assert "exit status -9" in json.loads(marker_path(tmp_path, tasks[0].id, failed=True).read_text())["error"]
+    assert not marker_path(tmp_path, tasks[1].id, failed=True).exists() and not marker_path(tmp_path, tasks[2].id, failed=True).exists()
+    assert f"[study] {tasks[1].id}: stopped, another worker process died (not run: the next study run runs it)" in lines
+
+
+def test_noise_results_of_earlier_studies_are_still_read(tmp_path):
+    from calibmonai.study.report import _noise_dir
+
+    run = tmp_path / "run"
+    (run / "noise" / "sigma0.013").mkdir(parents=True)  # 0.0125 as studies named it before
+    assert _noise_dir(run, 0.0125, [0.0, 0.0125]) == run / "noise" / "sigma0.013"
+    assert _noise_dir(run, 0.0125, [0.0125, 0.0126]) == run / "noise" / "sigma0.0125"  # ambiguous: not taken
+    (run / "noise" / "sigma0.0125").mkdir()
+    assert _noise_dir(run, 0.0125, [0.0, 0.0125]) == run / "noise" / "sigma0.0125"
+    assert _noise_dir(run, 0.05, [0.05]) == run / "noise" / "sigma0.050"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import torch
+import numpy as np
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss, NACLLoss
 from torch.nn.modules.loss import _Loss
 
@@ -65,7 +65,7 @@ def _focal(gamma: float = 2.0, **kw: Any) -> _Loss:
     if gamma < 0:
         raise ValueError(f"focal: gamma must be a number >= 0 (0 is cross-entropy), got {gamma!r}.")
     alpha = kw.get("alpha")  # MONAI's class weight: a number in [0, 1], a sequence of per-class weights, or None
-    if alpha is not None and (isinstance(alpha, (str, bytes)) or not isinstance(alpha, (Sequence, torch.Tensor))):
+    if alpha is not None and (isinstance(alpha, (str, bytes)) or np.ndim(alpha) == 0):  # per-class weights (list, array, tensor) are MONAI's
         kw["alpha"] = finite_float(alpha, "alpha", "focal")
     fused = FusedTerms(focal=1.0, focal_gamma=gamma) if not kw and gamma in (0, 1, 2, 3, 4) else None
     return TargetFormatAdapter(FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma, **kw), "channel", fused)

@@ -66,7 +66,14 @@ def finite_float(value: Any, name: str, owner: str) -> float:
         except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
             converted = None
     if converted is None:
-        raise ValueError(f"{owner}: {name} must be a real number (int or float), got {value!r} of type {type(value).__name__}.")
+        hint = ""
+        if isinstance(value, str):
+            try:
+                float(value)
+                hint = " (YAML reads 1e-3 without a dot as text: write 1.0e-3)"
+            except ValueError:
+                pass
+        raise ValueError(f"{owner}: {name} must be a real number (int or float), got {value!r} of type {type(value).__name__}{hint}.")
     if not math.isfinite(converted):
         raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}.")
     return converted

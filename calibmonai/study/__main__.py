@@ -8,7 +8,7 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     import fire
 
-    from calibmonai.cli import check_command_flags
+    from calibmonai.cli import check_command_flags, error_message
     from calibmonai.study.cli import StudyCLI
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -16,10 +16,7 @@ def main(argv: list[str] | None = None) -> None:
         check_command_flags(StudyCLI, args, "calibmonai study")
         fire.Fire(StudyCLI, command=args, name="calibmonai study")
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        root = e
-        while root.__cause__ is not None:
-            root = root.__cause__
-        print(f"calibmonai study: error: {root}", file=sys.stderr)
+        print(f"calibmonai study: error: {error_message(e)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -105,8 +105,12 @@ class _Driver:
 
 # ---------------------------------------------------------------- local process pool
 def _exit_quietly(signum: int, frame: Any) -> None:
-    """A pool worker's Ctrl-C: leave at once (its task unfinished, no marker), without a traceback; the driver
-    process reports the interruption."""
+    """A pool worker's Ctrl-C or termination: stop the trainings it started (torchrun runs in its own process group)
+    and leave at once (its task unfinished, no marker), without a traceback; the driver process reports the
+    interruption."""
+    from calibmonai.study.tasks import stop_child_trainings
+
+    stop_child_trainings()
     os._exit(128 + int(signum))
 
 
@@ -117,6 +121,9 @@ def _exit_when_orphaned(parent: int, interval: float = 1.0) -> None:
     while True:
         time.sleep(interval)
         if os.getppid() != parent:
+            from calibmonai.study.tasks import stop_child_trainings
+
+            stop_child_trainings()
             os._exit(143)
 
 
@@ -128,6 +135,7 @@ def _init_worker(gpu_queue: Any, parent: int | None = None) -> None:
     import threading
 
     signal.signal(signal.SIGINT, _exit_quietly)
+    signal.signal(signal.SIGTERM, _exit_quietly)  # the study terminates its workers on Ctrl-C or kill
     if parent is not None:
         threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="calibmonai-orphan-watchdog").start()
     if gpu_queue is not None:
@@ -140,19 +148,24 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _record_worker_death(study_dir: str, tid: str, error: str) -> None:
-    """The failure marker of a task whose worker process died (the task could not write it): ``study plan`` then
-    lists it as failed, and the run's summary names an existing file."""
-    import json
-    import socket
+class _TermAsInterrupt:
+    """While a study runs, SIGTERM (``kill``) interrupts it as Ctrl-C does, whatever the executor (in the main
+    thread only, where Python delivers signals); the previous handler is restored afterwards."""
 
-    from calibmonai.run_files import atomic_file
+    def __enter__(self) -> "_TermAsInterrupt":
+        import signal
+        import threading
 
-    path = marker_path(Path(study_dir), tid, failed=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log = Path(study_dir) / "logs" / f"{tid}.log"
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps({"id": tid, "error": error, "traceback": "", "log": str(log), "host": socket.gethostname()}, indent=1))
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _interrupt)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _pool_entry(study_dir: str, task: dict[str, Any], force: bool) -> dict[str, Any]:
@@ -215,11 +228,7 @@ class LocalExecutor:
             for g in groups:
                 queue.put(g)
         running: dict[cf.Future, str] = {}
-        import signal
-        import threading
-
-        on_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _interrupt) if on_main else None
+        workers: dict[int, Any] = {}  # pid -> multiprocessing.Process, kept to tell a dead worker from those stopped after it
         with cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(queue, os.getpid())) as pool:
             try:
                 while True:
@@ -233,15 +242,14 @@ class LocalExecutor:
                                 driver.budget = 0
                     if not running:
                         break
+                    workers.update(getattr(pool, "_processes", None) or {})
                     finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
                     for fut in finished:
                         tid = running.pop(fut)
                         try:
                             driver.finished(fut.result())
                         except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
-                            error = f"its worker process died (killed, or out of memory?): {e!r}"
-                            _record_worker_death(study_dir, tid, error)
-                            driver.finished({"id": tid, "ok": False, "skipped": False, "wall_s": 0.0, "error": error})
+                            self._worker_died(driver, study_dir, tid, e, workers)
             except KeyboardInterrupt:
                 for fut in running:
                     fut.cancel()
@@ -249,10 +257,29 @@ class LocalExecutor:
                     if proc.is_alive():  # a worker still training: its task stays unfinished (no marker)
                         proc.terminate()
                 raise
-            finally:
-                if on_main:
-                    signal.signal(signal.SIGTERM, previous)
         return driver.results
+
+    @staticmethod
+    def _worker_died(driver: _Driver, study_dir: str, tid: str, error: BaseException, workers: dict[int, Any]) -> None:
+        """A running task whose future broke: when one worker dies the pool stops every other one (SIGTERM, which
+        they answer with exit status 143), so only the task of the worker that died fails (with a failure marker);
+        the others were stopped and are reported not run, to be run again."""
+        import signal
+
+        from calibmonai.study.tasks import task_lock_holder, write_failure_marker
+
+        proc = workers.get(task_lock_holder(Path(study_dir), tid) or -1)
+        if proc is not None:
+            proc.join(timeout=5)
+        if proc is not None and proc.exitcode in (-signal.SIGTERM, 128 + signal.SIGTERM):
+            driver.not_run.add(tid)
+            driver.results.append({"id": tid, "ok": False, "skipped": True, "wall_s": 0.0, "error": "stopped: another worker process died"})
+            driver.log(f"[study] {tid}: stopped, another worker process died (not run: the next study run runs it)")
+            return
+        code = f" (exit status {proc.exitcode})" if proc is not None and proc.exitcode is not None else ""
+        message = f"its worker process died{code} (killed, or out of memory?): {error!r}"
+        write_failure_marker(Path(study_dir), tid, message)
+        driver.finished({"id": tid, "ok": False, "skipped": False, "wall_s": 0.0, "error": message})
 
 
 # ---------------------------------------------------------------- Ray
@@ -537,7 +564,8 @@ def run_study(
     if todo:
         prepare_data(spec, log, bundles={t.bundle for t in todo})
         engine = EXECUTORS[name](log=log, **kwargs)
-        results = engine.run(todo, str(root.resolve()), done, max_tasks=max_tasks, force=forced)
+        with _TermAsInterrupt():
+            results = engine.run(todo, str(root.resolve()), done, max_tasks=max_tasks, force=forced)
     ran = [r["id"] for r in results if r["ok"] and not r.get("skipped")]
     failed = [r["id"] for r in results if not r["ok"] and not r.get("skipped")]
     not_run = [r["id"] for r in results if not r["ok"] and r.get("skipped")]

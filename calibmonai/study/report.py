@@ -75,6 +75,16 @@ def _load_tasks(study_dir: Path) -> list[Task]:
     return [Task.from_dict(d) for d in json.loads(plan.read_text())]
 
 
+def _noise_dir(run_dir: Path, sigma: float, sigmas: Sequence[float]) -> Path:
+    """The evaluation folder of noise ``sigma``: :func:`noise_dir_name`, or the three-decimal name that studies
+    before it used (``sigma0.013`` for 0.0125) when only that one exists and no other level of the task shares it."""
+    folder = run_dir / "noise" / noise_dir_name(sigma)
+    legacy = run_dir / "noise" / f"sigma{float(sigma):.3f}"
+    if not folder.is_dir() and legacy.is_dir() and sum(1 for s in sigmas if f"{float(s):.3f}" == f"{float(sigma):.3f}") == 1:
+        return legacy
+    return folder
+
+
 def collect_tidy(study_dir: str | Path) -> list[dict[str, Any]]:
     """Every number of the finished tasks of a study, one row per run x evaluation x case x metric.
 
@@ -128,7 +138,7 @@ def collect_tidy(study_dir: str | Path) -> list[dict[str, Any]]:
                 add(key, name, 0.0, _read_per_case(run_dir / f"eval_{name}" / "per_case.csv"))
         elif t.kind == "noise":
             for sigma in t.params["sigmas"]:
-                add(key, "noise", float(sigma), _read_per_case(run_dir / "noise" / noise_dir_name(sigma) / "per_case.csv"))
+                add(key, "noise", float(sigma), _read_per_case(_noise_dir(run_dir, sigma, t.params["sigmas"]) / "per_case.csv"))
     order = ("bundle", "backbone", "seed", "fold", "method", "run", "evaluation", "sigma", "case", "metric")
     rows.sort(key=lambda r: tuple(str(r[k]) if not isinstance(r[k], (int, float)) or isinstance(r[k], bool) else f"{r[k]:020.6f}" for k in order))
     return rows

@@ -172,12 +172,10 @@ def _train(task: Task, study_dir: Path) -> dict[str, Any]:
     files = _run_files(task, str(run_dir), *extra) + [str(run_dir / "study" / "record.yaml")]
     (run_dir / "study" / "command.sh").write_text(training_command(files, gpus) + "\n")
     if gpus > 1:
-        import subprocess
-
         cmd = training_argv(files, gpus)
         print("[study] " + " ".join(cmd), flush=True)
         sys.stderr.flush()
-        subprocess.run(cmd, check=True, stdout=sys.stdout, stderr=sys.stderr)  # into the task's log
+        run_child_training(cmd)  # into the task's log
     else:
         _workflow(files, "training")
     if not record_file.is_file():
@@ -188,6 +186,46 @@ def _train(task: Task, study_dir: Path) -> dict[str, Any]:
     if os.path.getmtime(record["ckpt_path"]) < started - 2:
         raise RuntimeError(f"training of {task.id} wrote no new checkpoint: {record['ckpt_path']} is from an earlier try (did validation run? val_interval <= epochs).")
     return record
+
+
+#: process groups of the trainings this process started (torchrun and its ranks), stopped with it
+_CHILD_GROUPS: set[int] = set()
+
+
+def run_child_training(cmd: list[str]) -> None:
+    """Run a training command (``torchrun ...``) in its own process group, its output into this process's log, and
+    stop the whole group when this process stops: on an error or Ctrl-C here, and, through
+    :func:`stop_child_trainings`, when a pool worker is ended (terminated by the study, or its study process killed).
+    Without this, ``torchrun`` and its ranks outlived a killed worker and went on writing into the run folder.
+
+    Raises:
+        subprocess.CalledProcessError: when the training exits with an error.
+    """
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=sys.stdout, stderr=sys.stderr, start_new_session=True)
+    _CHILD_GROUPS.add(proc.pid)
+    try:
+        code = proc.wait()
+    except BaseException:
+        stop_child_trainings()
+        proc.wait()
+        raise
+    finally:
+        _CHILD_GROUPS.discard(proc.pid)
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+def stop_child_trainings() -> None:
+    """Kill the process groups of the trainings this process started (:func:`run_child_training`)."""
+    import signal
+
+    for group in list(_CHILD_GROUPS):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def training_argv(files: list[str], gpus: int) -> list[str]:
@@ -396,6 +434,24 @@ def _task_log(path: Path, capture_fds: bool) -> Iterator[None]:
                 lg.setLevel(lv)
 
 
+def write_failure_marker(study_dir: Path, task_id: str, error: str, trace: str = "") -> Path:
+    """``<study>/state/<id>.failed.json``: the error, its traceback, the task's log and the host (``study plan``
+    lists the task as failed). Written by a failing task, or by the study process for a task whose worker died."""
+    path = marker_path(study_dir, task_id, failed=True)
+    log = Path(study_dir) / "logs" / f"{task_id}.log"
+    _write_json(path, {"id": task_id, "error": error, "traceback": trace, "log": str(log), "host": socket.gethostname()})
+    return path
+
+
+def task_lock_holder(study_dir: Path, task_id: str) -> int | None:
+    """The pid that last took the task's lock (:func:`task_lock`), ``None`` when unknown."""
+    try:
+        text = marker_path(study_dir, task_id).with_suffix(".lock").read_text()
+        return int(text.split()[1]) if text.startswith("pid ") else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class TaskBusy(RuntimeError):
     """Another process is running the task (it holds the task's lock)."""
 
@@ -416,8 +472,13 @@ def task_lock(study_dir: Path, task_id: str) -> Iterator[None]:
         yield
         return
     path = marker_path(study_dir, task_id).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError:  # a read-only state folder: run unlocked (the task's own writes will say what is wrong)
+        yield
+        return
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -482,7 +543,7 @@ def _execute_locked(t: Task, root: Path, threads: int | None, capture_fds: bool)
     except BaseException as e:  # noqa: BLE001 - a task failure is recorded, never propagated to the executor
         if isinstance(e, KeyboardInterrupt):
             raise
-        _write_json(failed, {"id": t.id, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(), "log": str(log), "host": socket.gethostname()})
+        write_failure_marker(root, t.id, f"{type(e).__name__}: {e}", traceback.format_exc())
         return {"id": t.id, "ok": False, "skipped": False, "wall_s": time.time() - t0, "error": f"{type(e).__name__}: {e}"}
     finally:
         torch.set_num_threads(before)
