@@ -597,3 +597,44 @@ def test_noise_results_of_earlier_studies_are_still_read(tmp_path):
     (run / "noise" / "sigma0.0125").mkdir()
     assert _noise_dir(run, 0.0125, [0.0, 0.0125]) == run / "noise" / "sigma0.0125"
     assert _noise_dir(run, 0.05, [0.05]) == run / "noise" / "sigma0.050"
+
+
+def test_a_child_training_is_stopped_with_its_whole_process_group(tmp_path):
+    """torchrun and its ranks (here a child and its own child) are stopped together when the worker ends."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from calibmonai.study.tasks import run_child_training, stop_child_trainings
+
+    pid_file = tmp_path / "rank.pid"
+    child = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")  # fmt: skip
+    errors = []
+
+    def run():
+        try:
+            run_child_training([sys.executable, "-c", child])
+        except subprocess.CalledProcessError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    t0 = time.time()
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() - t0 < 60:
+        time.sleep(0.1)
+    rank = int(pid_file.read_text())
+    stop_child_trainings()
+    thread.join(30)
+    assert not thread.is_alive() and errors and errors[0].returncode == -9
+    t0 = time.time()
+    while time.time() - t0 < 10:
+        try:
+            os.kill(rank, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(rank, 9)
+        pytest.fail("the training's own child outlived the stop")
