@@ -126,8 +126,21 @@ def write_preview(
 ) -> tuple[Path, str]:
     """Write the preview PNG of one case's output ``maps`` (``{"seg", "conf", "uncertainty"}`` files); with
     ``image_file`` (the scan, its first volume for a 4D file) under the segmentation, and ``class_names`` (background
-    first) in a legend of the segmentation's colours. Returns the PNG's path and why the scan is not drawn ("" when
-    it is or none was given: a scan that cannot be read, or on another grid than the maps, leaves its panels empty)."""
+    first) in a legend of the segmentation's colours. Returns the PNG's path and a note, "" when there is nothing to
+    say: why the scan is not drawn (it cannot be read, or lies on another grid than the maps: its panels stay
+    empty), then, after "; ", the labels of the maps that ``class_names`` do not name."""
+    out_png, scan_note, label_note = _write_preview(maps, out_png, image_file, title, class_names)
+    return out_png, "; ".join(n for n in (scan_note, label_note) if n)
+
+
+def _write_preview(
+    maps: Mapping[str, str | os.PathLike],
+    out_png: str | os.PathLike,
+    image_file: str | os.PathLike | None,
+    title: str,
+    class_names: Sequence[str] | None,
+) -> tuple[Path, str, str]:
+    """:func:`write_preview`, its two notes apart: ``(png, why the scan is not drawn, labels not named)``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +213,7 @@ def write_preview(
             fig.savefig(tmp, dpi=80, format="png")
     finally:
         plt.close(fig)
-    return out_png, "; ".join(n for n in (note, label_note) if n)
+    return out_png, note, label_note
 
 
 def preview_folder(
@@ -220,7 +233,7 @@ def preview_folder(
         out_png = maps["seg"].with_name(f"{case}{PREVIEW_SUFFIX}")
         image = (scans or {}).get(case)
         try:
-            _, note = write_preview(maps, out_png, image_file=image, title=case, class_names=class_names)
+            _, scan_note, label_note = _write_preview(maps, out_png, image, case, class_names)
             written.append(out_png)
         except Exception as e:  # noqa: BLE001 - a damaged output file fails its case only
             failed[case] = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -228,11 +241,9 @@ def preview_folder(
                 print(f"[preview] {n}/{len(outputs)} {case}: FAILED {failed[case]}", flush=True)
             continue
         if progress:
-            parts = note.split("; ") if note else []
-            if image is None:  # the scan's notes of write_preview start with "scan "
-                parts.insert(0, f"no scan of the inputs is named {case}" if scans else "no scan given")
-            if parts and (image is None or parts[0].startswith("scan ")):
-                parts[0] += ": maps only"
+            if image is None:
+                scan_note = f"no scan of the inputs is named {case}" if scans else "no scan given"
+            parts = ([f"{scan_note}: maps only"] if scan_note else []) + ([label_note] if label_note else [])
             detail = f" ({'; '.join(parts)})" if parts else ""
             print(f"[preview] {n}/{len(outputs)} {out_png}{detail}", flush=True)
     if failed:
