@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibmonai.calibration.base import Calibrator
+from calibmonai.losses.utils import non_integral
 from calibmonai.progress import progress
 
 __all__ = ["LocalTemperatureScaling"]
@@ -108,7 +109,7 @@ class LocalTemperatureScaling(Calibrator):
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"LTS item {k}: the logits hold non-finite values (NaN or Inf).")
         if y.is_floating_point() and y.numel():
-            frac = (y != y.round()) | ~torch.isfinite(y)
+            frac = non_integral(y)
             if bool(frac.any()):
                 raise ValueError(f"LTS item {k}: labels must be class indices (whole numbers), got {int(frac.sum())} non-integral value(s) such as {float(y[frac][0]):g}.")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from calibmonai.losses.utils import non_integral
+
 __all__ = ["StratifiedVoxelSampler", "VoxelSample"]
 
 
@@ -40,7 +42,7 @@ class VoxelSample:
         if bad:
             raise ValueError(f"{bad} non-finite logit value(s) (NaN or Inf) in the sample: a diverged network or a corrupt scan?")
         if labels.is_floating_point():
-            frac = (labels != labels.round()) | ~torch.isfinite(labels)  # NaN != NaN; Inf is no class index either
+            frac = non_integral(labels)
             if bool(frac.any()):
                 raise ValueError(
                     f"labels must be class indices (whole numbers), got {int(frac.sum())} non-integral value(s) of dtype {labels.dtype} "

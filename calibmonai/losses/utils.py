@@ -13,6 +13,7 @@ __all__ = [
     "to_class_indices",
     "onehot_to_indices",
     "finite_float",
+    "non_integral",
     "reduce_voxel_loss",
     "check_reduction",
     "nll_map",
@@ -77,6 +78,12 @@ def finite_float(value: Any, name: str, owner: str) -> float:
     if not math.isfinite(converted):
         raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}.")
     return converted
+
+
+def non_integral(x: torch.Tensor) -> torch.Tensor:
+    """Mask of the values of a floating-point label tensor that are no class index: not whole numbers, or not finite
+    (``NaN != NaN``; ``Inf`` rounds to itself but is no index either)."""
+    return (x != x.round()) | ~torch.isfinite(x)
 
 
 def onehot_to_indices(onehot: torch.Tensor) -> torch.Tensor:

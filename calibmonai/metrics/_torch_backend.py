@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from calibmonai.losses.utils import non_integral
 from calibmonai.metrics.calibration import CalibrationHistograms, _check_values
 
 __all__ = ["device_histograms", "DEVICE_CHUNK_VOXELS", "SELECTION_MODES"]
@@ -44,7 +45,7 @@ def _labels_chunk(lab: torch.Tensor, c: int, chk: torch.Tensor) -> torch.Tensor:
     if lab.dtype == torch.bool:
         lab = lab.to(torch.uint8)
     if lab.is_floating_point():
-        bad = (lab != lab.round()) | ~torch.isfinite(lab)
+        bad = non_integral(lab)
         chk[6] += bad.sum()
         lab = torch.where(bad, torch.zeros_like(lab), lab)
     if lab.numel():

@@ -12,6 +12,8 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
 from monai.networks.utils import one_hot
 
+from calibmonai.losses.utils import non_integral
+
 __all__ = ["SegmentationMetrics", "labels_to_regions", "image_diagonal", "BRATS_REGIONS"]
 
 #: BraTS evaluation regions (labels 1 NCR/NET, 2 ED, 4 ET as in BraTS 2019; remapped to 3 when 4 is not used)
@@ -41,7 +43,7 @@ def _check_label_map(x: Any, name: str) -> None:
     if x.is_complex():
         raise ValueError(f"{name} must hold class labels, got dtype {x.dtype}.")
     if x.is_floating_point():
-        bad = int((~torch.isfinite(x) | (x != torch.round(x))).sum())
+        bad = int(non_integral(x).sum())
         if bad:
             raise ValueError(
                 f"{name} must hold integer class labels (argmax of the probabilities, not the probabilities), but {bad} "
