@@ -256,10 +256,9 @@ def export_bundle(
     if ckpt.is_file():  # the weights must fit the exported network, or every user of the export fails
         check_checkpoint(train.get_parsed_content("network_def"), str(ckpt))
     exported = {**_EXPORTED, "method_tag": tag, "loss_kwargs": kwargs}
-    configs: dict[str, dict[str, Any]] = {"train": train.get()}
-    for name, files in workflows.items():
-        if name != "train":
-            configs[name] = bundle_parser(files, **base, **per_workflow[name]).get()
+    parsers = {name: bundle_parser(files, **base, **per_workflow[name]) for name, files in workflows.items() if name != "train"}
+    eval_dir = _eval_dir(parsers.get("evaluate"), run_dir)  # resolved before the configs are changed for the export
+    configs: dict[str, dict[str, Any]] = {"train": train.get(), **{name: parser.get() for name, parser in parsers.items()}}
     meta = json.loads((src / "configs" / "metadata.json").read_text())
 
     # ---- everything checked: write into a temporary folder beside out, then move it in place ----
@@ -278,7 +277,7 @@ def export_bundle(
         version = str(meta.get("version", "0.1.0"))
         meta["name"] = f"{meta.get('name', src.name)} [{tag}]"
         meta["changelog"] = {version: f"exported run {tag}: method {method_name}, hyper-parameters {kwargs}, backbone {backbone_name}; trained on {data_note}" + ("" if ckpt.is_file() else " (no weights: untrained export)"), **{k: v for k, v in meta.get("changelog", {}).items() if k != version}}
-        meta["eval_metrics"], eval_note = _run_eval_metrics(_eval_dir(workflows, base, per_workflow, run_dir), ckpt)
+        meta["eval_metrics"], eval_note = _run_eval_metrics(eval_dir, ckpt)
         meta["calibmonai_method"] = method_name
         meta["calibmonai_loss_kwargs"] = kwargs
         meta["calibmonai_backbone"] = backbone_name
@@ -351,12 +350,11 @@ def _large_files_yml(bundle: Path, weights: list[str]) -> str:
     return head + "large_files:\n" + rows
 
 
-def _eval_dir(workflows: Mapping[str, list[str]], base: Mapping[str, Any], per_workflow: Mapping[str, Any], run_dir: Path) -> Path:
-    """Where the run's evaluation (without calibrator) wrote its ``summary.csv``: the evaluate config's ``eval_dir``."""
-    if "evaluate" in workflows:
-        parser = bundle_parser(workflows["evaluate"], **base, **per_workflow.get("evaluate", {}))
-        if "eval_dir" in parser:
-            return Path(parser.get_parsed_content("eval_dir"))
+def _eval_dir(evaluate: Any, run_dir: Path) -> Path:
+    """Where the run's evaluation (without calibrator) wrote its ``summary.csv``: the ``eval_dir`` of the evaluate
+    config's parser ``evaluate`` (``None``: a bundle without one), else ``<run_dir>/eval``."""
+    if evaluate is not None and "eval_dir" in evaluate:
+        return Path(evaluate.get_parsed_content("eval_dir"))
     return run_dir / "eval"
 
 
