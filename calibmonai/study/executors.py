@@ -270,7 +270,12 @@ class LocalExecutor:
 
         proc = workers.get(task_lock_holder(Path(study_dir), tid) or -1)
         if proc is not None:
+            # the pool's manager thread reaps its workers too: a poll racing with its waitpid reads no exit status
+            # once (exitcode None) before the status it collected is cached, so wait for the status, not only the join
             proc.join(timeout=5)
+            deadline = time.time() + 5
+            while proc.exitcode is None and time.time() < deadline:
+                time.sleep(0.05)
         if proc is not None and proc.exitcode in (-signal.SIGTERM, 128 + signal.SIGTERM):
             driver.not_run.add(tid)
             driver.results.append({"id": tid, "ok": False, "skipped": True, "wall_s": 0.0, "error": "stopped: another worker process died"})
