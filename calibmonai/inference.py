@@ -23,7 +23,7 @@ import torch
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform
 
-from calibmonai.run_files import atomic_file
+from calibmonai.run_files import atomic_file, folder_lock
 
 __all__ = [
     "input_files", "find_scans", "scan_datalist", "case_name", "scan_name_formatter", "infer_scans", "save_transforms", "InferenceSummary",
@@ -511,18 +511,19 @@ class ScanInferenceEngine:
         Raises:
             ScanError: when the record cannot be written (its folder read-only, the disk full).
         """
-        records = self._records()
-        if provenance is None:
-            if records.pop(case, None) is None:
-                return
-        else:
-            records[case] = dict(provenance)
         path = os.path.join(self.output_dir, OUTPUTS_RECORD)
-        try:
-            with atomic_file(path) as tmp:
-                tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
-        except OSError as e:
-            raise ScanError(f"cannot write the outputs record {path}: {e}") from e
+        with folder_lock(self.output_dir):  # another run writing into this folder must not lose this case or its own
+            records = self._records()
+            if provenance is None:
+                if records.pop(case, None) is None:
+                    return
+            else:
+                records[case] = dict(provenance)
+            try:
+                with atomic_file(path) as tmp:
+                    tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+            except OSError as e:
+                raise ScanError(f"cannot write the outputs record {path}: {e}") from e
 
     def run(self) -> InferenceSummary:
         """Segment every scan; raises ``RuntimeError`` listing the failures after all scans were tried."""

@@ -25,7 +25,7 @@ from typing import Any
 
 from calibmonai.progress import progress
 
-__all__ = ["PREVIOUS_DIR", "atomic_file", "keep_previous_weights"]
+__all__ = ["PREVIOUS_DIR", "atomic_file", "folder_lock", "keep_previous_weights"]
 
 #: sub-folder of the checkpoint folder that keeps earlier trainings' files, one folder per training
 PREVIOUS_DIR = "previous"
@@ -53,6 +53,38 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is left in it) while a read-modify-write of a
+    file in it runs, so that two processes updating one record (two inference runs writing into one output folder)
+    never lose each other's entries. Waits for the other holder; the system releases the lock when its holder dies.
+    Where locks are unavailable (no ``fcntl``, a file system refusing them) the block runs unlocked.
+
+    Example::
+
+        with folder_lock(output_dir):
+            records = read(record); records[case] = entry; write(record, records)
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # the folder cannot be opened: the block's own reads and writes will say what is wrong
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: run unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def keep_previous_weights(ckpt_dir: str | Path, trainer: Any = None) -> Path | None:

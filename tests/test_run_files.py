@@ -11,7 +11,7 @@ import torch
 
 from calibmonai.bundle_tools import config_files, run_workflow
 from calibmonai.data import prepare_mni_tissue
-from calibmonai.run_files import PREVIOUS_DIR, atomic_file, keep_previous_weights
+from calibmonai.run_files import PREVIOUS_DIR, atomic_file, folder_lock, keep_previous_weights
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,6 +61,73 @@ def test_a_failed_calibrator_save_leaves_the_earlier_file(tmp_path, monkeypatch)
     with pytest.raises(OSError, match="no space"):
         TemperatureScaling(num_classes=3).save(path)
     assert _sha(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["calibrator_ts.pt"]
+
+
+def _slow_add_entries(folder: str, who: str, n: int, locked: bool) -> None:
+    """Add ``n`` entries to ``folder/record.json`` by read-modify-write with a pause in between (a lost update
+    without the lock)."""
+    import contextlib
+    import json
+
+    path = os.path.join(folder, "record.json")
+    for i in range(n):
+        with folder_lock(folder) if locked else contextlib.nullcontext():
+            records = json.loads(open(path).read()) if os.path.exists(path) else {}
+            time.sleep(0.02)
+            records[f"{who}-{i}"] = i
+            with atomic_file(path) as tmp:
+                tmp.write_text(json.dumps(records))
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_folder_lock_keeps_every_concurrent_update(tmp_path, locked):
+    import json
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_slow_add_entries, args=(str(tmp_path), f"p{k}", 6, locked)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    records = json.loads((tmp_path / "record.json").read_text())
+    if locked:
+        assert sorted(records) == sorted(f"p{k}-{i}" for k in range(3) for i in range(6))
+    else:  # the control: the same updates without the lock lose entries (so the test above can fail)
+        assert len(records) < 18
+    assert list(tmp_path.iterdir()) == [tmp_path / "record.json"]  # no lock file left in the folder
+
+
+def test_inference_record_is_read_and_written_under_the_folder_lock(tmp_path, monkeypatch):
+    import contextlib
+    import json
+    import types
+
+    import calibmonai.inference as inf
+
+    held = []
+
+    @contextlib.contextmanager
+    def fake_lock(folder):
+        held.append(str(folder))
+        yield
+        held.pop()
+
+    monkeypatch.setattr(inf, "folder_lock", fake_lock)
+    engine = types.SimpleNamespace(output_dir=str(tmp_path))
+    seen = []
+
+    def records():
+        seen.append(list(held))
+        return inf.ScanInferenceEngine._records(engine)
+
+    engine._records = records
+    inf.ScanInferenceEngine._record(engine, "case1", {"checkpoint_sha256": "ab"})
+    inf.ScanInferenceEngine._record(engine, "case2", {"checkpoint_sha256": "cd"})
+    inf.ScanInferenceEngine._record(engine, "case1", None)
+    assert seen == [[str(tmp_path)]] * 3
+    assert json.loads((tmp_path / inf.OUTPUTS_RECORD).read_text()) == {"case2": {"checkpoint_sha256": "cd"}}
 
 
 def test_first_training_moves_nothing(tmp_path):
