@@ -549,3 +549,33 @@ def test_check_nifti_case_names_each_problem(tmp_path):
     Path(c.label).write_bytes(raw[: len(raw) // 2])
     (problem,) = common.check_nifti_case(c, range(3))
     assert problem.startswith(f"unreadable or corrupt file: {c.label}")
+
+
+def test_two_datasets_under_one_parent_are_named_not_chosen_silently(tmp_path):
+    """A parent of two releases (BraTS 2018 beside 2019) or two copies of a dataset: the reader names both and asks
+    for one, never trains silently on the first in alphabetical order."""
+    parent = tmp_path / "BraTS"
+    L.write_brats2019(parent, hgg=("BraTS19_X_1",), lgg=())
+    L.write_brats2019(tmp_path / "r18", hgg=("Brats18_2013_10_1",), lgg=())
+    shutil.move(str(tmp_path / "r18" / "MICCAI_BraTS_2019_Data_Training"), str(parent / "MICCAI_BraTS_2018_Data_Training"))
+    with pytest.raises(common.AmbiguousDataError, match="2 folders in .*MICCAI_BraTS_2018_Data_Training.*MICCAI_BraTS_2019_Data_Training.*--dataset_dir"):
+        brats.find_cases(parent)
+    # either release given directly is read
+    assert [c.id for c in brats.find_cases(parent / "MICCAI_BraTS_2019_Data_Training")] == ["BraTS19_X_1"]
+    # the decathlon's Task01 beside a BraTS release: both are labelled BraTS data
+    L.write_msd_brats(tmp_path / "both", n=2, n_test=0)
+    L.write_brats2019(tmp_path / "both", hgg=("BraTS19_X_1",), lgg=())
+    with pytest.raises(common.AmbiguousDataError, match="Task01_BrainTumour"):
+        brats.find_cases(tmp_path / "both")
+    # two copies of ACDC and of BUSI under one parent
+    for k in (1, 2):
+        L.write_acdc(tmp_path / "acdc" / f"copy{k}", n_training=1, n_testing=0)
+        L.write_busi(tmp_path / "busi" / f"copy{k}", n_benign=1, n_malignant=1, n_normal=0, nested=False)
+    for module, root in ((acdc, tmp_path / "acdc"), (busi, tmp_path / "busi")):
+        with pytest.raises(common.AmbiguousDataError, match="copy1.*copy2"):
+            module.find_cases(root)
+    # ACDC's training/ and testing/ siblings are one dataset: training is read, no error
+    assert acdc.find_cases(tmp_path / "acdc" / "copy1")
+    # check-data reports it as the folder's error
+    report = D.check_folder("brats19", parent)
+    assert "MICCAI_BraTS_2018_Data_Training" in report.error and not report.cases

@@ -154,7 +154,14 @@ def test_promise12_bad_layouts(tmp_path, roots):
     text = "\n".join(problems)
     assert report.n_cases == 6 and report.n_usable == 2
     assert f"missing file: {p1 / 'Case03.raw'} (the voxel file of {p1 / 'Case03.mhd'})" in text
-    assert "unreadable or corrupt file: " + str(p2 / "Case04_segmentation.mhd") in text
+    # the truncated voxel file itself is named, with the size its header needs (1 byte per MET_CHAR voxel); ITK says
+    # only that the header "cannot be read ... No such file or directory"
+    need = int(np.prod(label_volume((0, 1)).shape))
+    assert f"truncated or corrupt voxel file: {raw} holds 100 bytes, its header {p2 / 'Case04_segmentation.mhd'} needs {need}" in text
+    # the header's size agrees with what ITK itself wrote for an intact image; a compressed one fixes no size
+    assert promise12.mhd_expected_bytes(p1 / "Case00.mhd") == (p1 / "Case00.raw").stat().st_size > 0
+    M.write_itk(tmp_path / "z" / "z.mhd", modality_volume(0), (1.0, 1.0, 1.0), compression=True)
+    assert promise12.mhd_expected_bytes(tmp_path / "z" / "z.mhd") is None
     assert f"label values outside [0, 1] in {p1 / 'Case00_segmentation.mhd'}: [3]" in text
     assert f"shape mismatch: {p2 / 'Case01_segmentation.mhd'} is (16, 16, 5)" in text
     # a reference without its image, and a case found twice
@@ -185,7 +192,7 @@ def test_promise12_zenodo_copy_in_one_folder(tmp_path, roots):
 
 def test_msd_prostate_layout(tmp_path, roots):
     task = roots["prostate"]
-    with pytest.raises(ValueError, match="choose layout"):
+    with pytest.raises(common.AmbiguousDataError, match=r"CaseNN.mhd files \(in .*\) and a decathlon Task05_Prostate folder \(.*Task05_Prostate\): give the one to use .*--dataset_dir"):
         promise12.find_cases(roots["base"])  # PROMISE12 and Task05 side by side
     cases = promise12.find_cases(task)
     assert [c.id for c in cases] == ["prostate_00", "prostate_01", "prostate_02", "prostate_04", "prostate_06"]

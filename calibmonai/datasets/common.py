@@ -32,6 +32,7 @@ __all__ = [
     "find_nifti",
     "expect_nifti",
     "nifti_stem",
+    "AmbiguousDataError",
     "find_dataset_dir",
     "child_dir",
     "check_nifti_case",
@@ -201,6 +202,10 @@ def expect_nifti(folder: str | Path, stem: str, strict: bool = True) -> str:
     return str(expected)
 
 
+class AmbiguousDataError(ValueError):
+    """A data folder holds two candidate dataset folders at the same depth (two releases or copies of a dataset)."""
+
+
 def find_dataset_dir(
     root: str | Path,
     is_match: Callable[[Path], bool],
@@ -215,6 +220,9 @@ def find_dataset_dir(
 
     Raises:
         FileNotFoundError: naming ``root`` and what was looked for.
+        AmbiguousDataError: when two folders at the same depth match and ``prefer`` does not choose between them
+            (two releases or two copies of a dataset under one parent), naming both: reading either silently would
+            train on data the user did not mean.
     """
     root = Path(root)
     if not root.exists():
@@ -226,11 +234,17 @@ def find_dataset_dir(
     for _ in range(max_depth + 1):
         matches = [f for f in level if is_match(f)]
         if matches:
-            ranked = sorted(
-                matches,
-                key=lambda f: preferred.index(f.name.lower()) if f.name.lower() in preferred else len(preferred),
-            )
-            return ranked[0]
+            def rank(f: Path) -> int:
+                return preferred.index(f.name.lower()) if f.name.lower() in preferred else len(preferred)
+
+            best = min(rank(f) for f in matches)
+            tied = [f for f in matches if rank(f) == best]
+            if len(tied) > 1:
+                raise AmbiguousDataError(
+                    f"{len(tied)} folders in {root} hold a {what}: {', '.join(str(f) for f in tied)}; give the one "
+                    f"to use as the data folder (the bundle's --dataset_dir, check-data's --data)"
+                )
+            return tied[0]
         nxt: list[Path] = []
         for folder in level:
             try:

@@ -44,6 +44,7 @@ decathlon cases), seeded.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Hashable, Mapping, Sequence
@@ -126,6 +127,32 @@ def mhd_data_file(path: str | Path) -> Path | None:
     return None
 
 
+#: bytes per voxel of the MetaImage element types whose size MetaIO fixes
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8}
+
+
+def mhd_expected_bytes(path: str | Path) -> int | None:
+    """The size in bytes of the uncompressed voxel file a MetaImage header describes (``DimSize`` x
+    ``ElementNumberOfChannels`` x the element type's size), ``None`` when the header does not fix it (compressed
+    data, an element type of platform size, a field missing or malformed)."""
+    with open(path, "rb") as f:
+        head = f.read(65536).decode("latin-1", errors="replace")
+    fields = {}
+    for line in head.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    if fields.get("compresseddata", "false").lower() == "true" or fields.get("elementtype", "").upper() not in _MET_BYTES:
+        return None
+    try:
+        dims = [int(v) for v in fields["dimsize"].split()]
+        channels = int(fields.get("elementnumberofchannels", "1"))
+    except (KeyError, ValueError):
+        return None
+    return int(np.prod(dims)) * channels * _MET_BYTES[fields["elementtype"].upper()]
+
+
 def read_itk(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Voxels and metadata of a file read as the loader reads it: MONAI's ``ITKReader`` (array in
     ``(x, y, z)`` order, ``affine`` in RAS), the reference segmentations' signed 8-bit voxels (``MET_CHAR``, a type
@@ -152,7 +179,19 @@ def _load_itk(path: str, problems: list[str]) -> tuple[tuple[int, ...], np.ndarr
     try:
         array, meta = read_itk(path)
     except Exception as e:  # ITK raises RuntimeError for truncated or malformed files
-        msg = " ".join(str(e).split())[-200:]
+        if path.lower().endswith(".mhd"):  # ITK names the header, and says "No such file" for a short voxel file
+            try:
+                data_file, need = mhd_data_file(path), mhd_expected_bytes(path)
+                if data_file is not None and need is not None and data_file.stat().st_size != need:
+                    problems.append(
+                        f"truncated or corrupt voxel file: {data_file} holds {data_file.stat().st_size} bytes, its "
+                        f"header {path} needs {need}"
+                    )
+                    return None
+            except OSError:
+                pass
+        msg = " ".join(str(e).split())
+        msg = msg if len(msg) <= 240 else "... " + msg[-240:]
         problems.append(f"unreadable or corrupt file: {path} ({type(e).__name__}: {msg})")
         return None
     shape = tuple(int(s) for s in np.asarray(meta.get("spatial_shape", array.shape)).tolist())
@@ -272,19 +311,25 @@ def detect_layout(root: str | Path) -> str:
 
     Raises:
         FileNotFoundError: when neither is found.
-        ValueError: when both are (give ``layout`` explicitly).
+        AmbiguousDataError: when both are (a ``ValueError`` naming both folders).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder does not exist: {root}")
-    has_promise = bool(_promise_files(root))
+    promise_files = _promise_files(root)
+    has_promise = bool(promise_files)
     try:
-        find_msd_dir(root, _MSD_TASK)
+        msd_dir = find_msd_dir(root, _MSD_TASK)
         has_msd = True
     except FileNotFoundError:
         has_msd = False
     if has_promise and has_msd:
-        raise ValueError(f"{root} holds both PROMISE12 CaseNN.mhd files and a decathlon Task05_Prostate folder: choose layout='promise12' or 'msd'")
+        promise_dir = os.path.commonpath([str(p.parent) for e in promise_files.values() for k in ("image", "label") for p in e[k]])
+        raise common.AmbiguousDataError(
+            f"{root} holds both PROMISE12 CaseNN.mhd files (in {promise_dir}) and a decathlon Task05_Prostate folder "
+            f"({msd_dir}): give the one to use as the data folder (the bundle's --dataset_dir, check-data's --data; "
+            f"in Python, find_cases(root, layout='promise12' or 'msd'))"
+        )
     if not (has_promise or has_msd):
         raise FileNotFoundError(
             f"no PROMISE12 CaseNN.mhd / CaseNN_segmentation.mhd files and no decathlon Task05_Prostate folder "
