@@ -26,7 +26,7 @@ from monai.transforms import MapTransform
 from calibmonai.run_files import atomic_file, folder_lock
 
 __all__ = [
-    "input_files", "find_scans", "scan_datalist", "case_name", "scan_name_formatter", "infer_scans", "save_transforms", "InferenceSummary",
+    "input_files", "scan_hint", "find_scans", "scan_datalist", "case_name", "scan_name_formatter", "infer_scans", "save_transforms", "InferenceSummary",
     "ScanInferenceEngine", "CalibratedLogProbabilitiesd", "ProbabilityMapsd", "AtomicNibabelWriter", "SCAN_EXTENSIONS",
     "MODALITY_PATTERN", "OUTPUTS_RECORD", "output_provenance",
 ]  # fmt: skip
@@ -87,12 +87,50 @@ def input_files(inputs: str | Sequence[str], extensions: Sequence[str]) -> list[
         ends = tuple(e.lower() for e in extensions)
         files = sorted((os.path.join(str(inputs), f) for f in os.listdir(str(inputs)) if f.lower().endswith(ends)), key=natural_key)
     elif any(ch in str(inputs) for ch in "*?["):
-        files = sorted(glob.glob(str(inputs)), key=natural_key)
+        ends = tuple(e.lower() for e in extensions)
+        matches = sorted(glob.glob(str(inputs)), key=natural_key)
+        files = [f for f in matches if f.lower().endswith(ends)]
+        left_out = [f for f in matches if not f.lower().endswith(ends) and not is_junk(f)]
+        if left_out:  # a case folder's Info.cfg, a README, sub-folders: never scans
+            logging.getLogger("calibmonai.inference").info(
+                f"left out {len(left_out)} match(es) of {inputs!r} that are not scans (extensions {', '.join(extensions)}), "
+                f"e.g. {os.path.basename(left_out[0])}"
+            )
     elif os.path.exists(str(inputs)):
         files = [str(inputs)]
     else:
         raise FileNotFoundError(f"the input {str(inputs)!r} does not exist.")
     return [f for f in files if not is_junk(f)]
+
+
+def scan_hint(folder: str, extensions: Sequence[str] = SCAN_EXTENSIONS, max_depth: int = 3) -> str:
+    """For a folder that holds no scan itself: where scans lie below it (up to ``max_depth`` levels), as a sentence
+    naming the one folder to give or a glob that takes them all (a released test set's case folders, a WMH or
+    MRBrainS18 subject's ``pre/``); ``""`` when there are none."""
+    from calibmonai.datasets.common import is_junk
+
+    ends = tuple(e.lower() for e in extensions)
+    found: dict[str, str] = {}  # relative folder -> an extension of a scan in it
+    base_depth = os.path.abspath(folder).rstrip(os.sep).count(os.sep)
+    for here, dirs, names in os.walk(folder):
+        depth = os.path.abspath(here).count(os.sep) - base_depth
+        dirs[:] = sorted(d for d in dirs if not is_junk(d) and not d.startswith(".")) if depth < max_depth else []
+        for n in names:
+            if depth > 0 and n.lower().endswith(ends) and not is_junk(n):
+                found.setdefault(os.path.relpath(here, folder), next(e for e in extensions if n.lower().endswith(e.lower())))
+        if len(found) > 1000:
+            break
+    if not found:
+        return ""
+    rel = sorted(found, key=lambda r: (r.count(os.sep), r))
+    if len(rel) == 1:
+        return f" Scans lie in {os.path.join(folder, rel[0])}: give that folder."
+    parts = [r.split(os.sep) for r in rel if r.count(os.sep) == rel[0].count(os.sep)]
+    pattern = os.sep.join(p[0] if len({q[i] for q in parts}) == 1 else "*" for i, p in enumerate(zip(*parts)))
+    exts = {found[r] for r in rel}
+    pattern = os.path.join(folder, pattern, "*" + (exts.pop() if len(exts) == 1 else ""))
+    return (f" It holds scans in {len(rel)} folders below it (e.g. {rel[0]}): give one of them, or every scan as a glob, "
+            f"quoted: '{pattern}'.")
 
 
 def find_scans(
@@ -122,7 +160,8 @@ def find_scans(
     """
     files = input_files(inputs, SCAN_EXTENSIONS)
     if not files:
-        raise FileNotFoundError(f"no scan found in {inputs!r} (extensions {', '.join(SCAN_EXTENSIONS)}).")
+        hint = scan_hint(str(inputs)) if isinstance(inputs, (str, os.PathLike)) and os.path.isdir(str(inputs)) else ""
+        raise FileNotFoundError(f"no scan found in {inputs!r} (extensions {', '.join(SCAN_EXTENSIONS)}).{hint}")
     named = _name_pattern(modality_names) if modality_names else None
     skipped = _name_pattern(skip_names) if skip_names else None
     order = {n.lower(): i for i, n in enumerate(modality_names or ())}
@@ -151,7 +190,8 @@ def find_scans(
             continue
         cases.setdefault(_strip_ext(f), []).append((0, f))
     if not cases:
-        raise FileNotFoundError(f"no scan found in {inputs!r}: only files named {', '.join(skip_names)} (not scans).")
+        hint = scan_hint(str(inputs)) if isinstance(inputs, (str, os.PathLike)) and os.path.isdir(str(inputs)) else ""
+        raise FileNotFoundError(f"no scan found in {inputs!r}: only files named {', '.join(skip_names)} (not scans).{hint}")
     return [(case, [f for _, f in sorted(entries)]) for case, entries in cases.items()]
 
 
@@ -539,7 +579,8 @@ class ScanInferenceEngine:
             source = self.source
             if isinstance(source, (str, os.PathLike)) and not any(ch in str(source) for ch in "*?[") and not os.path.exists(source):
                 raise FileNotFoundError(f"the input {str(source)!r} does not exist (give a folder of scans, a glob or a file).")
-            raise FileNotFoundError(f"no scan found in {source!r} (extensions {', '.join(SCAN_EXTENSIONS)}).")
+            hint = scan_hint(str(source)) if isinstance(source, (str, os.PathLike)) and os.path.isdir(str(source)) else ""
+            raise FileNotFoundError(f"no scan found in {source!r} (extensions {', '.join(SCAN_EXTENSIONS)}).{hint}")
         os.makedirs(self.output_dir, exist_ok=True)
         self._records()  # a damaged record stops the run before any scan, naming it
         transform = self.dataset.transform

@@ -5,6 +5,7 @@ atrium patient folder, nnU-Net's <case>_0000 naming; operating-system junk is ne
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -144,3 +145,35 @@ def test_busi_images_through_the_same_input_listing(tmp_path):
     assert [i["case"] for i in items] == ["benign (2)", "benign (10)"]  # natural order, masks and junk left out
     assert scan_datalist("busi", str(folder / "*.png"), 1) == items
     assert scan_datalist("busi", str(tmp_path / "nope"), 1) == []
+
+
+def _scan_names(pairs):
+    return [(case, [Path(f).name for f in files]) for case, files in pairs]
+
+
+def test_a_folder_of_case_folders_says_which_folder_or_glob_to_give(tmp_path):
+    """A released test set (ACDC's testing/patientNNN/), a WMH subject folder (pre/ beside wmh.nii.gz): no scan in
+    the folder itself, so the error names where the scans lie and a glob that takes them all."""
+    testing = tmp_path / "testing"
+    for pid in ("patient101", "patient102"):
+        _nii(testing / pid / f"{pid}_frame01.nii.gz")
+        (testing / pid / "Info.cfg").write_text("ED: 1\nES: 10\n")
+    (testing / "MANDATORY_CITATION.md").write_text("cite")
+    glob_pattern = str(testing / "*" / "*.nii.gz")
+    with pytest.raises(FileNotFoundError, match="It holds scans in 2 folders below it \\(e.g. patient101\\): give one of them, or every scan as a glob, quoted: '" + re.escape(glob_pattern) + "'"):
+        find_scans(str(testing), 1, skip_names=("gt", "4d"))
+    # the glob it proposes finds both scans
+    assert _scan_names(find_scans(glob_pattern, 1, skip_names=("gt", "4d"))) == [("patient101_frame01", ["patient101_frame01.nii.gz"]), ("patient102_frame01", ["patient102_frame01.nii.gz"])]
+    # a glob of every file of the case folders leaves out Info.cfg and the citation file (they were taken as scans)
+    assert _scan_names(find_scans(str(testing / "*" / "*"), 1, skip_names=("gt", "4d"))) == _scan_names(find_scans(glob_pattern, 1, skip_names=("gt", "4d")))
+    # a subject folder whose scans lie in pre/ (WMH): that folder is named
+    subject = tmp_path / "Utrecht" / "0"
+    _nii(subject / "wmh.nii.gz")
+    _nii(subject / "pre" / "FLAIR.nii.gz")
+    _nii(subject / "pre" / "T1.nii.gz")
+    with pytest.raises(FileNotFoundError, match="only files named wmh \\(not scans\\)\\. Scans lie in " + re.escape(str(subject / "pre")) + ": give that folder"):
+        find_scans(str(subject), 2, ("FLAIR", "T1"), ("wmh",))
+    # nothing below either: no hint
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"\(extensions [^)]*\)\.$"):
+        find_scans(str(tmp_path / "empty"))
