@@ -8,6 +8,12 @@ workflow therefore calls :func:`keep_previous_weights` with its trainer: when it
 (weights and the calibrators fitted on them, which belong together) move to
 ``models/previous/<time of the earlier weights>/``.
 
+A training stopped before its last epoch (a Slurm time limit, Ctrl-C, a lost node) continues from its last completed
+epoch when run again with ``--resume true`` (:func:`resumable_training`): the checkpoint folder keeps
+``resume.pt`` (network, optimiser, LR schedules, AMP scaler, epoch, best validation score, random states of torch, numpy
+and the training transforms) from
+epoch to epoch until the training completes.
+
 Every file the package writes for a user to keep (calibrators, output maps, previews, study records, check stamps)
 is written through :func:`atomic_file`: to a hidden temporary name in the same folder, renamed when complete, so an
 interrupted or failed write never leaves a truncated file under the final name.
@@ -25,10 +31,12 @@ from typing import Any
 
 from calibmonai.progress import progress
 
-__all__ = ["PREVIOUS_DIR", "atomic_file", "folder_lock", "keep_previous_weights"]
+__all__ = ["PREVIOUS_DIR", "RESUME_FILE", "atomic_file", "folder_lock", "keep_previous_weights", "resumable_training"]
 
 #: sub-folder of the checkpoint folder that keeps earlier trainings' files, one folder per training
 PREVIOUS_DIR = "previous"
+#: the training state kept in the checkpoint folder after every epoch until the training completes
+RESUME_FILE = "resume.pt"
 
 
 @contextmanager
@@ -127,3 +135,210 @@ def keep_previous_weights(ckpt_dir: str | Path, trainer: Any = None) -> Path | N
             )
     idist.barrier()
     return moved_to
+
+
+def _attached(engine: Any, kind: type) -> list[Any]:
+    """The handler objects of class ``kind`` attached to ``engine`` (their bound methods or the objects themselves
+    among its event handlers), in attachment order, each once."""
+    found: list[Any] = []
+    for handlers in getattr(engine, "_event_handlers", {}).values():
+        for func, *_ in handlers:
+            owner = func if isinstance(func, kind) else getattr(func, "__self__", None)
+            if isinstance(owner, kind) and all(owner is not f for f in found):
+                found.append(owner)
+    return found
+
+
+def _random_states() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+    import torch
+
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_random_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _random_transforms(trainer: Any) -> list[Any]:
+    """The randomised transforms (MONAI ``Randomizable``) of the trainer's training dataset, each once, in a fixed
+    order: their random states go into the saved state, so the crops and flips after a resume are those an
+    uninterrupted run would have drawn."""
+    from monai.transforms import Randomizable, Transform
+
+    found: list[Any] = []
+    stack = [getattr(getattr(trainer, "data_loader", None), "dataset", None)]
+    seen: set[int] = set()
+    while stack:
+        obj = stack.pop(0)
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Randomizable):
+            found.append(obj)
+        if isinstance(obj, Transform):  # its parts: a Compose's transforms, a dictionary transform's array transform
+            for value in vars(obj).values():
+                parts = value if isinstance(value, (list, tuple)) else [value]
+                stack.extend(v for v in parts if isinstance(v, Transform))
+        else:  # a dataset, possibly wrapping others
+            stack.extend([getattr(obj, "transform", None), getattr(obj, "dataset", None), *(getattr(obj, "datasets", None) or [])])
+    return found
+
+
+def resumable_training(ckpt_dir: str | Path, trainer: Any, evaluator: Any = None, resume: Any = False) -> int:
+    """Make a bundle's training continue where a stopped run left it, and keep earlier trainings' weights.
+
+    After every training epoch (and its validation) the training state is written to ``<ckpt_dir>/resume.pt``
+    (atomically, rank 0): the network, the optimiser, every ``LrScheduleHandler``'s schedule, the AMP scaler, the
+    trainer's epoch and iteration, the evaluator's best metric and epoch, the best-checkpoint tracker of its
+    ``CheckpointSaver`` (so a resumed run replaces ``model.pt`` only with a better one) and the random states. The
+    file is removed when the training completes its epochs; a run that stops before (time limit, Ctrl-C, a crash)
+    keeps it.
+
+    With ``resume`` true and ``resume.pt`` present, the state is loaded and the trainer continues from the epoch
+    after the saved one up to its ``max_epochs`` (a larger ``--epochs`` extends the run); the validation curves
+    (``curves.csv``) keep their rows up to that epoch and go on. With the random states of torch, numpy, Python and
+    of every randomised training transform restored, a resumed run with ``num_workers: 0`` trains the same weights
+    as an uninterrupted one (tested on the CPU); data-loader worker processes and GPU kernels that are not
+    deterministic can make it differ. With ``resume`` false, or nothing to resume, the training starts from scratch and an earlier
+    training's files move to ``models/previous/`` (:func:`keep_previous_weights`).
+
+    Returns:
+        the epoch the training continues after (0 for a training from scratch).
+
+    Raises:
+        ValueError: for a ``resume.pt`` that cannot be read or does not fit this run's network or optimiser (other
+            settings than the stopped run's), naming it.
+    """
+    import ignite.distributed as idist
+    import torch
+    from ignite.engine import Events
+    from monai.handlers import CheckpointSaver, LrScheduleHandler
+
+    from calibmonai.bundle_tools import as_bool
+    from calibmonai.handlers.curves import ValidationCurveLogger
+
+    ckpt_dir = Path(ckpt_dir)
+    path = ckpt_dir / RESUME_FILE
+    schedules = [h.lr_scheduler for h in _attached(trainer, LrScheduleHandler)]
+    savers = [h._key_metric_checkpoint for h in (_attached(evaluator, CheckpointSaver) if evaluator is not None else [])
+              if getattr(h, "_key_metric_checkpoint", None) is not None]
+    curves = _attached(evaluator, ValidationCurveLogger) if evaluator is not None else []
+    transforms = _random_transforms(trainer)
+
+    def state() -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "network": trainer.network.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "lr_schedulers": [s.state_dict() for s in schedules],
+            "trainer": {"epoch": int(trainer.state.epoch), "iteration": int(trainer.state.iteration)},
+            "random": _random_states(),
+            "transforms": [t.R.get_state() for t in transforms],
+        }
+        if getattr(trainer, "scaler", None) is not None:
+            out["scaler"] = trainer.scaler.state_dict()
+        if evaluator is not None:
+            out["evaluator"] = {"best_metric": evaluator.state.best_metric, "best_metric_epoch": evaluator.state.best_metric_epoch}
+            out["checkpointers"] = [c.state_dict() for c in savers]
+        return out
+
+    def save(_engine: Any) -> None:
+        if idist.get_rank() == 0:
+            with atomic_file(path) as tmp:
+                torch.save(state(), tmp)
+
+    def completed(_engine: Any) -> None:
+        if idist.get_rank() == 0 and path.is_file():
+            path.unlink()
+
+    epoch = 0
+    if as_bool(resume, "resume") and path.is_file():
+        epoch = _load_resume_state(path, trainer, evaluator, schedules, savers, transforms)
+        for logger in curves:
+            _keep_curve_rows(logger, epoch)
+        progress(f"[training] resumed from {path}: epoch {epoch} of {trainer.state.max_epochs} done, continuing")
+    else:
+        if as_bool(resume, "resume"):
+            progress(f"[training] --resume: no {RESUME_FILE} in {ckpt_dir} (no stopped training to continue): training from the start")
+        keep_previous_weights(ckpt_dir, trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, save)  # after the validation (attached earlier)
+    trainer.add_event_handler(Events.COMPLETED, completed)
+    return epoch
+
+
+def _load_resume_state(path: Path, trainer: Any, evaluator: Any, schedules: list[Any], savers: list[Any], transforms: list[Any]) -> int:
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        epoch, iteration = int(saved["trainer"]["epoch"]), int(saved["trainer"]["iteration"])
+    except Exception as e:  # noqa: BLE001 - truncated, not a torch file, another structure
+        raise ValueError(f"{path} cannot be read as a training state ({type(e).__name__}: {e}); move it away to train from the start.") from e
+    max_epochs = int(trainer.state.max_epochs or 0)
+    if epoch >= max_epochs:  # ignite would start a new run from epoch 1 on the loaded weights
+        raise ValueError(
+            f"{path} holds a training stopped after epoch {epoch}, and this run's --epochs is {max_epochs}: give more "
+            f"epochs than {epoch} to continue it, or move the file away to train from the start."
+        )
+    try:
+        trainer.network.load_state_dict(saved["network"])
+        trainer.optimizer.load_state_dict(saved["optimizer"])
+        if len(saved["lr_schedulers"]) != len(schedules):
+            raise ValueError(f"it holds {len(saved['lr_schedulers'])} LR schedule(s), this run has {len(schedules)}")
+        for s, st in zip(schedules, saved["lr_schedulers"]):
+            s.load_state_dict(st)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"{path} does not fit this run ({' '.join(str(e).split())[:300]}): resume with the settings of the stopped "
+            "training, or move the file away to train from the start."
+        ) from e
+    if saved.get("scaler"):  # MONAI's Trainer.run() makes a new AMP scaler: its state is loaded once it exists
+        from ignite.engine import Events
+
+        def load_scaler(engine: Any) -> None:
+            if getattr(engine, "scaler", None) is not None:
+                engine.scaler.load_state_dict(saved["scaler"])
+
+        trainer.add_event_handler(Events.STARTED, load_scaler)
+    if evaluator is not None and "evaluator" in saved:
+        evaluator.state.best_metric = saved["evaluator"]["best_metric"]
+        evaluator.state.best_metric_epoch = saved["evaluator"]["best_metric_epoch"]
+        for c, st in zip(savers, saved.get("checkpointers", [])):
+            c.load_state_dict(st)
+    _set_random_states(saved["random"])
+    if len(saved.get("transforms", [])) == len(transforms):  # else other preprocessing: its own fresh states
+        for t, st in zip(transforms, saved["transforms"]):
+            t.R.set_state(st)
+    trainer.state.epoch, trainer.state.iteration = epoch, iteration
+    return epoch
+
+
+def _keep_curve_rows(logger: Any, epoch: int) -> None:
+    """Keep the rows of ``logger``'s CSV up to ``epoch`` (a stopped run may have written one more) and let it append."""
+    import csv
+
+    if os.path.isfile(logger.path):
+        with open(logger.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        fields = list(rows[0].keys()) if rows else None
+        keep = [r for r in rows if int(float(r["epoch"])) <= epoch]
+        if fields:
+            with atomic_file(logger.path) as tmp, open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(keep)
+    logger._started = True

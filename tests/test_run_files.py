@@ -221,3 +221,95 @@ def test_a_training_that_fails_before_its_first_step_completes_moves_nothing(tmp
     with pytest.raises(RuntimeError, match="does not fit"):
         engine.run([0], max_epochs=1)
     assert sorted(p.name for p in models.iterdir()) == ["model.pt"] and (models / "model.pt").read_bytes() == b"weights"
+
+
+def _interrupted_training(files, overrides, stop_at_epoch):
+    """Run the bundle's ``training`` as ``monai.bundle run`` does, stopped (KeyboardInterrupt, as Ctrl-C or a
+    scheduler's SIGTERM) when epoch ``stop_at_epoch`` starts."""
+    from ignite.engine import Events
+
+    from calibmonai.bundle_tools import bundle_parser
+
+    parser = bundle_parser(files, **overrides)
+    parser.get_parsed_content("initialize")
+    trainer = parser.get_parsed_content("train#trainer")
+
+    def stop(_engine):
+        raise KeyboardInterrupt
+
+    trainer.add_event_handler(Events.EPOCH_STARTED(once=stop_at_epoch), stop)
+    with pytest.raises(KeyboardInterrupt):
+        parser.get_parsed_content("training")
+
+
+@pytest.mark.slow
+def test_a_stopped_training_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, caplog):
+    data = tmp_path / "data"
+    prepare_mni_tissue(data, num_subjects=3, split=(1, 1, 1), seed=2, progress=False)
+    small = {"dataset_dir": str(data), "epochs": 4, "slices_per_volume": 2, "batch_size": 2,
+             "network_def#channels": [4, 8, 16, 32], "volume_repeats": 2}  # fmt: skip
+    files = config_files("mni_tissue_seg2d", "ce", "profiles/paper.yaml")
+    paper = {"val_interval": 1, "train#datalist": "$calibmonai.data.load_datalist(@dataset_dir, 'training')",
+             "validate#datalist": "$calibmonai.data.load_datalist(@dataset_dir, 'validation')"}  # fmt: skip
+    # reference: 4 epochs in one go
+    run_workflow("training", files, **small, **paper, runs_dir=str(tmp_path / "once"))
+    once = tmp_path / "once" / "mni_tissue_paper" / "ce"
+    assert not (once / "models" / "resume.pt").exists()  # removed when the training completed
+    # stopped when epoch 3 starts: the state of epoch 2 is kept
+    runs = tmp_path / "stopped"
+    _interrupted_training(files, {**small, **paper, "runs_dir": str(runs)}, stop_at_epoch=3)
+    run = runs / "mni_tissue_paper" / "ce"
+    saved = torch.load(run / "models" / "resume.pt", weights_only=False)
+    assert saved["trainer"]["epoch"] == 2 and saved["evaluator"]["best_metric_epoch"] in (1, 2)
+    best_before = _sha(run / "models" / "model.pt")
+    # run again with --resume true: epochs 3 and 4, nothing moved to previous/
+    with caplog.at_level(logging.INFO):
+        run_workflow("training", files, **small, **paper, runs_dir=str(runs), resume=True)
+    assert "resumed from" in caplog.text and "epoch 2 of 4 done" in caplog.text
+    assert not (run / "models" / PREVIOUS_DIR).exists() and not (run / "models" / "resume.pt").exists()
+    # the same weights as the uninterrupted run (random states of torch, numpy and the crops restored)
+    for name in ("model_final.pt",):
+        a, b = torch.load(once / "models" / name, weights_only=True), torch.load(run / "models" / name, weights_only=True)
+        a, b = a.get("model", a), b.get("model", b)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the best checkpoint is the uninterrupted run's best (validation DSC rises every epoch here: epoch 4's)
+    best = torch.load(run / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(best[k], b[k]) for k in b) and _sha(run / "models" / "model.pt") != best_before
+    # one validation-curve row per epoch, as the uninterrupted run
+    import csv
+
+    rows = list(csv.DictReader(open(run / "curves.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert rows == list(csv.DictReader(open(once / "curves.csv")))
+    # --resume with nothing to resume trains from the start (the earlier weights move to previous/)
+    with caplog.at_level(logging.INFO):
+        run_workflow("training", files, **{**small, "epochs": 1}, **paper, runs_dir=str(runs), resume=True)
+    assert "no resume.pt" in caplog.text and (run / "models" / PREVIOUS_DIR).is_dir()
+
+
+def test_a_resume_file_of_other_settings_is_refused_naming_it(tmp_path):
+    from ignite.engine import Engine
+
+    from calibmonai.run_files import resumable_training
+
+    models = tmp_path / "models"
+    models.mkdir()
+    net = torch.nn.Linear(2, 2)
+    trainer = Engine(lambda e, b: None)
+    trainer.network, trainer.optimizer = net, torch.optim.SGD(net.parameters(), lr=0.1)
+    (models / "resume.pt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="resume.pt cannot be read as a training state .*move it away"):
+        resumable_training(models, trainer, None, resume=True)
+    trainer.state.max_epochs = 5
+    other = torch.nn.Linear(3, 2)
+    torch.save({"network": other.state_dict(), "optimizer": torch.optim.SGD(other.parameters(), lr=0.1).state_dict(),
+                "lr_schedulers": [], "trainer": {"epoch": 1, "iteration": 2}, "random": {}}, models / "resume.pt")  # fmt: skip
+    with pytest.raises(ValueError, match="resume.pt does not fit this run .*size mismatch.*settings of the stopped training"):
+        resumable_training(models, trainer, None, resume=True)
+    torch.save({"network": net.state_dict(), "optimizer": trainer.optimizer.state_dict(), "lr_schedulers": [],
+                "trainer": {"epoch": 3, "iteration": 6}, "random": {}}, models / "resume.pt")  # fmt: skip
+    trainer.state.max_epochs = 3
+    with pytest.raises(ValueError, match="stopped after epoch 3, and this run's --epochs is 3: give more epochs than 3"):
+        resumable_training(models, trainer, None, resume=True)
+    with pytest.raises(ValueError, match="--resume expects a boolean"):
+        resumable_training(models, trainer, None, resume="maybe")

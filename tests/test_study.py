@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -638,3 +639,40 @@ def test_a_child_training_is_stopped_with_its_whole_process_group(tmp_path):
     else:
         os.kill(rank, 9)
         pytest.fail("the training's own child outlived the stop")
+
+
+def test_a_train_task_stopped_mid_training_continues_from_its_resume_state(tmp_path, monkeypatch):
+    """A training task stopped before its last epoch (Slurm time limit, kill) left models/resume.pt: run again, the
+    study composes resume: true, and accepts a best checkpoint from before the stop; without it, no resume file."""
+    import calibmonai.study.tasks as T
+
+    spec = load_study(tiny_spec(tmp_path / "d"))
+    train = next(t for t in build_plan(spec, tmp_path / "s") if t.kind == "train")
+    run_dir = Path(train.params["run_dir"])
+    seen = []
+
+    def fake_workflow(files, run_id):
+        seen.append([yaml.safe_load(open(f)) if f.endswith(".yaml") and "/study/" in f else f for f in files])
+        (run_dir / "models").mkdir(parents=True, exist_ok=True)
+        ckpt = run_dir / "models" / "model.pt"
+        if write_checkpoint:
+            ckpt.write_bytes(b"weights")
+        T._write_json(run_dir / "study" / "train_record.json", {"ckpt_path": str(ckpt), "best_metric": 0.5})
+
+    monkeypatch.setattr(T, "_workflow", fake_workflow)
+    write_checkpoint = True
+    T._train(train, tmp_path / "s")
+    assert {"resume": True} not in seen[-1]
+    write_checkpoint = False  # a try whose validation never beat the best checkpoint kept from before
+    old = time.time() - 3600  # the best checkpoint predates this try: refused for a fresh training...
+    os.utime(run_dir / "models" / "model.pt", (old, old))
+    with pytest.raises(RuntimeError, match="wrote no new checkpoint"):
+        T._train(train, tmp_path / "s")
+    (run_dir / "models" / "resume.pt").write_bytes(b"state")  # ...accepted for a resumed one
+    T._train(train, tmp_path / "s")
+    assert {"resume": True} in seen[-1] and seen[-1][-1] == yaml.safe_load(open(run_dir / "study" / "record.yaml"))
+    assert "resume.yaml" in (run_dir / "study" / "command.sh").read_text()
+    (run_dir / "models" / "resume.pt").unlink()  # completed: the next training starts afresh, no stale resume.yaml
+    write_checkpoint = True
+    T._train(train, tmp_path / "s")
+    assert {"resume": True} not in seen[-1] and not (run_dir / "study" / "resume.yaml").exists()

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from calibmonai.run_files import atomic_file
+from calibmonai.run_files import RESUME_FILE, atomic_file
 from calibmonai.study.plan import Task, marker_path, read_marker
 
 __all__ = ["execute_task", "record_training", "AddRelativeGaussianNoise", "capture_evaluation", "logit_gap_histograms", "GAP_EDGES"]
@@ -169,7 +169,16 @@ def _train(task: Task, study_dir: Path) -> dict[str, Any]:
     started = time.time()
     gpus = int(task.resources.gpus)
     extra = ["multi_gpu_train.yaml"] if gpus > 1 else []
-    files = _run_files(task, str(run_dir), *extra) + [str(run_dir / "study" / "record.yaml")]
+    files = _run_files(task, str(run_dir), *extra)
+    resume_file = run_dir / "study" / "resume.yaml"
+    if (run_dir / "models" / RESUME_FILE).is_file():  # a training stopped before its last epoch (time limit, kill)
+        _write_yaml(resume_file, {"resume": True})
+        files.append(str(resume_file))
+        print(f"[study] {task.id}: continuing the stopped training from {run_dir / 'models' / RESUME_FILE}", flush=True)
+    elif resume_file.exists():
+        resume_file.unlink()
+    files.append(str(run_dir / "study" / "record.yaml"))
+    resumed = str(resume_file) in files
     (run_dir / "study" / "command.sh").write_text(training_command(files, gpus) + "\n")
     if gpus > 1:
         cmd = training_argv(files, gpus)
@@ -183,7 +192,7 @@ def _train(task: Task, study_dir: Path) -> dict[str, Any]:
     record = json.loads(record_file.read_text())
     if not os.path.isfile(record["ckpt_path"]):
         raise FileNotFoundError(f"training of {task.id} kept no checkpoint at {record['ckpt_path']} (did validation run? val_interval <= epochs).")
-    if os.path.getmtime(record["ckpt_path"]) < started - 2:
+    if not resumed and os.path.getmtime(record["ckpt_path"]) < started - 2:  # resumed: the best may predate the stop
         raise RuntimeError(f"training of {task.id} wrote no new checkpoint: {record['ckpt_path']} is from an earlier try (did validation run? val_interval <= epochs).")
     return record
 
