@@ -68,6 +68,15 @@ def load_checkpoint(network: torch.nn.Module, checkpoint: str, device: Any) -> t
     _check_architecture(network, state, checkpoint)
     network.load_state_dict(state)
     progress(f"[weights] {checkpoint}", "calibmonai.prediction")  # which of a run's checkpoints (model.pt, model_final.pt) is used
+    from calibmonai.run_files import RESUME_FILE
+
+    if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RESUME_FILE)):
+        progress(
+            f"[weights] WARNING: the training of this run stopped before its last epoch ({RESUME_FILE} beside "
+            f"{os.path.basename(checkpoint)}): these are the weights it had reached; run its training again with "
+            "--resume true to finish it",
+            "calibmonai.prediction",
+        )
     return network.to(device).eval()
 
 

@@ -199,30 +199,83 @@ def _random_transforms(trainer: Any) -> list[Any]:
     return found
 
 
+def _plain(network: Any) -> Any:
+    """The network inside ``DistributedDataParallel`` (its state dict without the ``module.`` prefix), so a training
+    stopped under ``torchrun`` can continue in one process and the other way round."""
+    return getattr(network, "module", network) if type(network).__name__ == "DistributedDataParallel" else network
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files :func:`atomic_file` left in ``folder`` when its writer was killed (``SIGKILL``, or
+    ``SIGTERM``, which ends Python without running ``finally``): ``.tmp-<pid>-<name>`` whose process no longer
+    runs. Returns the removed paths."""
+    removed = []
+    for p in Path(folder).glob(".tmp-*-*") if Path(folder).is_dir() else []:
+        try:
+            pid = int(p.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # its writer still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # another user's live process
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+#: LR-schedule state entries that count progress, not settings
+_SCHEDULE_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial")
+
+
+def _setting_differences(saved: Any, current: Any, ignore: tuple[str, ...]) -> list[str]:
+    """``key: saved -> current`` for the entries of two settings dicts that differ (numbers to 1e-12 relative)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if key in ignore or key == "params":
+            continue
+        a, b = saved.get(key, "absent"), current.get(key, "absent")
+        same = a == b
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            same = abs(float(a) - float(b)) <= 1e-12 * max(abs(float(a)), abs(float(b)), 1e-300)
+        if not same:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
 def resumable_training(ckpt_dir: str | Path, trainer: Any, evaluator: Any = None, resume: Any = False) -> int:
     """Make a bundle's training continue where a stopped run left it, and keep earlier trainings' weights.
 
     After every training epoch (and its validation) the training state is written to ``<ckpt_dir>/resume.pt``
-    (atomically, rank 0): the network, the optimiser, every ``LrScheduleHandler``'s schedule, the AMP scaler, the
-    trainer's epoch and iteration, the evaluator's best metric and epoch, the best-checkpoint tracker of its
-    ``CheckpointSaver`` (so a resumed run replaces ``model.pt`` only with a better one) and the random states. The
-    file is removed when the training completes its epochs; a run that stops before (time limit, Ctrl-C, a crash)
-    keeps it.
+    (atomically, rank 0): the network (without ``DistributedDataParallel``'s wrapper), the optimiser and its class,
+    every ``LrScheduleHandler``'s schedule, the AMP scaler, the trainer's epoch and iteration, the evaluator's best
+    metric and epoch, the best-checkpoint tracker of its ``CheckpointSaver`` (so a resumed run replaces ``model.pt``
+    only with a better one), the rows of its validation curves and the random states. The file is removed when the
+    training completes its epochs; a run that stops before (time limit, Ctrl-C, a crash) keeps it.
 
     With ``resume`` true and ``resume.pt`` present, the state is loaded and the trainer continues from the epoch
-    after the saved one up to its ``max_epochs`` (a larger ``--epochs`` extends the run); the validation curves
-    (``curves.csv``) keep their rows up to that epoch and go on. With the random states of torch, numpy, Python and
-    of every randomised training transform restored, a resumed run with ``num_workers: 0`` trains the same weights
-    as an uninterrupted one (tested on the CPU); data-loader worker processes and GPU kernels that are not
-    deterministic can make it differ. With ``resume`` false, or nothing to resume, the training starts from scratch and an earlier
-    training's files move to ``models/previous/`` (:func:`keep_previous_weights`).
+    after the saved one up to its ``max_epochs`` (a larger ``--epochs`` extends the run); ``curves.csv`` is written
+    again with the stopped run's rows and goes on. With the random states of torch, numpy, Python and of every
+    randomised training transform restored, a resumed single-process run trains the same weights as an
+    uninterrupted one (tested on the CPU); under ``torchrun`` the weights continue but are not bit-identical
+    (``DistributedDataParallel`` rebuilds its gradient buckets, which sums gradients in another order), nor are
+    GPU kernels that are not deterministic. A state whose training had run all its epochs (the process ended before
+    its last handlers) completes without training. With ``resume`` false, or nothing to resume, the training starts
+    from scratch and an earlier training's files move to ``models/previous/`` (:func:`keep_previous_weights`).
 
     Returns:
         the epoch the training continues after (0 for a training from scratch).
 
     Raises:
-        ValueError: for a ``resume.pt`` that cannot be read or does not fit this run's network or optimiser (other
-            settings than the stopped run's), naming it.
+        ValueError: for a ``resume.pt`` that cannot be read, was saved with fewer epochs than it holds, or does not
+            fit this run (another network, optimiser class, optimiser or LR-schedule setting), naming the file and
+            each differing setting.
     """
     import ignite.distributed as idist
     import torch
@@ -234,6 +287,9 @@ def resumable_training(ckpt_dir: str | Path, trainer: Any, evaluator: Any = None
 
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / RESUME_FILE
+    resume = as_bool(resume, "resume")
+    if idist.get_rank() == 0:
+        remove_stale_temporaries(ckpt_dir)  # a resume.pt write cut by SIGTERM/SIGKILL
     schedules = [h.lr_scheduler for h in _attached(trainer, LrScheduleHandler)]
     savers = [h._key_metric_checkpoint for h in (_attached(evaluator, CheckpointSaver) if evaluator is not None else [])
               if getattr(h, "_key_metric_checkpoint", None) is not None]
@@ -242,13 +298,16 @@ def resumable_training(ckpt_dir: str | Path, trainer: Any, evaluator: Any = None
 
     def state() -> dict[str, Any]:
         out: dict[str, Any] = {
-            "network": trainer.network.state_dict(),
+            "network": _plain(trainer.network).state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
+            "optimizer_class": type(trainer.optimizer).__name__,
             "lr_schedulers": [s.state_dict() for s in schedules],
-            "trainer": {"epoch": int(trainer.state.epoch), "iteration": int(trainer.state.iteration)},
+            "trainer": {"epoch": int(trainer.state.epoch), "iteration": int(trainer.state.iteration),
+                        "max_epochs": int(trainer.state.max_epochs)},
             "random": _random_states(),
             "transforms": [t.R.get_state() for t in transforms],
-        }
+            "curves": [list(c.rows) for c in curves],
+        }  # fmt: skip
         if getattr(trainer, "scaler", None) is not None:
             out["scaler"] = trainer.scaler.state_dict()
         if evaluator is not None:
@@ -258,6 +317,7 @@ def resumable_training(ckpt_dir: str | Path, trainer: Any, evaluator: Any = None
 
     def save(_engine: Any) -> None:
         if idist.get_rank() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint (val_interval > 1)
             with atomic_file(path) as tmp:
                 torch.save(state(), tmp)
 
@@ -266,21 +326,29 @@ def resumable_training(ckpt_dir: str | Path, trainer: Any, evaluator: Any = None
             path.unlink()
 
     epoch = 0
-    if as_bool(resume, "resume") and path.is_file():
-        epoch = _load_resume_state(path, trainer, evaluator, schedules, savers, transforms)
-        for logger in curves:
-            _keep_curve_rows(logger, epoch)
-        progress(f"[training] resumed from {path}: epoch {epoch} of {trainer.state.max_epochs} done, continuing")
+    if resume and path.is_file():
+        epoch, finished = _load_resume_state(path, trainer, evaluator, schedules, savers, transforms, curves)
+        if finished:  # every epoch had run: only the end of the training is left
+            progress(f"[training] {path}: the stopped training had run all its {epoch} epochs; completing it without training")
+            trainer.run = lambda: trainer.fire_event(Events.COMPLETED)
+        else:
+            progress(f"[training] resumed from {path}: epoch {epoch} of {trainer.state.max_epochs} done, continuing")
     else:
-        if as_bool(resume, "resume"):
+        if resume:
             progress(f"[training] --resume: no {RESUME_FILE} in {ckpt_dir} (no stopped training to continue): training from the start")
+        elif path.is_file():
+            progress(f"[training] {path} holds a stopped training; this run trains from the start (its files move to "
+                     f"{ckpt_dir / PREVIOUS_DIR} after the first step): stop it now and add --resume true to continue that one instead")  # fmt: skip
         keep_previous_weights(ckpt_dir, trainer)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, save)  # after the validation (attached earlier)
     trainer.add_event_handler(Events.COMPLETED, completed)
     return epoch
 
 
-def _load_resume_state(path: Path, trainer: Any, evaluator: Any, schedules: list[Any], savers: list[Any], transforms: list[Any]) -> int:
+def _load_resume_state(
+    path: Path, trainer: Any, evaluator: Any, schedules: list[Any], savers: list[Any], transforms: list[Any], curves: list[Any]
+) -> tuple[int, bool]:
+    """Load ``path`` into the run; ``(epoch it holds, whether that was the stopped run's last epoch)``."""
     import torch
 
     try:
@@ -289,22 +357,43 @@ def _load_resume_state(path: Path, trainer: Any, evaluator: Any, schedules: list
     except Exception as e:  # noqa: BLE001 - truncated, not a torch file, another structure
         raise ValueError(f"{path} cannot be read as a training state ({type(e).__name__}: {e}); move it away to train from the start.") from e
     max_epochs = int(trainer.state.max_epochs or 0)
-    if epoch >= max_epochs:  # ignite would start a new run from epoch 1 on the loaded weights
+    finished = epoch == max_epochs == int(saved["trainer"].get("max_epochs", -1))
+    if epoch >= max_epochs and not finished:  # ignite would start a new run from epoch 1 on the loaded weights
         raise ValueError(
             f"{path} holds a training stopped after epoch {epoch}, and this run's --epochs is {max_epochs}: give more "
             f"epochs than {epoch} to continue it, or move the file away to train from the start."
         )
+    differ = []
+    if saved.get("optimizer_class", type(trainer.optimizer).__name__) != type(trainer.optimizer).__name__:
+        differ.append(f"optimizer: {saved['optimizer_class']} -> {type(trainer.optimizer).__name__}")
+    else:
+        current = trainer.optimizer.state_dict()["param_groups"]
+        # with an LR schedule the learning rate moves: its configured value is the schedule's initial_lr
+        ignore = ("lr",) if schedules else ("initial_lr",)
+        for k, (a, b) in enumerate(zip(saved["optimizer"]["param_groups"], current)):
+            differ += [f"optimizer param group {k} {d}" for d in _setting_differences(a, b, ignore)]
+        if len(saved["optimizer"]["param_groups"]) != len(current):
+            differ.append(f"optimizer param groups: {len(saved['optimizer']['param_groups'])} -> {len(current)}")
+    if len(saved["lr_schedulers"]) != len(schedules):
+        differ.append(f"LR schedules: {len(saved['lr_schedulers'])} -> {len(schedules)}")
+    else:
+        for k, (st, sched) in enumerate(zip(saved["lr_schedulers"], schedules)):
+            differ += [f"LR schedule {type(sched).__name__} {d}" for d in _setting_differences(st, sched.state_dict(), _SCHEDULE_PROGRESS + ("base_lrs",))]
+    if differ:
+        raise ValueError(
+            f"{path} was saved by a training with other settings: {'; '.join(differ)}. Resume with the stopped "
+            "training's settings (an LR schedule that follows --epochs, as the 2D bundles' step_size = epochs // 2, "
+            "keeps the stopped run's with --lr_scheduler#step_size <its value>), or move the file away to train from the start."
+        )
     try:
-        trainer.network.load_state_dict(saved["network"])
+        _plain(trainer.network).load_state_dict(saved["network"])
         trainer.optimizer.load_state_dict(saved["optimizer"])
-        if len(saved["lr_schedulers"]) != len(schedules):
-            raise ValueError(f"it holds {len(saved['lr_schedulers'])} LR schedule(s), this run has {len(schedules)}")
         for s, st in zip(schedules, saved["lr_schedulers"]):
             s.load_state_dict(st)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ValueError(
             f"{path} does not fit this run ({' '.join(str(e).split())[:300]}): resume with the settings of the stopped "
-            "training, or move the file away to train from the start."
+            "training (network, optimiser), or move the file away to train from the start."
         ) from e
     if saved.get("scaler"):  # MONAI's Trainer.run() makes a new AMP scaler: its state is loaded once it exists
         from ignite.engine import Events
@@ -323,22 +412,7 @@ def _load_resume_state(path: Path, trainer: Any, evaluator: Any, schedules: list
     if len(saved.get("transforms", [])) == len(transforms):  # else other preprocessing: its own fresh states
         for t, st in zip(transforms, saved["transforms"]):
             t.R.set_state(st)
+    for logger, rows in zip(curves, saved.get("curves", [])):
+        logger.restore(rows)
     trainer.state.epoch, trainer.state.iteration = epoch, iteration
-    return epoch
-
-
-def _keep_curve_rows(logger: Any, epoch: int) -> None:
-    """Keep the rows of ``logger``'s CSV up to ``epoch`` (a stopped run may have written one more) and let it append."""
-    import csv
-
-    if os.path.isfile(logger.path):
-        with open(logger.path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        fields = list(rows[0].keys()) if rows else None
-        keep = [r for r in rows if int(float(r["epoch"])) <= epoch]
-        if fields:
-            with atomic_file(logger.path) as tmp, open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=fields)
-                w.writeheader()
-                w.writerows(keep)
-    logger._started = True
+    return epoch, finished

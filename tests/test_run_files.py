@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -313,3 +314,143 @@ def test_a_resume_file_of_other_settings_is_refused_naming_it(tmp_path):
         resumable_training(models, trainer, None, resume=True)
     with pytest.raises(ValueError, match="--resume expects a boolean"):
         resumable_training(models, trainer, None, resume="maybe")
+
+
+def _toy_trainer(max_epochs=4, lr=0.1, step_size=2, optimizer=torch.optim.SGD, calls=None):
+    """An ignite trainer as the bundles' (network, optimizer, an LrScheduleHandler with StepLR) on 3 batches."""
+    from ignite.engine import Engine
+    from monai.handlers import LrScheduleHandler
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = optimizer(net.parameters(), lr=lr)
+
+    def step(engine, batch):
+        if calls is not None:
+            calls.append(engine.state.epoch)
+        opt.zero_grad()
+        loss = net(batch).pow(2).mean() + 0.01 * torch.rand(())
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    trainer = Engine(step)
+    trainer.network, trainer.optimizer = net, opt
+    LrScheduleHandler(torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=0.5), print_lr=False).attach(trainer)
+    trainer.state.max_epochs = max_epochs
+    trainer.data = [torch.ones(2, 3) * k for k in range(3)]
+    return trainer
+
+
+def _run_toy(trainer, stop_at_epoch=None):
+    from ignite.engine import Events
+
+    if stop_at_epoch:
+        def stop(_engine):
+            raise KeyboardInterrupt
+
+        trainer.add_event_handler(Events.EPOCH_STARTED(once=stop_at_epoch), stop)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run(trainer.data, max_epochs=trainer.state.max_epochs)
+    else:
+        trainer.run(trainer.data, max_epochs=trainer.state.max_epochs)
+
+
+def test_resume_refuses_other_settings_and_completes_a_finished_one(tmp_path):
+    from ignite.engine import Events
+
+    from calibmonai.run_files import resumable_training
+
+    models = tmp_path / "models"
+    reference = _toy_trainer()
+    resumable_training(models, reference, None, resume=False)
+    _run_toy(reference)
+    assert not (models / "resume.pt").exists()
+    stopped = _toy_trainer()
+    resumable_training(models, stopped, None, resume=True)
+    _run_toy(stopped, stop_at_epoch=3)
+    assert torch.load(models / "resume.pt", weights_only=False)["trainer"]["epoch"] == 2
+    # other settings than the stopped run's are refused, each named, before anything is loaded
+    for kwargs, named in (({"lr": 0.01}, "initial_lr: 0.1 -> 0.01"), ({"step_size": 3}, "step_size: 2 -> 3"),
+                          ({"optimizer": torch.optim.Adam}, "optimizer: SGD -> Adam")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"saved by a training with other settings: .*{re.escape(named)}.*--lr_scheduler#step_size"):
+            resumable_training(models, _toy_trainer(**kwargs), None, resume=True)
+    # the same settings continue to the uninterrupted run's weights (random state restored), LR schedule included
+    resumed = _toy_trainer()
+    assert resumable_training(models, resumed, None, resume=True) == 2
+    _run_toy(resumed)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.network.state_dict().values(), reference.network.state_dict().values()))
+    assert resumed.optimizer.param_groups[0]["lr"] == reference.optimizer.param_groups[0]["lr"] == 0.1 * 0.5**2
+    # a training that ran all its epochs but ended before its last handlers: completed without training
+    dying = _toy_trainer(max_epochs=3)
+    resumable_training(models, dying, None, resume=False)
+
+    def die(engine):
+        if engine.state.epoch == 3:
+            raise KeyboardInterrupt
+
+    dying.add_event_handler(Events.EPOCH_COMPLETED, die)  # after the state's save
+    with pytest.raises(KeyboardInterrupt):
+        dying.run(dying.data, max_epochs=3)
+    calls, ended = [], []
+    finishing = _toy_trainer(max_epochs=3, calls=calls)
+    finishing.add_event_handler(Events.COMPLETED, lambda e: ended.append(True))
+    assert resumable_training(models, finishing, None, resume=True) == 3
+    finishing.run()
+    assert calls == [] and ended == [True] and not (models / "resume.pt").exists()
+    assert all(torch.equal(a, b) for a, b in zip(finishing.network.state_dict().values(), dying.network.state_dict().values()))
+
+
+def test_resume_state_is_process_count_free_and_stale_temporaries_go(tmp_path):
+    from calibmonai.run_files import _plain, remove_stale_temporaries
+
+    class DistributedDataParallel(torch.nn.Module):  # the wrapper's name is what counts
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    inner = torch.nn.Linear(2, 2)
+    wrapped = DistributedDataParallel(inner)
+    assert list(wrapped.state_dict()) == ["module.weight", "module.bias"]
+    assert _plain(wrapped) is inner and _plain(inner) is inner and list(_plain(wrapped).state_dict()) == ["weight", "bias"]
+    # a write cut by SIGKILL/SIGTERM left its temporary: removed when its process is gone, kept while it runs
+    import subprocess
+    import sys as _sys
+
+    dead = subprocess.run([_sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / f".tmp-{dead}-resume.pt").write_bytes(b"half")
+    (tmp_path / f".tmp-{os.getpid()}-resume.pt").write_bytes(b"being written")
+    (tmp_path / "model.pt").write_bytes(b"w")
+    assert remove_stale_temporaries(tmp_path) == [tmp_path / f".tmp-{dead}-resume.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-{os.getpid()}-resume.pt", "model.pt"]
+
+
+def test_weights_of_a_stopped_training_are_used_with_a_warning(tmp_path, caplog):
+    from calibmonai.prediction import load_checkpoint
+
+    net = torch.nn.Linear(2, 2)
+    (tmp_path / "models").mkdir()
+    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    with caplog.at_level(logging.INFO):
+        load_checkpoint(net, str(tmp_path / "models" / "model.pt"), "cpu")
+    assert "stopped before its last epoch" not in caplog.text
+    (tmp_path / "models" / "resume.pt").write_bytes(b"state")
+    with caplog.at_level(logging.INFO):
+        load_checkpoint(net, str(tmp_path / "models" / "model.pt"), "cpu")
+    assert "WARNING: the training of this run stopped before its last epoch (resume.pt beside model.pt)" in caplog.text
+
+
+def test_resumed_curves_hold_the_stopped_run_s_rows_only(tmp_path):
+    """An earlier training's curves.csv is not kept by a resumed one stopped before its first validation."""
+    import csv
+
+    from calibmonai.handlers.curves import CURVE_COLUMNS, ValidationCurveLogger
+
+    (tmp_path / "curves.csv").write_text(",".join(CURVE_COLUMNS) + "\n" + "\n".join(f"{e}," + ",".join(["0.5"] * 9) for e in (1, 2, 3)) + "\n")
+    logger = ValidationCurveLogger(str(tmp_path))
+    logger.restore([])  # the stopped run had not validated yet
+    assert (tmp_path / "curves.csv").read_text().strip() == ",".join(CURVE_COLUMNS)
+    row = {k: "0.100000" for k in CURVE_COLUMNS} | {"epoch": 4, "iteration": 1}
+    logger.restore([row])
+    assert list(csv.DictReader(open(tmp_path / "curves.csv"))) == [{k: str(v) for k, v in row.items()}]
+    assert logger.rows == [row] and logger._started  # the next validation appends

@@ -60,6 +60,8 @@ class ValidationCurveLogger:
         self.logger = logging.getLogger("calibmonai")
         self._references: dict[str, torch.Tensor] = {}
         self._started = False
+        #: the rows this logger wrote (formatted as in the file), kept with a training's resume state
+        self.rows: list[dict[str, Any]] = []
         self._reset(None)
 
     def attach(self, engine: Any) -> None:
@@ -68,6 +70,19 @@ class ValidationCurveLogger:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def restore(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Continue a resumed training's curves: write the file again with the stopped run's ``rows`` (and nothing of
+        an earlier training it may still hold), then append as usual."""
+        from calibmonai.run_files import atomic_file
+
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with atomic_file(self.path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        self.rows = [dict(r) for r in rows]
+        self._started = True
 
     def _reset(self, engine: Any) -> None:
         self.metric.reset()
@@ -121,11 +136,13 @@ class ValidationCurveLogger:
         }  # fmt: skip
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         new = not self._started or not os.path.isfile(self.path)
+        formatted = {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
         with open(self.path, "w" if new else "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
             if new:
                 w.writeheader()
-            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+            w.writerow(formatted)
+        self.rows.append(formatted)
         self._started = True
         self.logger.info("validation curve, epoch %d: " % row["epoch"] + ", ".join(f"{k} {row[k]:.4f}" for k in CURVE_COLUMNS[2:]))
 
