@@ -149,13 +149,29 @@ def _attached(engine: Any, kind: type) -> list[Any]:
     return found
 
 
+def _numpy_state(state: tuple) -> tuple:
+    """A numpy ``RandomState.get_state()`` with its key array as a tensor, so the file loads with
+    ``torch.load(weights_only=True)`` (data only, no pickled code)."""
+    import torch
+
+    name, keys, pos, has_gauss, cached = state
+    return (str(name), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
+
+
+def _numpy_state_back(state: tuple) -> tuple:
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = state
+    return (name, np.asarray(keys.numpy(), dtype=np.uint32), pos, has_gauss, cached)
+
+
 def _random_states() -> dict[str, Any]:
     import random
 
     import numpy as np
     import torch
 
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    states = {"python": random.getstate(), "numpy": _numpy_state(np.random.get_state()), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -168,7 +184,7 @@ def _set_random_states(states: dict[str, Any]) -> None:
     import torch
 
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    np.random.set_state(_numpy_state_back(states["numpy"]))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -305,7 +321,7 @@ def resumable_training(ckpt_dir: str | Path, trainer: Any, evaluator: Any = None
             "trainer": {"epoch": int(trainer.state.epoch), "iteration": int(trainer.state.iteration),
                         "max_epochs": int(trainer.state.max_epochs)},
             "random": _random_states(),
-            "transforms": [t.R.get_state() for t in transforms],
+            "transforms": [_numpy_state(t.R.get_state()) for t in transforms],
             "curves": [list(c.rows) for c in curves],
         }  # fmt: skip
         if getattr(trainer, "scaler", None) is not None:
@@ -352,7 +368,7 @@ def _load_resume_state(
     import torch
 
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # data only: a crafted file runs no code
         epoch, iteration = int(saved["trainer"]["epoch"]), int(saved["trainer"]["iteration"])
     except Exception as e:  # noqa: BLE001 - truncated, not a torch file, another structure
         raise ValueError(f"{path} cannot be read as a training state ({type(e).__name__}: {e}); move it away to train from the start.") from e
@@ -411,7 +427,7 @@ def _load_resume_state(
     _set_random_states(saved["random"])
     if len(saved.get("transforms", [])) == len(transforms):  # else other preprocessing: its own fresh states
         for t, st in zip(transforms, saved["transforms"]):
-            t.R.set_state(st)
+            t.R.set_state(_numpy_state_back(st))
     for logger, rows in zip(curves, saved.get("curves", [])):
         logger.restore(rows)
     trainer.state.epoch, trainer.state.iteration = epoch, iteration

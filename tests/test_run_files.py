@@ -260,7 +260,7 @@ def test_a_stopped_training_resumes_to_the_weights_of_an_uninterrupted_one(tmp_p
     runs = tmp_path / "stopped"
     _interrupted_training(files, {**small, **paper, "runs_dir": str(runs)}, stop_at_epoch=3)
     run = runs / "mni_tissue_paper" / "ce"
-    saved = torch.load(run / "models" / "resume.pt", weights_only=False)
+    saved = torch.load(run / "models" / "resume.pt", weights_only=True)
     assert saved["trainer"]["epoch"] == 2 and saved["evaluator"]["best_metric_epoch"] in (1, 2)
     best_before = _sha(run / "models" / "model.pt")
     # run again with --resume true: epochs 3 and 4, nothing moved to previous/
@@ -369,7 +369,7 @@ def test_resume_refuses_other_settings_and_completes_a_finished_one(tmp_path):
     stopped = _toy_trainer()
     resumable_training(models, stopped, None, resume=True)
     _run_toy(stopped, stop_at_epoch=3)
-    assert torch.load(models / "resume.pt", weights_only=False)["trainer"]["epoch"] == 2
+    assert torch.load(models / "resume.pt", weights_only=True)["trainer"]["epoch"] == 2
     # other settings than the stopped run's are refused, each named, before anything is loaded
     for kwargs, named in (({"lr": 0.01}, "initial_lr: 0.1 -> 0.01"), ({"step_size": 3}, "step_size: 2 -> 3"),
                           ({"optimizer": torch.optim.Adam}, "optimizer: SGD -> Adam")):  # fmt: skip
