@@ -31,7 +31,7 @@ from typing import Any
 
 from calibmonai.progress import progress
 
-__all__ = ["PREVIOUS_DIR", "RESUME_FILE", "atomic_file", "folder_lock", "keep_previous_weights", "resumable_training"]
+__all__ = ["PREVIOUS_DIR", "RESUME_FILE", "ResumeRefused", "atomic_file", "folder_lock", "keep_previous_weights", "resumable_training"]
 
 #: sub-folder of the checkpoint folder that keeps earlier trainings' files, one folder per training
 PREVIOUS_DIR = "previous"
@@ -215,6 +215,10 @@ def _random_transforms(trainer: Any) -> list[Any]:
     return found
 
 
+class ResumeRefused(ValueError):
+    """A ``resume.pt`` of other settings or more epochs than the run that would continue it."""
+
+
 def _plain(network: Any) -> Any:
     """The network inside ``DistributedDataParallel`` (its state dict without the ``module.`` prefix), so a training
     stopped under ``torchrun`` can continue in one process and the other way round."""
@@ -246,23 +250,36 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
-#: LR-schedule state entries that count progress, not settings
-_SCHEDULE_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial")
 
 
-def _setting_differences(saved: Any, current: Any, ignore: tuple[str, ...]) -> list[str]:
-    """``key: saved -> current`` for the entries of two settings dicts that differ (numbers to 1e-12 relative)."""
+def _setting_differences(saved: Any, current: Any, ignore: tuple[str, ...] = (), only: Any = None) -> list[str]:
+    """``key: saved -> current`` for the entries of two settings dicts that differ (numbers to 1e-12 relative),
+    leaving out ``ignore`` and ``"params"``, and with ``only`` just those keys."""
+    import math
+
     out = []
     for key in sorted(set(saved) | set(current)):
-        if key in ignore or key == "params":
+        if key in ignore or key == "params" or (only is not None and key not in only):
             continue
         a, b = saved.get(key, "absent"), current.get(key, "absent")
         same = a == b
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-            same = abs(float(a) - float(b)) <= 1e-12 * max(abs(float(a)), abs(float(b)), 1e-300)
+        if not same and isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            same = math.isclose(float(a), float(b), rel_tol=1e-12)
         if not same:
             out.append(f"{key}: {a!r} -> {b!r}")
     return out
+
+
+def _schedule_settings(schedule: Any) -> set[str]:
+    """The settings of an LR schedule: its constructor's parameters (``step_size``, ``gamma``, ``T_0``...), not its
+    progress (``last_epoch``, ``T_cur``, ``num_bad_epochs``...) nor the optimiser."""
+    import inspect
+
+    try:
+        names = set(inspect.signature(type(schedule).__init__).parameters)
+    except (TypeError, ValueError):
+        return set()
+    return names - {"self", "optimizer", "last_epoch", "verbose", "schedulers"}
 
 
 def resumable_training(ckpt_dir: str | Path, trainer: Any, evaluator: Any = None, resume: Any = False) -> int:
@@ -289,9 +306,10 @@ def resumable_training(ckpt_dir: str | Path, trainer: Any, evaluator: Any = None
         the epoch the training continues after (0 for a training from scratch).
 
     Raises:
-        ValueError: for a ``resume.pt`` that cannot be read, was saved with fewer epochs than it holds, or does not
-            fit this run (another network, optimiser class, optimiser or LR-schedule setting), naming the file and
-            each differing setting.
+        ValueError: for a ``resume.pt`` that cannot be read, that holds as many epochs as this run's ``--epochs`` or
+            more (unless its training had run exactly those), or that does not fit this run (another network,
+            optimiser class, optimiser or LR-schedule setting), naming the file and each differing setting
+            (:class:`ResumeRefused` for the settings).
     """
     import ignite.distributed as idist
     import torch
@@ -375,7 +393,7 @@ def _load_resume_state(
     max_epochs = int(trainer.state.max_epochs or 0)
     finished = epoch == max_epochs == int(saved["trainer"].get("max_epochs", -1))
     if epoch >= max_epochs and not finished:  # ignite would start a new run from epoch 1 on the loaded weights
-        raise ValueError(
+        raise ResumeRefused(
             f"{path} holds a training stopped after epoch {epoch}, and this run's --epochs is {max_epochs}: give more "
             f"epochs than {epoch} to continue it, or move the file away to train from the start."
         )
@@ -394,9 +412,9 @@ def _load_resume_state(
         differ.append(f"LR schedules: {len(saved['lr_schedulers'])} -> {len(schedules)}")
     else:
         for k, (st, sched) in enumerate(zip(saved["lr_schedulers"], schedules)):
-            differ += [f"LR schedule {type(sched).__name__} {d}" for d in _setting_differences(st, sched.state_dict(), _SCHEDULE_PROGRESS + ("base_lrs",))]
+            differ += [f"LR schedule {type(sched).__name__} {d}" for d in _setting_differences(st, sched.state_dict(), only=_schedule_settings(sched))]
     if differ:
-        raise ValueError(
+        raise ResumeRefused(
             f"{path} was saved by a training with other settings: {'; '.join(differ)}. Resume with the stopped "
             "training's settings (an LR schedule that follows --epochs, as the 2D bundles' step_size = epochs // 2, "
             "keeps the stopped run's with --lr_scheduler#step_size <its value>), or move the file away to train from the start."
@@ -430,5 +448,8 @@ def _load_resume_state(
             t.R.set_state(_numpy_state_back(st))
     for logger, rows in zip(curves, saved.get("curves", [])):
         logger.restore(rows)
-    trainer.state.epoch, trainer.state.iteration = epoch, iteration
+    # ignite reads its progress from the iteration count: with another number of batches per epoch (torchrun's
+    # share of the data, another batch size) the saved count would cut or repeat epochs
+    epoch_length = getattr(trainer.state, "epoch_length", None)
+    trainer.state.epoch, trainer.state.iteration = epoch, epoch * int(epoch_length) if epoch_length else iteration
     return epoch, finished

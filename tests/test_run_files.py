@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import os
+import shutil
 import re
 import time
 from pathlib import Path
@@ -454,3 +455,42 @@ def test_resumed_curves_hold_the_stopped_run_s_rows_only(tmp_path):
     logger.restore([row])
     assert list(csv.DictReader(open(tmp_path / "curves.csv"))) == [{k: str(v) for k, v in row.items()}]
     assert logger.rows == [row] and logger._started  # the next validation appends
+
+
+def test_resume_with_another_number_of_batches_per_epoch_runs_whole_epochs(tmp_path):
+    """torchrun's share of the data, another batch size: the epoch count decides, not the saved iteration count."""
+    from calibmonai.run_files import resumable_training
+
+    models = tmp_path / "models"
+    stopped = _toy_trainer(max_epochs=4)
+    stopped.data = stopped.data * 2  # 6 batches per epoch
+    resumable_training(models, stopped, None, resume=False)
+    _run_toy(stopped, stop_at_epoch=3)
+    for batches in (3, 12):
+        calls = []
+        resumed = _toy_trainer(max_epochs=4, calls=calls)
+        resumed.data = (resumed.data * 4)[:batches]
+        resumed.state.epoch_length = batches  # as MONAI's Workflow sets it
+        shutil.copy(models / "resume.pt", tmp_path / "keep.pt")
+        resumable_training(models, resumed, None, resume=True)
+        _run_toy(resumed)
+        assert calls == [3] * batches + [4] * batches  # epochs 3 and 4, whole, nothing run again
+        shutil.copy(tmp_path / "keep.pt", models / "resume.pt")
+
+
+def test_resume_compares_schedule_settings_not_their_progress():
+    from calibmonai.run_files import _schedule_settings, _setting_differences
+
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=2)
+    saved = plateau.state_dict()
+    for _ in range(3):
+        plateau.step(1.0)  # progress: num_bad_epochs, best, last_epoch move
+    assert _setting_differences(saved, plateau.state_dict(), only=_schedule_settings(plateau)) == []
+    assert _setting_differences({"x": float("inf")}, {"x": float("inf")}) == []  # equal infinities are equal
+    cosine = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=5)
+    before = cosine.state_dict()
+    cosine.step()
+    assert _setting_differences(before, cosine.state_dict(), only=_schedule_settings(cosine)) == []
+    other = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=7)
+    assert _setting_differences(before, other.state_dict(), only=_schedule_settings(other)) == ["T_0: 5 -> 7"]

@@ -672,6 +672,25 @@ def test_a_train_task_stopped_mid_training_continues_from_its_resume_state(tmp_p
     T._train(train, tmp_path / "s")
     assert {"resume": True} in seen[-1] and seen[-1][-1] == yaml.safe_load(open(run_dir / "study" / "record.yaml"))
     assert "resume.yaml" in (run_dir / "study" / "command.sh").read_text()
+    # a stopped training whose task settings changed since (the study file's epochs): its state is refused, and the
+    # task trains from the start instead of failing on every re-run
+    from calibmonai.run_files import ResumeRefused
+
+    def refusing_workflow(files, run_id):
+        if any(f.endswith("resume.yaml") for f in files):
+            try:
+                raise ResumeRefused("resume.pt was saved by a training with other settings: step_size: 2 -> 3")
+            except ResumeRefused as e:
+                raise RuntimeError("Failed to evaluate ConfigExpression: $calibmonai.run_files.resumable_training(...)") from e
+        fake_workflow(files, run_id)
+
+    monkeypatch.setattr(T, "_workflow", refusing_workflow)
+    write_checkpoint = True
+    n = len(seen)
+    T._train(train, tmp_path / "s")
+    assert len(seen) == n + 1 and {"resume": True} not in seen[-1] and not (run_dir / "study" / "resume.yaml").exists()
+    assert "resume.yaml" not in (run_dir / "study" / "command.sh").read_text()
+    monkeypatch.setattr(T, "_workflow", fake_workflow)
     (run_dir / "models" / "resume.pt").unlink()  # completed: the next training starts afresh, no stale resume.yaml
     write_checkpoint = True
     T._train(train, tmp_path / "s")

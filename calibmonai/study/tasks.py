@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from calibmonai.run_files import RESUME_FILE, atomic_file
+from calibmonai.run_files import RESUME_FILE, ResumeRefused, atomic_file
 from calibmonai.study.plan import Task, marker_path, read_marker
 
 __all__ = ["execute_task", "record_training", "AddRelativeGaussianNoise", "capture_evaluation", "logit_gap_histograms", "GAP_EDGES"]
@@ -159,6 +159,15 @@ class AddRelativeGaussianNoise:
 
 
 # ---------------------------------------------------------------- the kinds
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from, outermost first."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def _train(task: Task, study_dir: Path) -> dict[str, Any]:
     run_dir = Path(task.params["run_dir"])
     _write_yaml(run_dir / "study" / "overrides.yaml", task.params["overrides"])
@@ -186,7 +195,19 @@ def _train(task: Task, study_dir: Path) -> dict[str, Any]:
         sys.stderr.flush()
         run_child_training(cmd)  # into the task's log
     else:
-        _workflow(files, "training")
+        try:
+            _workflow(files, "training")
+        except Exception as e:  # MONAI wraps an expression's error in a RuntimeError
+            refused = next((c for c in _causes(e) if isinstance(c, ResumeRefused)), None)
+            if refused is None:
+                raise
+            # the task's settings changed since the stop (epochs, lr): its state cannot go on
+            print(f"[study] {task.id}: the stopped training's state does not fit the task's settings ({refused}); training from the start", flush=True)
+            files.remove(str(resume_file))
+            resume_file.unlink()
+            resumed = False
+            (run_dir / "study" / "command.sh").write_text(training_command(files, gpus) + "\n")
+            _workflow(files, "training")  # the stopped run's files move to models/previous/ after its first step
     if not record_file.is_file():
         raise RuntimeError(f"training of {task.id} finished without writing {record_file}.")
     record = json.loads(record_file.read_text())
