@@ -91,7 +91,7 @@ def input_files(inputs: str | Sequence[str], extensions: Sequence[str]) -> list[
         matches = sorted(glob.glob(str(inputs)), key=natural_key)
         files = [f for f in matches if f.lower().endswith(ends)]
         left_out = [f for f in matches if not f.lower().endswith(ends) and not is_junk(f)]
-        if left_out:  # a case folder's Info.cfg, a README, sub-folders: never scans
+        if left_out and extensions:  # a case folder's Info.cfg, a README, sub-folders: never scans
             logging.getLogger("calibmonai.inference").info(
                 f"left out {len(left_out)} match(es) of {inputs!r} that are not scans (extensions {', '.join(extensions)}), "
                 f"e.g. {os.path.basename(left_out[0])}"
@@ -103,14 +103,18 @@ def input_files(inputs: str | Sequence[str], extensions: Sequence[str]) -> list[
     return [f for f in files if not is_junk(f)]
 
 
-def scan_hint(folder: str, extensions: Sequence[str] = SCAN_EXTENSIONS, max_depth: int = 3) -> str:
+def scan_hint(
+    folder: str, check: Callable[[str], Any] | None = None, extensions: Sequence[str] = SCAN_EXTENSIONS, max_depth: int = 3
+) -> str:
     """For a folder that holds no scan itself: where scans lie below it (up to ``max_depth`` levels), as a sentence
-    naming the one folder to give or a glob that takes them all (a released test set's case folders, a WMH or
-    MRBrainS18 subject's ``pre/``); ``""`` when there are none."""
+    naming the folders to give (when there are at most three) and the globs that take every scan (a released test
+    set's case folders: ``'testing/*/*.nii.gz'``; WMH site folders: ``'Utrecht/*/pre/*.nii.gz'``); ``""`` when there
+    is none. ``check(path_or_glob)`` (e.g. :func:`find_scans` with the bundle's modality names) must accept each
+    proposal, so no folder of labels only or glob that fails is proposed."""
     from calibmonai.datasets.common import is_junk
 
     ends = tuple(e.lower() for e in extensions)
-    found: dict[str, str] = {}  # relative folder -> an extension of a scan in it
+    found: dict[str, str] = {}  # relative folder -> an extension of a file with a scan extension in it
     base_depth = os.path.abspath(folder).rstrip(os.sep).count(os.sep)
     for here, dirs, names in os.walk(folder):
         depth = os.path.abspath(here).count(os.sep) - base_depth
@@ -120,17 +124,31 @@ def scan_hint(folder: str, extensions: Sequence[str] = SCAN_EXTENSIONS, max_dept
                 found.setdefault(os.path.relpath(here, folder), next(e for e in extensions if n.lower().endswith(e.lower())))
         if len(found) > 1000:
             break
-    if not found:
-        return ""
+
+    def accepted(candidate: str) -> bool:
+        if check is None:
+            return True
+        quiet = logging.getLogger("calibmonai.inference")
+        level, quiet.disabled = quiet.disabled, True  # the proposals' own notes are not this run's
+        try:
+            return bool(check(candidate))
+        except (FileNotFoundError, ValueError):
+            return False
+        finally:
+            quiet.disabled = level
+
     rel = sorted(found, key=lambda r: (r.count(os.sep), r))
-    if len(rel) == 1:
-        return f" Scans lie in {os.path.join(folder, rel[0])}: give that folder."
-    parts = [r.split(os.sep) for r in rel if r.count(os.sep) == rel[0].count(os.sep)]
-    pattern = os.sep.join(p[0] if len({q[i] for q in parts}) == 1 else "*" for i, p in enumerate(zip(*parts)))
-    exts = {found[r] for r in rel}
-    pattern = os.path.join(folder, pattern, "*" + (exts.pop() if len(exts) == 1 else ""))
-    return (f" It holds scans in {len(rel)} folders below it (e.g. {rel[0]}): give one of them, or every scan as a glob, "
-            f"quoted: '{pattern}'.")
+    folders = [os.path.join(folder, r) for r in rel if accepted(os.path.join(folder, r))] if len(rel) <= 3 else []
+    patterns: dict[str, set[str]] = {}
+    for r in rel:  # the first level below the folder (cases, subjects) as a wildcard, the rest as found
+        patterns.setdefault(os.sep.join(["*"] + r.split(os.sep)[1:]), set()).add(found[r])
+    counts = {p: sum(1 for r in rel if os.sep.join(["*"] + r.split(os.sep)[1:]) == p) for p in patterns}
+    globs = [os.path.join(folder, p, "*" + (next(iter(e)) if len(e) == 1 else "")) for p, e in sorted(patterns.items(), key=lambda kv: (-counts[kv[0]], kv[0]))]
+    globs = [g for g in globs if counts[os.path.relpath(os.path.dirname(g), folder)] > 1 and accepted(g)][:3]
+    parts = [f"give {' or '.join(folders)}"] * bool(folders) + [f"every scan as a glob, quoted: {' or '.join(repr(g) for g in globs)}"] * bool(globs)
+    if not parts:
+        return ""
+    return f" Scans lie in {len(rel)} folder(s) below it (e.g. {rel[0]}): " + "; or ".join(parts) + "."
 
 
 def find_scans(
@@ -159,8 +177,13 @@ def find_scans(
     exist is kept (it fails later with its own reason).
     """
     files = input_files(inputs, SCAN_EXTENSIONS)
+
+    def check(candidate: str) -> bool:  # a proposal must give whole scans: one file per modality, or one 4D file
+        scans = find_scans(candidate, num_modalities, modality_names, skip_names)
+        return bool(scans) and all(len(f) in (1, num_modalities) for _, f in scans)
+
     if not files:
-        hint = scan_hint(str(inputs)) if isinstance(inputs, (str, os.PathLike)) and os.path.isdir(str(inputs)) else ""
+        hint = scan_hint(str(inputs), check) if isinstance(inputs, (str, os.PathLike)) and os.path.isdir(str(inputs)) else ""
         raise FileNotFoundError(f"no scan found in {inputs!r} (extensions {', '.join(SCAN_EXTENSIONS)}).{hint}")
     named = _name_pattern(modality_names) if modality_names else None
     skipped = _name_pattern(skip_names) if skip_names else None
@@ -190,7 +213,7 @@ def find_scans(
             continue
         cases.setdefault(_strip_ext(f), []).append((0, f))
     if not cases:
-        hint = scan_hint(str(inputs)) if isinstance(inputs, (str, os.PathLike)) and os.path.isdir(str(inputs)) else ""
+        hint = scan_hint(str(inputs), check) if isinstance(inputs, (str, os.PathLike)) and os.path.isdir(str(inputs)) else ""
         raise FileNotFoundError(f"no scan found in {inputs!r}: only files named {', '.join(skip_names)} (not scans).{hint}")
     return [(case, [f for _, f in sorted(entries)]) for case, entries in cases.items()]
 

@@ -152,27 +152,37 @@ def _scan_names(pairs):
 
 
 def test_a_folder_of_case_folders_says_which_folder_or_glob_to_give(tmp_path):
-    """A released test set (ACDC's testing/patientNNN/), a WMH subject folder (pre/ beside wmh.nii.gz): no scan in
-    the folder itself, so the error names where the scans lie and a glob that takes them all."""
+    """A released test set (ACDC's testing/patientNNN/), a WMH site or subject folder (pre/ and orig/ beside
+    wmh.nii.gz): no scan in the folder itself, so the error names where the scans lie and globs that take them all,
+    each checked to give whole scans (never a folder of labels only)."""
     testing = tmp_path / "testing"
     for pid in ("patient101", "patient102"):
         _nii(testing / pid / f"{pid}_frame01.nii.gz")
+        _nii(testing / pid / f"{pid}_frame01_gt.nii.gz")
         (testing / pid / "Info.cfg").write_text("ED: 1\nES: 10\n")
     (testing / "MANDATORY_CITATION.md").write_text("cite")
     glob_pattern = str(testing / "*" / "*.nii.gz")
-    with pytest.raises(FileNotFoundError, match="It holds scans in 2 folders below it \\(e.g. patient101\\): give one of them, or every scan as a glob, quoted: '" + re.escape(glob_pattern) + "'"):
+    folders = f"{testing / 'patient101'} or {testing / 'patient102'}"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"Scans lie in 2 folder(s) below it (e.g. patient101): give {folders}; or every scan as a glob, quoted: '{glob_pattern}'.")):
         find_scans(str(testing), 1, skip_names=("gt", "4d"))
     # the glob it proposes finds both scans
     assert _scan_names(find_scans(glob_pattern, 1, skip_names=("gt", "4d"))) == [("patient101_frame01", ["patient101_frame01.nii.gz"]), ("patient102_frame01", ["patient102_frame01.nii.gz"])]
     # a glob of every file of the case folders leaves out Info.cfg and the citation file (they were taken as scans)
     assert _scan_names(find_scans(str(testing / "*" / "*"), 1, skip_names=("gt", "4d"))) == _scan_names(find_scans(glob_pattern, 1, skip_names=("gt", "4d")))
-    # a subject folder whose scans lie in pre/ (WMH): that folder is named
-    subject = tmp_path / "Utrecht" / "0"
-    _nii(subject / "wmh.nii.gz")
-    _nii(subject / "pre" / "FLAIR.nii.gz")
-    _nii(subject / "pre" / "T1.nii.gz")
-    with pytest.raises(FileNotFoundError, match="only files named wmh \\(not scans\\)\\. Scans lie in " + re.escape(str(subject / "pre")) + ": give that folder"):
-        find_scans(str(subject), 2, ("FLAIR", "T1"), ("wmh",))
+    # WMH: a site folder of subjects, each with its label, pre/ and orig/ (orig/ also holds 3DT1)
+    site = tmp_path / "Utrecht"
+    for sid in ("0", "2", "4"):
+        _nii(site / sid / "wmh.nii.gz")
+        for sub, names in (("pre", ("FLAIR", "T1")), ("orig", ("FLAIR", "T1", "3DT1"))):
+            for name in names:
+                _nii(site / sid / sub / f"{name}.nii.gz")
+    wanted = [str(site / "*" / sub / "*.nii.gz") for sub in ("orig", "pre")]
+    with pytest.raises(FileNotFoundError, match=re.escape("Scans lie in 9 folder(s) below it (e.g. 0): every scan as a glob, quoted: " + " or ".join(repr(g) for g in wanted) + ".")):
+        find_scans(str(site), 2, ("FLAIR", "T1"), ("wmh",))
+    assert [c for c, _ in find_scans(wanted[1], 2, ("FLAIR", "T1"), ("wmh",))] == ["0", "2", "4"]
+    # one subject: its pre/ and orig/ folders are named; the glob mixing both is not proposed
+    with pytest.raises(FileNotFoundError, match=re.escape(f"only files named wmh (not scans). Scans lie in 2 folder(s) below it (e.g. orig): give {site / '0' / 'orig'} or {site / '0' / 'pre'}.")):
+        find_scans(str(site / "0"), 2, ("FLAIR", "T1"), ("wmh",))
     # nothing below either: no hint
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"\(extensions [^)]*\)\.$"):
