@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from calibmonai.bundle_tools import REPO_BUNDLES, as_bool, bundle_dir, bundle_parser, check_config_keys, check_profile, config_files, run_name
 from calibmonai.progress import progress
-from calibmonai.prediction import check_checkpoint
+from calibmonai.prediction import check_checkpoint, stopped_training_warning
 
 __all__ = ["export_bundle", "parse_loss_kwargs"]
 
@@ -255,6 +255,9 @@ def export_bundle(
         )
     if ckpt.is_file():  # the weights must fit the exported network, or every user of the export fails
         check_checkpoint(train.get_parsed_content("network_def"), str(ckpt))
+        stopped = stopped_training_warning(str(ckpt))
+        if stopped:
+            progress(f"[export] WARNING: {stopped}; exported as they are", "calibmonai.export")
     exported = {**_EXPORTED, "method_tag": tag, "loss_kwargs": kwargs}
     parsers = {name: bundle_parser(files, **base, **per_workflow[name]) for name, files in workflows.items() if name != "train"}
     eval_dir = _eval_dir(parsers.get("evaluate"), run_dir)  # resolved before the configs are changed for the export

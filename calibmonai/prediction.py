@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["load_checkpoint", "check_checkpoint", "predict_logits", "to_probabilities"]
+__all__ = ["load_checkpoint", "check_checkpoint", "stopped_training_warning", "predict_logits", "to_probabilities"]
 
 
 def _trained_runs_beside(checkpoint: str) -> str:
@@ -55,6 +55,24 @@ def _read_state(checkpoint: str, device: Any) -> Any:
     return state
 
 
+def stopped_training_warning(checkpoint: str) -> str:
+    """A sentence when ``checkpoint``'s training has not completed (``resume.pt`` beside it: stopped before its last
+    epoch, or still running), else ``""``; the advice to resume only where it can be followed (not for the weights
+    an earlier training left in ``models/previous/``)."""
+    from calibmonai.run_files import PREVIOUS_DIR, RESUME_FILE
+
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if not os.path.isfile(os.path.join(folder, RESUME_FILE)):
+        return ""
+    if os.path.basename(os.path.dirname(folder)) == PREVIOUS_DIR:
+        return f"the training that made {checkpoint} had stopped before its last epoch ({RESUME_FILE} beside it)"
+    return (
+        f"the training of this run has not completed ({RESUME_FILE} beside {os.path.basename(checkpoint)}: it stopped "
+        "before its last epoch, or is still running): these are the weights it had reached; run its training again "
+        "with --resume true to finish it"
+    )
+
+
 def load_checkpoint(network: torch.nn.Module, checkpoint: str, device: Any) -> torch.nn.Module:
     """Load a MONAI ``CheckpointSaver`` file (a state dict, or ``{"model": state_dict}``) with ``map_location``.
 
@@ -68,15 +86,9 @@ def load_checkpoint(network: torch.nn.Module, checkpoint: str, device: Any) -> t
     _check_architecture(network, state, checkpoint)
     network.load_state_dict(state)
     progress(f"[weights] {checkpoint}", "calibmonai.prediction")  # which of a run's checkpoints (model.pt, model_final.pt) is used
-    from calibmonai.run_files import RESUME_FILE
-
-    if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RESUME_FILE)):
-        progress(
-            f"[weights] WARNING: the training of this run stopped before its last epoch ({RESUME_FILE} beside "
-            f"{os.path.basename(checkpoint)}): these are the weights it had reached; run its training again with "
-            "--resume true to finish it",
-            "calibmonai.prediction",
-        )
+    warning = stopped_training_warning(checkpoint)
+    if warning:
+        progress(f"[weights] WARNING: {warning}", "calibmonai.prediction")
     return network.to(device).eval()
 
 

@@ -31,7 +31,10 @@ from typing import Any
 
 from calibmonai.progress import progress
 
-__all__ = ["PREVIOUS_DIR", "RESUME_FILE", "ResumeRefused", "atomic_file", "folder_lock", "keep_previous_weights", "resumable_training"]
+__all__ = [
+    "PREVIOUS_DIR", "RESUME_FILE", "FOLDER_LOCK", "LockBusy", "ResumeRefused", "atomic_file", "locked_file", "folder_lock",
+    "keep_previous_weights", "resumable_training",
+]  # fmt: skip
 
 #: sub-folder of the checkpoint folder that keeps earlier trainings' files, one folder per training
 PREVIOUS_DIR = "previous"
@@ -63,37 +66,68 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+#: the hidden file a folder's lock is taken on (:func:`folder_lock`)
+FOLDER_LOCK = ".calibmonai.lock"
+
+
+class LockBusy(RuntimeError):
+    """A non-blocking :func:`locked_file` found the lock held; ``holder`` is what its holder wrote in the file."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+@contextmanager
+def locked_file(path: str | os.PathLike, blocking: bool = True) -> Iterator[Any]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created, folders too) and yield it open (``a+``), or ``None``
+    where locks are unavailable (no ``fcntl``, a folder that cannot be written, a file system refusing locks: the
+    block then runs unlocked). The system releases the lock when its holder dies; on NFS, Linux takes it as a lock of
+    the whole file on the server, so it holds between machines.
+
+    Raises:
+        LockBusy: with ``blocking=False``, when another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield None
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError:
+        yield None
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            locked = True
+        except BlockingIOError:
+            f.seek(0)
+            raise LockBusy(f.read().strip() or "?") from None
+        except OSError:
+            locked = False
+        try:
+            yield f if locked else None
+        finally:
+            if locked:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is left in it) while a read-modify-write of a
-    file in it runs, so that two processes updating one record (two inference runs writing into one output folder)
-    never lose each other's entries. Waits for the other holder; the system releases the lock when its holder dies.
-    Where locks are unavailable (no ``fcntl``, a file system refusing them) the block runs unlocked.
+    """Hold the lock of ``folder`` (its hidden ``.calibmonai.lock``, :func:`locked_file`) while a read-modify-write of
+    a file in it runs, so that two processes updating one record (two inference runs writing into one output folder,
+    on one machine or two sharing the folder) never lose each other's entries. Waits for the other holder.
 
     Example::
 
         with folder_lock(output_dir):
             records = read(record); records[case] = entry; write(record, records)
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+    with locked_file(Path(folder) / FOLDER_LOCK):
         yield
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # the folder cannot be opened: the block's own reads and writes will say what is wrong
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: run unlocked
-            pass
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
 
 def keep_previous_weights(ckpt_dir: str | Path, trainer: Any = None) -> Path | None:
     """Move the files at the top of ``ckpt_dir`` (an earlier training's weights and the calibrators fitted on them)

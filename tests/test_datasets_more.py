@@ -162,6 +162,12 @@ def test_promise12_bad_layouts(tmp_path, roots):
     assert promise12.mhd_expected_bytes(p1 / "Case00.mhd") == (p1 / "Case00.raw").stat().st_size > 0
     M.write_itk(tmp_path / "z" / "z.mhd", modality_volume(0), (1.0, 1.0, 1.0), compression=True)
     assert promise12.mhd_expected_bytes(tmp_path / "z" / "z.mhd") is None
+    # a header that skips HeaderSize bytes of the voxel file counts them; HeaderSize = -1 fixes no size
+    header_text = (p1 / "Case00.mhd").read_text()
+    (tmp_path / "h.mhd").write_text(header_text + "HeaderSize = 16\n")
+    assert promise12.mhd_expected_bytes(tmp_path / "h.mhd") == 16 + (p1 / "Case00.raw").stat().st_size
+    (tmp_path / "h.mhd").write_text(header_text + "HeaderSize = -1\n")
+    assert promise12.mhd_expected_bytes(tmp_path / "h.mhd") is None
     assert f"label values outside [0, 1] in {p1 / 'Case00_segmentation.mhd'}: [3]" in text
     assert f"shape mismatch: {p2 / 'Case01_segmentation.mhd'} is (16, 16, 5)" in text
     # a reference without its image, and a case found twice

@@ -111,20 +111,25 @@ _TEST_DIR = re.compile(r"^(live[ _-]?challenge[ _-]?)?test(ing)?([ _-]?(data|set
 # ------------------------------------------------------------------------------------------ ITK files
 
 
+def _mhd_fields(path: str | Path) -> dict[str, str]:
+    """The ``key = value`` lines of a MetaImage header, keys lower-cased."""
+    with open(path, "rb") as f:
+        head = f.read(65536).decode("latin-1", errors="replace")
+    fields = {}
+    for line in head.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    return fields
+
+
 def mhd_data_file(path: str | Path) -> Path | None:
     """The voxel file named by the ``ElementDataFile`` line of a MetaImage header (relative to the header),
     or ``None`` when the header embeds its voxels (``LOCAL``) or names a list of files."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(65536).decode("latin-1", errors="replace")
-    for line in head.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip().lower() == "elementdatafile":
-            value = value.strip()
-            if value.upper() == "LOCAL" or value.upper().startswith("LIST") or "%" in value:
-                return None
-            return path.parent / value
-    return None
+    value = _mhd_fields(path).get("elementdatafile")
+    if value is None or value.upper() == "LOCAL" or value.upper().startswith("LIST") or "%" in value:
+        return None
+    return Path(path).parent / value
 
 
 #: bytes per voxel of the MetaImage element types whose size MetaIO fixes
@@ -133,24 +138,21 @@ _MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "M
 
 
 def mhd_expected_bytes(path: str | Path) -> int | None:
-    """The size in bytes of the uncompressed voxel file a MetaImage header describes (``DimSize`` x
-    ``ElementNumberOfChannels`` x the element type's size), ``None`` when the header does not fix it (compressed
-    data, an element type of platform size, a field missing or malformed)."""
-    with open(path, "rb") as f:
-        head = f.read(65536).decode("latin-1", errors="replace")
-    fields = {}
-    for line in head.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            fields[key.strip().lower()] = value.strip()
+    """The size in bytes of the uncompressed voxel file a MetaImage header describes (``HeaderSize`` +
+    ``DimSize`` x ``ElementNumberOfChannels`` x the element type's size), ``None`` when the header does not fix it
+    (compressed data, ``HeaderSize = -1``, an element type of platform size, a field missing or malformed)."""
+    fields = _mhd_fields(path)
     if fields.get("compresseddata", "false").lower() == "true" or fields.get("elementtype", "").upper() not in _MET_BYTES:
         return None
     try:
         dims = [int(v) for v in fields["dimsize"].split()]
         channels = int(fields.get("elementnumberofchannels", "1"))
+        header = int(fields.get("headersize", "0"))
     except (KeyError, ValueError):
         return None
-    return int(np.prod(dims)) * channels * _MET_BYTES[fields["elementtype"].upper()]
+    if header < 0:  # -1: the voxels are the file's last bytes, whatever precedes them
+        return None
+    return header + int(np.prod(dims)) * channels * _MET_BYTES[fields["elementtype"].upper()]
 
 
 def read_itk(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:

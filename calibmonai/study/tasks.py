@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from calibmonai.run_files import RESUME_FILE, ResumeRefused, atomic_file
+from calibmonai.run_files import RESUME_FILE, LockBusy, ResumeRefused, atomic_file, locked_file
 from calibmonai.study.plan import Task, marker_path, read_marker
 
 __all__ = ["execute_task", "record_training", "AddRelativeGaussianNoise", "capture_evaluation", "logit_gap_histograms", "GAP_EDGES"]
@@ -496,36 +496,17 @@ def task_lock(study_dir: Path, task_id: str) -> Iterator[None]:
     Raises:
         TaskBusy: naming the process that holds the lock.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
     path = marker_path(study_dir, task_id).with_suffix(".lock")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+")
-    except OSError:  # a read-only state folder: run unlocked (the task's own writes will say what is wrong)
-        yield
-        return
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            raise TaskBusy(f"another process ({holder}) is running this task; wait for it to finish or stop it, then run the study again") from None
-        except OSError:  # a file system without locks: run unlocked
+        with locked_file(path, blocking=False) as f:
+            if f is not None:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+                f.flush()
             yield
-            return
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    except LockBusy as busy:
+        raise TaskBusy(f"another process ({busy.holder}) is running this task; wait for it to finish or stop it, then run the study again") from None
 
 
 def execute_task(study_dir: str | os.PathLike, task: dict[str, Any] | Task, threads: int | None = None, capture_fds: bool = False, force: bool = False) -> dict[str, Any]:
