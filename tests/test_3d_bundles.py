@@ -466,7 +466,7 @@ def test_wmh_trains_evaluates_exports_and_segments_two_modality_scans(wmh, tmp_p
     seg = nib.load(str(tmp_path / "pred" / "sub 7_seg.nii.gz"))
     assert seg.shape == (16, 16, 4) and np.allclose(seg.affine, nib.load(str(scans / "sub 7_0000.nii.gz")).affine)
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
-    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["calibmonai_outputs.json", "sub 7_conf.nii.gz", "sub 7_seg.nii.gz", "sub 7_uncertainty.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [".calibmonai.lock", "calibmonai_outputs.json", "sub 7_conf.nii.gz", "sub 7_seg.nii.gz", "sub 7_uncertainty.nii.gz"]
     # a single modality is refused, naming the scan
     (tmp_path / "one").mkdir()
     write_nifti(tmp_path / "one" / "solo_0000.nii.gz", modality_volume(0, (16, 16, 4)), (0.96, 0.96, 3.0))
