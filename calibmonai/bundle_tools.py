@@ -19,7 +19,7 @@ from calibmonai.losses import METHODS
 
 __all__ = [
     "run_name", "bundle_dir", "method_names", "backbone_names", "fragment", "config_files", "inference_config_files",
-    "bundle_parser", "check_config_keys", "unknown_config_keys", "nearest_keys", "check_command_line_keys", "run_workflow", "as_bool", "REPO_BUNDLES",
+    "bundle_parser", "check_config_keys", "unknown_config_keys", "nearest_keys", "check_command_line_keys", "run_workflow", "cause_chain", "as_bool", "REPO_BUNDLES",
 ]  # fmt: skip
 
 REPO_BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
@@ -382,6 +382,16 @@ def _check_run_id(files: Sequence[str], run_id: str) -> None:
     near = nearest_keys(root, runnable)
     hint = f" Did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
     raise ValueError(f"`monai.bundle run {run_id}`: {run_id!r} is {what}.{hint} Workflows of {', '.join(files)}: {', '.join(runnable)}.")
+
+
+def cause_chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from (``__cause__``), outermost first: MONAI's config parser wraps
+    an error raised in an expression (``RuntimeError("Failed to evaluate ...") from e``)."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not c for c in chain):
+        chain.append(error)
+        error = error.__cause__
+    return chain
 
 
 def run_workflow(run_id: str, files: Sequence[str], **overrides: Any) -> Any:

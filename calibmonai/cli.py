@@ -243,10 +243,9 @@ def error_message(e: BaseException) -> str:
     raised in expressions; calibmonai's messages wrap the library error they explain, e.g. torch's on a truncated
     checkpoint), the outermost exception raised by calibmonai's own code, else the innermost cause; an empty message
     is replaced by the exception's type."""
-    chain: list[BaseException] = []
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__
+    from calibmonai.bundle_tools import cause_chain
+
+    chain = cause_chain(e)
     ours = [x for x in chain if _raised_in_calibmonai(x)]
     picked = ours[0] if ours else chain[-1]
     return str(picked) or f"{type(picked).__name__} (no message) from {type(chain[0]).__name__}: {chain[0]}"

@@ -139,12 +139,16 @@ def scan_hint(
 
     rel = sorted(found, key=lambda r: (r.count(os.sep), r))
     folders = [os.path.join(folder, r) for r in rel if accepted(os.path.join(folder, r))] if len(rel) <= 3 else []
-    patterns: dict[str, set[str]] = {}
+    patterns: dict[str, list[str]] = {}
     for r in rel:  # the first level below the folder (cases, subjects) as a wildcard, the rest as found
-        patterns.setdefault(os.sep.join(["*"] + r.split(os.sep)[1:]), set()).add(found[r])
-    counts = {p: sum(1 for r in rel if os.sep.join(["*"] + r.split(os.sep)[1:]) == p) for p in patterns}
-    globs = [os.path.join(folder, p, "*" + (next(iter(e)) if len(e) == 1 else "")) for p, e in sorted(patterns.items(), key=lambda kv: (-counts[kv[0]], kv[0]))]
-    globs = [g for g in globs if counts[os.path.relpath(os.path.dirname(g), folder)] > 1 and accepted(g)][:3]
+        patterns.setdefault(os.sep.join(["*"] + r.split(os.sep)[1:]), []).append(r)
+    globs = []
+    for pattern, members in sorted(patterns.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        exts = {found[r] for r in members}
+        candidate = os.path.join(folder, pattern, "*" + (exts.pop() if len(exts) == 1 else ""))
+        if len(members) > 1 and accepted(candidate):  # a glob of one folder is that folder
+            globs.append(candidate)
+    globs = globs[:3]
     parts = [f"give {' or '.join(folders)}"] * bool(folders) + [f"every scan as a glob, quoted: {' or '.join(repr(g) for g in globs)}"] * bool(globs)
     if not parts:
         return ""

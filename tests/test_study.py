@@ -342,6 +342,18 @@ def test_noise_levels_never_share_a_folder():
     assert noise_dir_name(0.0125) == "sigma0.0125"
 
 
+def _ends_within(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` is gone within ``seconds`` (polled)."""
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_pool_workers_end_when_the_study_process_is_killed(tmp_path):
     """kill -9 of the study process: its pool cannot stop the workers, their watchdog does (a worker left training
     would write into the run folder the next study run trains again)."""
@@ -372,14 +384,7 @@ if __name__ == "__main__":
     worker = int(pid_file.read_text())
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    t0 = time.time()
-    while time.time() - t0 < 15:
-        try:
-            os.kill(worker, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
+    if not _ends_within(worker, 15):
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the pool worker outlived its study process by 15 s")
 
@@ -629,14 +634,7 @@ def test_a_child_training_is_stopped_with_its_whole_process_group(tmp_path):
     stop_child_trainings()
     thread.join(30)
     assert not thread.is_alive() and errors and errors[0].returncode == -9
-    t0 = time.time()
-    while time.time() - t0 < 10:
-        try:
-            os.kill(rank, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
+    if not _ends_within(rank, 10):
         os.kill(rank, 9)
         pytest.fail("the training's own child outlived the stop")
 

@@ -159,15 +159,6 @@ class AddRelativeGaussianNoise:
 
 
 # ---------------------------------------------------------------- the kinds
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and the exceptions it was raised from, outermost first."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
 def _train(task: Task, study_dir: Path) -> dict[str, Any]:
     run_dir = Path(task.params["run_dir"])
     _write_yaml(run_dir / "study" / "overrides.yaml", task.params["overrides"])
@@ -180,14 +171,14 @@ def _train(task: Task, study_dir: Path) -> dict[str, Any]:
     extra = ["multi_gpu_train.yaml"] if gpus > 1 else []
     files = _run_files(task, str(run_dir), *extra)
     resume_file = run_dir / "study" / "resume.yaml"
-    if (run_dir / "models" / RESUME_FILE).is_file():  # a training stopped before its last epoch (time limit, kill)
+    resumed = (run_dir / "models" / RESUME_FILE).is_file()  # a training stopped before its last epoch (time limit, kill)
+    if resumed:
         _write_yaml(resume_file, {"resume": True})
         files.append(str(resume_file))
         print(f"[study] {task.id}: continuing the stopped training from {run_dir / 'models' / RESUME_FILE}", flush=True)
     elif resume_file.exists():
         resume_file.unlink()
     files.append(str(run_dir / "study" / "record.yaml"))
-    resumed = str(resume_file) in files
     (run_dir / "study" / "command.sh").write_text(training_command(files, gpus) + "\n")
     if gpus > 1:
         cmd = training_argv(files, gpus)
@@ -198,7 +189,9 @@ def _train(task: Task, study_dir: Path) -> dict[str, Any]:
         try:
             _workflow(files, "training")
         except Exception as e:  # MONAI wraps an expression's error in a RuntimeError
-            refused = next((c for c in _causes(e) if isinstance(c, ResumeRefused)), None)
+            from calibmonai.bundle_tools import cause_chain
+
+            refused = next((c for c in cause_chain(e) if isinstance(c, ResumeRefused)), None)
             if refused is None:
                 raise
             # the task's settings changed since the stop (epochs, lr): its state cannot go on
