@@ -9,6 +9,7 @@
 # Usage (repository root, in an environment whose torch has CUDA; see README, GPU users):
 #   CALIBMONAI_PY=/path/to/python bash benchmarks/gpu_all.sh 2>&1 | tee gpu_figures.txt
 # Without CALIBMONAI_PY: .venv/bin/python when it exists, else python3. Exit status: the number of failed steps.
+# A GPU machine that has CUDA torch but no package index: benchmarks/gpu_wheels.sh (run where pip works) says how.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -n "${CALIBMONAI_PY:-}" ]; then
