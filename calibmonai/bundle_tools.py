@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -45,12 +46,33 @@ def as_bool(value: Any, name: str = "value") -> bool:
     raise ValueError(f"--{name} expects a boolean (true/false), got {value!r}.")
 
 
+def _float_parameters(method: str) -> set[str]:
+    """The hyper-parameters of ``method`` whose default is a float (the method's registry defaults, then its loss's
+    signature)."""
+    floats = {k for k, v in METHODS[method].defaults.items() if isinstance(v, float)}
+    try:
+        params = inspect.signature(METHODS[method].build).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return floats
+    return floats | {p.name for p in params if isinstance(p.default, float) and not isinstance(p.default, bool)}
+
+
 def run_name(method: str, loss_kwargs: Mapping[str, Any] | None = None, backbone: str | None = None) -> str:
     """Output-folder name of a run: the method, its hyper-parameters and (when not the default UNet) the backbone,
-    e.g. ``mbls_alpha0.1_margin10.0`` or ``mbls_alpha0.1_margin10.0_attention_unet``."""
+    e.g. ``mbls_alpha0.1_margin10.0`` or ``mbls_alpha0.1_margin10.0_attention_unet``.
+
+    A whole number given for a hyper-parameter whose default is a float is written as that float (a margin given as
+    ``5`` names the run ``margin5.0``, as ``5.0`` does), so that one setting always names one folder."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; available methods: {', '.join(METHODS)}.")
-    parts = [method] + [f"{k}{v}" for k, v in sorted((loss_kwargs or {}).items())]
+    floats = _float_parameters(method)
+
+    def spelled(key: str, value: Any) -> str:
+        if key in floats and isinstance(value, int) and not isinstance(value, bool):
+            return f"{key}{float(value)}"
+        return f"{key}{value}"
+
+    parts = [method] + [spelled(k, v) for k, v in sorted((loss_kwargs or {}).items())]
     if backbone not in (None, "", "unet"):
         parts.append(str(backbone))
     return "_".join(parts)

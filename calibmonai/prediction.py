@@ -6,6 +6,7 @@ Shared by evaluation, post-hoc calibration and inference (which otherwise would 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable
 
 import torch
@@ -13,23 +14,36 @@ import torch
 __all__ = ["load_checkpoint", "check_checkpoint", "stopped_training_warning", "predict_logits", "to_probabilities"]
 
 
+def _whole_numbers_bare(run: str) -> str:
+    """A run name with every whole float written as an integer (``margin5.0`` -> ``margin5``): the spelling of
+    runs named before :func:`calibmonai.bundle_tools.run_name` wrote a whole number given for a float as a float."""
+    return re.sub(r"(?<=\d)\.0(?=_|$)", "", run)
+
+
 def _trained_runs_beside(checkpoint: str) -> str:
-    """A sentence naming the trained runs beside the run of a missing ``<runs>/<dataset>/<run>/models/<file>``
-    (a run folder is named after the method and its hyper-parameters as written: ``margin5`` and ``margin5.0`` are
-    two folders), or ``""`` when there is none."""
+    """A sentence naming the trained runs beside the run of a missing ``<runs>/<dataset>/<run>/models/<file>``, or
+    ``""`` when there is none; a run trained under the former spelling of the wanted one (``margin5`` for
+    ``margin5.0``) is named first, with the rename that makes it found."""
     models = os.path.dirname(os.path.abspath(checkpoint))
     run_dir = os.path.dirname(models)
     runs = os.path.dirname(run_dir)
     name = os.path.basename(checkpoint)
     if os.path.basename(models) != "models" or not os.path.isdir(runs):
         return ""
-    found = sorted(d for d in os.listdir(runs) if os.path.isfile(os.path.join(runs, d, "models", name)) and d != os.path.basename(run_dir))
+    wanted = os.path.basename(run_dir)
+    found = sorted(d for d in os.listdir(runs) if os.path.isfile(os.path.join(runs, d, "models", name)) and d != wanted)
     if not found:
         return ""
+    former = [d for d in found if len(d) < len(wanted) and _whole_numbers_bare(d) == _whole_numbers_bare(wanted)]
+    if former:
+        return (
+            f" {os.path.join(runs, former[0])} holds this run under its former name (whole numbers given for a float "
+            f"hyper-parameter are now written as floats, e.g. margin5.0): rename that folder to {wanted} to use it."
+        )
     shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
     return (
-        f" Trained runs in {runs}: {shown} (a run's folder is named after its method and hyper-parameters as they were "
-        f"written: give the same --method, --loss_kwargs and --backbone, e.g. 5.0 and not 5 for a margin trained as 5.0)."
+        f" Trained runs in {runs}: {shown} (a run's folder is named after its method and hyper-parameters: give the "
+        f"same --method, --loss_kwargs and --backbone as its training)."
     )
 
 

@@ -78,18 +78,31 @@ def test_a_missing_checkpoint_names_the_trained_runs_beside_it(tmp_path):
     from calibmonai.prediction import load_checkpoint
 
     runs = tmp_path / "runs" / "mni_tissue"
-    for run in ("ce", "mbls_alpha0.1_margin5.0"):
+    for run in ("ce", "mbls_alpha0.1_margin10.0"):
         (runs / run / "models").mkdir(parents=True)
         torch.save(torch.nn.Linear(2, 2).state_dict(), runs / run / "models" / "model.pt")
     (runs / "untrained" / "models").mkdir(parents=True)  # no weights: not named
-    missing = runs / "mbls_alpha0.1_margin5" / "models" / "model.pt"  # the margin written 5, not 5.0
+    missing = runs / "mbls_alpha0.1_margin5.0" / "models" / "model.pt"
     with pytest.raises(FileNotFoundError) as exc:
         load_checkpoint(torch.nn.Linear(2, 2), str(missing), "cpu")
     message = str(exc.value)
     assert f"no trained checkpoint at {missing}" in message
-    assert re.search(rf"Trained runs in {re.escape(str(runs))}: ce, mbls_alpha0\.1_margin5\.0 \(", message), message
-    (runs / "ce" / "models" / "model.pt").unlink()
-    (runs / "mbls_alpha0.1_margin5.0" / "models" / "model.pt").unlink()
+    assert re.search(rf"Trained runs in {re.escape(str(runs))}: ce, mbls_alpha0\.1_margin10\.0 \(", message), message
+    assert "former name" not in message
+    # a run trained when a margin given as 5 named the folder margin5: found, and the rename that makes it used
+    (runs / "mbls_alpha0.1_margin5" / "models").mkdir(parents=True)
+    torch.save(torch.nn.Linear(2, 2).state_dict(), runs / "mbls_alpha0.1_margin5" / "models" / "model.pt")
+    with pytest.raises(FileNotFoundError) as exc:
+        load_checkpoint(torch.nn.Linear(2, 2), str(missing), "cpu")
+    message = str(exc.value)
+    assert f"{runs / 'mbls_alpha0.1_margin5'} holds this run under its former name" in message, message
+    assert message.endswith("rename that folder to mbls_alpha0.1_margin5.0 to use it."), message
+    # the other way round (a margin5 folder wanted, margin5.0 trained) is not a former name: the runs are listed
+    with pytest.raises(FileNotFoundError) as exc:
+        load_checkpoint(torch.nn.Linear(2, 2), str(runs / "mbls_alpha0.1_margin1" / "models" / "model.pt"), "cpu")
+    assert "former name" not in str(exc.value) and "Trained runs in" in str(exc.value)
+    for run in ("ce", "mbls_alpha0.1_margin10.0", "mbls_alpha0.1_margin5"):
+        (runs / run / "models" / "model.pt").unlink()
     with pytest.raises(FileNotFoundError) as exc:
         load_checkpoint(torch.nn.Linear(2, 2), str(missing), "cpu")
     assert "Trained runs" not in str(exc.value)

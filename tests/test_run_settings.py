@@ -71,3 +71,19 @@ def test_infer_and_export_pass_config_keys_on(monkeypatch, tmp_path):
     main(["export-bundle", "--bundle", "acdc_seg2d", "--method", "ce", "--out", "o", "--network_def#channels", "[4, 8, 16, 32]"])
     args, kw = seen["export"]
     assert args == ("acdc_seg2d", "ce", "o") and kw["network_def#channels"] == [4, 8, 16, 32]
+
+
+def test_a_whole_number_given_for_a_float_hyper_parameter_names_the_same_run():
+    from calibmonai.bundle_tools import bundle_parser, run_name
+
+    assert run_name("mbls", {"margin": 5, "alpha": 0.1}) == run_name("mbls", {"margin": 5.0, "alpha": 0.1}) == "mbls_alpha0.1_margin5.0"
+    assert run_name("focal", {"gamma": 2}) == "focal_gamma2.0"
+    assert run_name("meep_ce_kl", {"lam": 1}, "attention_unet") == "meep_ce_kl_lam1.0_attention_unet"
+    # values the loss does not default to a float are written as given
+    assert run_name("mbls", {"penalty": "l2", "margin": 8}) == "mbls_margin8.0_penaltyl2"
+    assert run_name("ce", {}) == "ce"
+    # as the bundle names the run folder from a command line's --loss_kwargs
+    for margin in (5, 5.0):
+        parser = bundle_parser(config_files("mni_tissue_seg2d", "mbls"), loss_kwargs={"margin": margin, "alpha": 0.1})
+        assert parser.get_parsed_content("method_tag") == "mbls_alpha0.1_margin5.0"
+        assert parser.get_parsed_content("run_dir").endswith("mbls_alpha0.1_margin5.0")
