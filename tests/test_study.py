@@ -101,6 +101,12 @@ def test_plan_ids_dependencies_and_folders(tmp_path):
     assert set(task_status(build_plan(blocked, tmp_path / "b"), tmp_path / "b").values()) == {"blocked"}
 
 
+def test_a_grid_value_given_twice_is_refused_naming_the_run(tmp_path):
+    spec = load_study(tiny_spec(tmp_path / "d", methods={"mbls": {"margin": [5, 5.0, 8], "alpha": [0.1]}}))
+    with pytest.raises(ValueError, match=r"the grid of 'mbls' names the run mbls_alpha0\.1_margin5\.0 twice .*list each value once"):
+        build_plan(spec, tmp_path / "s")
+
+
 def test_backbone_methods_and_local_pool_size(tmp_path):
     spec = load_study(tiny_spec(tmp_path, backbones=["unet", "attention_unet"], backbone_methods=["ce", "mbls"]))
     tasks = build_plan(spec, tmp_path / "s")

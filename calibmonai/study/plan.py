@@ -138,6 +138,13 @@ def build_plan(spec: StudySpec, study_dir: str | os.PathLike) -> list[Task]:
                 base = _fragment_kwargs(method)
                 points = [{**base, **p} for p in grid_points(grid)]
                 names = [run_name(method, p, backbone) for p in points]
+                twice = sorted({n for n in names if names.count(n) > 1})
+                if twice:
+                    raise ValueError(
+                        f"the grid of {method!r} names the run {twice[0]} twice (its values "
+                        f"{[p for p, n in zip(points, names) if n == twice[0]]} are one setting: a whole number given for "
+                        f"a float hyper-parameter is that float); list each value once."
+                    )
                 param = swept_parameter(method, grid)
                 train_ids: dict[str, list[str]] = {n: [] for n in names}
                 for seed, fold in spec.replicates():
