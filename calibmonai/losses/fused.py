@@ -84,6 +84,26 @@ class FusedTerms:
     focal: float = 0.0
     focal_gamma: float = 2.0
 
+    def __post_init__(self) -> None:
+        """Raise ``ValueError`` for a weight or setting the kernels cannot take (named, with its value)."""
+        for name in _TERM_NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"FusedTerms: {name} must be a finite number, got {value!r}.")
+        if self.meep_mode not in ("entropy", "kl"):
+            raise ValueError(f"FusedTerms: meep_mode must be 'entropy' or 'kl', got {self.meep_mode!r}.")
+        if not 0.0 < self.eps < 1.0:
+            raise ValueError(f"FusedTerms: eps must lie in (0, 1), got {self.eps}.")
+        if self.svls_sigma <= 0 or self.focal_gamma < 0 or self.margin < 0:
+            raise ValueError(
+                f"FusedTerms: svls_sigma must be > 0, focal_gamma and margin >= 0, got svls_sigma={self.svls_sigma}, "
+                f"focal_gamma={self.focal_gamma}, margin={self.margin}."
+            )
+
+
+#: the numeric fields of :class:`FusedTerms`
+_TERM_NUMBERS = ("ce", "uniform", "neg_entropy", "hinge", "margin", "meep", "eps", "dice", "svls", "svls_sigma", "nacl", "focal", "focal_gamma")
+
 
 def _can_use(input: torch.Tensor, target: torch.Tensor) -> bool:
     return (
@@ -174,6 +194,8 @@ def fused_softmax_loss(
     Raises:
         ValueError: for bad logits or targets, with the same messages as the torch implementation.
     """
+    if not isinstance(terms, FusedTerms):
+        raise ValueError(f"terms must be a FusedTerms, got {type(terms).__name__}.")
     if _STATE["enabled"] and isinstance(input, torch.Tensor) and (input.is_cuda or _STATE.get("triton_on_cpu", False)):
         from calibmonai._triton import run_or_fall_back
         from calibmonai.losses._triton_kernel import triton_softmax_loss  # CUDA: the fused Triton kernels

@@ -8,22 +8,39 @@ from monai.losses import DiceCELoss
 from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
-from calibmonai.losses.utils import check_reduction, finite_float, nll_map, reduce_voxel_loss, to_class_indices
+from calibmonai.losses.utils import check_logits, check_reduction, finite_float, nll_map, reduce_voxel_loss, to_class_indices
 
 __all__ = ["MarginLabelSmoothingLoss", "margin_penalty"]
 
 
 def margin_penalty(input: torch.Tensor, margin: float, penalty: str = "l1") -> torch.Tensor:
-    """Per-voxel MbLS penalty ``mean_k ReLU(max_j z_j - z_k - m)`` (``l1``) or its square (``l2``).
+    """Per-voxel MbLS penalty ``mean_k ReLU(max_j z_j - z_k - m)`` (``l1``) or its square (``l2``), the term that
+    :class:`MarginLabelSmoothingLoss` adds to the cross-entropy (Liu et al., "The Devil is in the Margin:
+    Margin-based Label Smoothing for Network Calibration", CVPR 2022).
 
     Args:
-        input: logits ``(B, C, *spatial)``.
-        margin: the margin ``m`` (same units as the logits).
+        input: logits ``(B, C, *spatial)``, finite, floating point, ``C >= 2``.
+        margin: the margin ``m`` (same units as the logits), a finite number >= 0.
         penalty: ``"l1"`` for the hinge, ``"l2"`` for the one-sided squared hinge ``ReLU(d - m)**2``.
 
     Returns:
         a ``(B, *spatial)`` map, the mean over classes of the penalty.
+
+    Raises:
+        ValueError: for logits that are not a finite floating ``(B, C, *spatial)`` tensor of ``C >= 2`` classes, a
+            margin that is not a finite number >= 0, or a penalty other than ``"l1"`` and ``"l2"``.
     """
+    check_logits(input)
+    margin = finite_float(margin, "margin", "margin_penalty")
+    if margin < 0:
+        raise ValueError(f"margin_penalty: margin must be >= 0, got {margin}.")
+    if penalty not in ("l1", "l2"):
+        raise ValueError(f"margin_penalty: penalty must be 'l1' or 'l2', got {penalty!r}.")
+    return _margin_penalty(input, margin, penalty)
+
+
+def _margin_penalty(input: torch.Tensor, margin: float, penalty: str) -> torch.Tensor:
+    """:func:`margin_penalty` on arguments the caller has checked."""
     diff = input.amax(dim=1, keepdim=True) - input
     hinge = F.relu(diff - margin)
     if penalty == "l2":
@@ -123,7 +140,7 @@ class MarginLabelSmoothingLoss(_Loss):
         if fused is not None:
             return fused
         idx = to_class_indices(input, target)
-        pen = margin_penalty(input, self.margin, self.penalty)
+        pen = _margin_penalty(input, self.margin, self.penalty)
         if self.dice_ce is not None:
             return self.dice_ce(input, idx.unsqueeze(1)) + self.alpha * pen.mean()
         voxel = nll_map(F.log_softmax(input, dim=1), idx) + self.alpha * pen

@@ -26,8 +26,9 @@ def erroneous_regularizer(
     eps: float = 1e-8,
     log_prob: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over misclassified voxels of the entropy ``-sum_k p_k log p_k`` (``regularizer="entropy"``) or of
-    ``KL(u || p) = -mean_k log p_k - log K`` (``"kl"``).
+    """MEEP's regulariser (Larrazabal et al., "Maximum Entropy on Erroneous Predictions (MEEP): Improving Model
+    Calibration for Medical Image Segmentation", MICCAI 2023): the mean over misclassified voxels of the entropy
+    ``-sum_k p_k log p_k`` (``regularizer="entropy"``) or of ``KL(u || p) = -mean_k log p_k - log K`` (``"kl"``).
 
     A voxel is misclassified when its prediction, the argmax of the logits with the first-index tie rule
     (:func:`calibmonai.losses.utils.first_argmax`: a tie goes to the lowest tied class), differs from ``y``.
@@ -36,10 +37,32 @@ def erroneous_regularizer(
     misclassified.
 
     Args:
-        input: logits ``(B, K, *spatial)``.
-        target: ``(B, *spatial)`` int64 class indices.
-        log_prob: ``log_softmax(input, 1)`` when the caller already has it.
+        input: logits ``(B, K, *spatial)``, finite, floating point, ``K >= 2``.
+        target: class indices ``(B, *spatial)`` or ``(B, 1, *spatial)``, or one-hot ``(B, K, *spatial)``.
+        regularizer: ``"entropy"`` or ``"kl"``.
+        eps: probability floor before the logarithm, in ``(0, 1)``.
+        log_prob: ``log_softmax(input, 1)`` when the caller already has it (same shape as ``input``).
+
+    Raises:
+        ValueError: for logits or targets that do not match (the messages of the losses), an unknown regulariser,
+            an ``eps`` outside ``(0, 1)``, or a ``log_prob`` of another shape than ``input``.
     """
+    idx = to_class_indices(input, target)
+    eps = finite_float(eps, "eps", "erroneous_regularizer")
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"erroneous_regularizer: eps must lie in (0, 1), got {eps}.")
+    if regularizer not in ("entropy", "kl"):
+        raise ValueError(f"regularizer must be 'entropy' or 'kl', got {regularizer!r}.")
+    if log_prob is not None and (not isinstance(log_prob, torch.Tensor) or log_prob.shape != input.shape):
+        shape = tuple(log_prob.shape) if isinstance(log_prob, torch.Tensor) else type(log_prob).__name__
+        raise ValueError(f"log_prob must be log_softmax(input, 1) of the input's shape {tuple(input.shape)}, got {shape}.")
+    return _erroneous_regularizer(input, idx, regularizer, eps, log_prob)
+
+
+def _erroneous_regularizer(
+    input: torch.Tensor, target: torch.Tensor, regularizer: str, eps: float, log_prob: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`erroneous_regularizer` on checked arguments, ``target`` the ``(B, *spatial)`` int64 indices."""
     wrong = (first_argmax(input.detach(), dim=1) != target).to(input.dtype)
     if log_prob is None:
         log_prob = F.log_softmax(input, dim=1)
@@ -47,10 +70,8 @@ def erroneous_regularizer(
     log_p = log_prob.clamp_min(math.log(eps))
     if regularizer == "entropy":
         per_voxel = -(log_p.exp() * log_p).sum(dim=1)
-    elif regularizer == "kl":
-        per_voxel = -log_p.mean(dim=1) - math.log(input.shape[1])
     else:
-        raise ValueError(f"regularizer must be 'entropy' or 'kl', got {regularizer!r}.")
+        per_voxel = -log_p.mean(dim=1) - math.log(input.shape[1])
     return (per_voxel * wrong).sum() / wrong.sum().clamp_min(1.0)
 
 
@@ -146,6 +167,6 @@ class ErroneousEntropyLoss(_Loss):
         else:
             log_prob = None
             base = self.base_loss(input, idx.unsqueeze(1))
-        term = erroneous_regularizer(input, idx, self.regularizer, self.eps, log_prob)
+        term = _erroneous_regularizer(input, idx, self.regularizer, self.eps, log_prob)
         sign = -1.0 if self.regularizer == "entropy" else 1.0
         return base + sign * self.lam * term

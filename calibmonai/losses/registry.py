@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -67,6 +68,8 @@ def _focal(gamma: float = 2.0, **kw: Any) -> _Loss:
     alpha = kw.get("alpha")  # MONAI's class weight: a number in [0, 1], a sequence of per-class weights, or None
     if alpha is not None and (isinstance(alpha, (str, bytes)) or np.ndim(alpha) == 0):  # per-class weights (list, array, tensor) are MONAI's
         kw["alpha"] = finite_float(alpha, "alpha", "focal")
+        if not 0.0 <= kw["alpha"] <= 1.0:
+            raise ValueError(f"focal: alpha (MONAI FocalLoss's weight of the foreground classes) must lie in [0, 1], got {alpha!r}.")
     fused = FusedTerms(focal=1.0, focal_gamma=gamma) if not kw and gamma in (0, 1, 2, 3, 4) else None
     return TargetFormatAdapter(FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma, **kw), "channel", fused)
 
@@ -140,6 +143,10 @@ def get_loss(name: str, num_classes: int | None = None, spatial_dims: int | None
     if method.needs_geometry:
         if num_classes is None or spatial_dims is None:
             raise ValueError(f"method {name!r} needs num_classes and spatial_dims, got {num_classes}, {spatial_dims}.")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+            raise ValueError(f"method {name!r}: num_classes must be an integer >= 2, got {num_classes!r}.")
+        if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, numbers.Integral) or spatial_dims not in (2, 3):
+            raise ValueError(f"method {name!r}: spatial_dims must be the integer 2 or 3, got {spatial_dims!r}.")
         params = {"num_classes": num_classes, "spatial_dims": spatial_dims, **params}
     try:
         return method.build(**params)
