@@ -9,6 +9,7 @@ from calibmonai.handlers.calibration import (
     StratifiedBrierScore,
     write_calibration_report,
 )
+from calibmonai.handlers.curves import CURVE_COLUMNS, ValidationCurveLogger, plot_curves, read_curves
 from calibmonai.handlers.progress import DisabledHandler, EpochLossLogger, tensorboard_stats_handler
 from calibmonai.handlers.trainer_output import UndecollatedOutput
 
@@ -20,6 +21,10 @@ __all__ = [
     "NegativeLogLikelihood",
     "StratifiedBrierScore",
     "write_calibration_report",
+    "ValidationCurveLogger",
+    "CURVE_COLUMNS",
+    "read_curves",
+    "plot_curves",
     "DisabledHandler",
     "EpochLossLogger",
     "tensorboard_stats_handler",

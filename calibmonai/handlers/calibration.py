@@ -31,6 +31,7 @@ __all__ = [
     "StratifiedBrierScore",
     "NegativeLogLikelihood",
     "CalibrationReport",
+    "write_calibration_report",
 ]
 
 
@@ -170,9 +171,24 @@ class CalibrationReport:
 
 
 def write_calibration_report(metric: CalibrationMetrics, output_dir: str, prefix: str = "", title: str = "") -> dict[str, Any]:
-    """Write ``{prefix}calibration_per_case.csv``, ``{prefix}calibration_summary.csv`` and ``{prefix}reliability.png``."""
-    os.makedirs(output_dir, exist_ok=True)
+    """Write ``{prefix}calibration_per_case.csv``, ``{prefix}calibration_summary.csv`` and ``{prefix}reliability.png``.
+
+    Args:
+        metric: a :class:`~calibmonai.metrics.CalibrationMetrics` that has seen at least one case.
+        output_dir: the folder of the three files (created when missing).
+        prefix: prefix of the file names (e.g. ``"ts_"`` for a calibrated evaluation).
+        title: title of the reliability diagram (default: "Reliability diagram (pooled)").
+
+    Returns:
+        ``{"case": ..., "pooled": ...}``, the metric's two aggregations.
+
+    Raises:
+        ValueError: when the metric holds no case (nothing is written).
+    """
     values = metric.get_buffer()
+    if values is None or len(metric.case_names) == 0:
+        raise ValueError(f"write_calibration_report: the metric holds no case (call it on (y_pred, y) batches first); nothing was written to {output_dir}.")
+    os.makedirs(output_dir, exist_ok=True)
     names = metric.case_names
     with open(os.path.join(output_dir, f"{prefix}calibration_per_case.csv"), "w", newline="") as f:
         w = csv.writer(f)

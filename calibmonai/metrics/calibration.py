@@ -263,6 +263,10 @@ def compute_calibration_histograms(
     if foreground not in FOREGROUND_MODES:
         raise ValueError(f"foreground must be one of {FOREGROUND_MODES}, got {foreground!r}.")
     _check_num_bins(num_bins)
+    if isinstance(prob_tol, bool) or not isinstance(prob_tol, numbers.Real) or not 0.0 <= float(prob_tol) < 1.0:
+        raise ValueError(f"prob_tol must be a number in [0, 1), got {prob_tol!r}.")
+    if y.is_complex():
+        raise ValueError(f"y must hold class labels, got dtype {y.dtype}.")
     b, c = y_pred.shape[:2]
     if c < 2:
         raise ValueError(f"y_pred must have at least 2 classes along dim 1, got shape {tuple(y_pred.shape)}.")
@@ -386,6 +390,9 @@ def calibration_errors(
     """
     if cece_classes not in CECE_CLASS_SETS:
         raise ValueError(f"cece_classes must be one of {CECE_CLASS_SETS}, got {cece_classes!r}.")
+    c = hist.cls_hit.shape[1]
+    if isinstance(background_index, bool) or not isinstance(background_index, numbers.Integral) or not 0 <= background_index < c:
+        raise ValueError(f"background_index must be a class index in [0, {c - 1}] for histograms of {c} classes, got {background_index!r}.")
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=hist.n.device)
     n = hist.n
     valid = n > 0
@@ -393,7 +400,7 @@ def calibration_errors(
     per_class = (hist.cls_hit - hist.cls_prob).abs().sum(-1) / n.clamp_min(1).unsqueeze(-1)
     classes = torch.arange(per_class.shape[1], device=per_class.device)
     weight = torch.ones_like(per_class)
-    if not include_background and 0 <= background_index < weight.shape[1]:
+    if not include_background:
         weight[:, background_index] = 0.0
     if cece_classes == "up_to_max_label":
         # every selected voxel is a hit of its label's class: the highest class with a hit is the highest label
@@ -650,6 +657,20 @@ class _SingleCalibrationMetric(CalibrationMetrics):
     name = ""
 
     def __init__(self, level: str = "case", **kwargs: Any) -> None:
+        """
+        Args:
+            level: what ``aggregate()`` returns: ``"case"``, the mean over cases of the per-case values, or
+                ``"pooled"``, the value of the histograms summed over every case.
+            kwargs: the arguments of :class:`CalibrationMetrics` (``num_bins``, ``foreground``, ``softmax``,
+                ``include_background``, ``background_index``, ``cece_classes``, ``prob_tol``, ...), except
+                ``metric_names``, which is this class's one metric.
+
+        Raises:
+            ValueError: for a ``level`` other than ``"case"`` and ``"pooled"``, ``metric_names`` among ``kwargs``, or
+                the argument errors of :class:`CalibrationMetrics`.
+        """
+        if "metric_names" in kwargs:
+            raise ValueError(f"{type(self).__name__} computes {self.name!r} only and takes no metric_names; use CalibrationMetrics for several.")
         super().__init__(metric_names=(self.name,), **kwargs)
         if level not in ("case", "pooled"):
             raise ValueError(f"level must be 'case' or 'pooled', got {level!r}.")
@@ -663,30 +684,39 @@ class _SingleCalibrationMetric(CalibrationMetrics):
 
 
 class ExpectedCalibrationErrorMetric(_SingleCalibrationMetric):
-    """Top-label ECE (Guo et al. 2017) as a MONAI metric; see :class:`CalibrationMetrics` for arguments."""
+    """Top-label ECE (Naeini et al., AAAI 2015; Guo et al., "On Calibration of Modern Neural Networks", ICML 2017)
+    as a MONAI metric; arguments in ``__init__`` and :class:`CalibrationMetrics`."""
 
     name = "ece"
 
 
 class ClasswiseCalibrationErrorMetric(_SingleCalibrationMetric):
-    """Class-wise ECE (CECE) as a MONAI metric; see :class:`CalibrationMetrics` for arguments."""
+    """Class-wise ECE (CECE; Kull et al., "Beyond temperature scaling: Obtaining well-calibrated multiclass
+    probabilities with Dirichlet calibration", NeurIPS 2019) as a MONAI metric; arguments in ``__init__`` and
+    :class:`CalibrationMetrics`."""
 
     name = "cece"
 
 
 class BrierScoreMetric(_SingleCalibrationMetric):
-    """Multi-class Brier score (mean over voxels of ``sum_k (p_k - y_k)^2``); see :class:`CalibrationMetrics`."""
+    """Multi-class Brier score, mean over voxels of ``sum_k (p_k - y_k)^2`` (Brier, "Verification of forecasts
+    expressed in terms of probability", Monthly Weather Review 1950); arguments in ``__init__`` and
+    :class:`CalibrationMetrics`."""
 
     name = "brier"
 
 
 class StratifiedBrierScoreMetric(_SingleCalibrationMetric):
-    """Stratified Brier score (Brier+, ground-truth foreground voxels only); see :class:`CalibrationMetrics`."""
+    """Stratified Brier score (Brier+): the Brier score on ground-truth foreground voxels only (Wallace &
+    Dahabreh, "Class probability estimates are unreliable for imbalanced data (and how to fix them)", ICDM 2012);
+    arguments in ``__init__`` and :class:`CalibrationMetrics`."""
 
     name = "brier_plus"
 
 
 class NegativeLogLikelihoodMetric(_SingleCalibrationMetric):
-    """Mean ``-log p_y`` over the selected voxels; see :class:`CalibrationMetrics`."""
+    """Negative log-likelihood, mean ``-log p_y`` over the selected voxels (the proper scoring rule of
+    Gneiting & Raftery, JASA 2007, used for calibration by Guo et al., ICML 2017); arguments in ``__init__`` and
+    :class:`CalibrationMetrics`."""
 
     name = "nll"

@@ -23,6 +23,10 @@ def plot_reliability_diagram(
         stats: one output of :func:`calibmonai.metrics.reliability_statistics`, or ``{label: stats}`` to
             overlay several (e.g. one per method).
         path: PNG file to write (parent folders are created).
+        title: the figure's title; the ECE of each series is added to it.
+
+    Returns:
+        the path written, as a string.
     """
     import matplotlib
 
@@ -64,4 +68,4 @@ def plot_reliability_diagram(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+    return str(path)

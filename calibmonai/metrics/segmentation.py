@@ -21,7 +21,21 @@ BRATS_REGIONS: dict[str, tuple[int, ...]] = {"ET": (3,), "TC": (1, 3), "WT": (1,
 
 
 def labels_to_regions(labels: torch.Tensor, regions: Mapping[str, Sequence[int]]) -> torch.Tensor:
-    """``(B, 1, *spatial)`` labels -> ``(B, R, *spatial)`` binary maps, one channel per region (union of labels)."""
+    """``(B, 1, *spatial)`` labels -> ``(B, R, *spatial)`` binary maps, one channel per region (union of labels),
+    e.g. the BraTS regions whole tumour, tumour core and enhancing tumour (:data:`BRATS_REGIONS`).
+
+    Args:
+        labels: a ``(B, 1, *spatial)`` label map: integer, ``bool``, or floating point holding whole numbers.
+        regions: ``{name: labels}``, at least one region, each a non-empty sequence of integer labels.
+
+    Returns:
+        float ``(B, R, *spatial)`` maps, 1 where a voxel's label is one of the region's.
+
+    Raises:
+        ValueError: for labels that are not whole numbers, or regions that are empty or hold a non-integer label.
+    """
+    _check_label_map(labels, "labels")
+    _check_regions(regions)
     return torch.cat([torch.isin(labels, torch.as_tensor(list(v), device=labels.device)) for v in regions.values()], dim=1).float()
 
 
@@ -32,6 +46,19 @@ def image_diagonal(shape: Sequence[int], spacing: Sequence[float] | None = None)
     if len(s) != len(shape):
         raise ValueError(f"spacing needs one value per spatial dimension of {tuple(shape)}, got {list(s)}.")
     return float(math.sqrt(sum(((int(n) - 1) * x) ** 2 for n, x in zip(shape, s))))
+
+
+def _check_regions(regions: Any, num_classes: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``regions`` maps names to non-empty sequences of integer labels (in
+    ``[0, num_classes)`` when given)."""
+    if not isinstance(regions, Mapping) or not regions:
+        raise ValueError(f"regions must map region names to label lists, e.g. {{'WT': (1, 2, 4)}}, got {regions!r}.")
+    for name, labels in regions.items():
+        values = list(labels) if isinstance(labels, (list, tuple, set, frozenset, range)) else None
+        if not values or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in values):
+            raise ValueError(f"region {name!r} must list one or more integer labels, got {labels!r}.")
+        if num_classes is not None and any(not 0 <= int(v) < num_classes for v in values):
+            raise ValueError(f"region {name!r} lists labels {sorted(int(v) for v in values)} outside [0, {num_classes - 1}] for {num_classes} classes.")
 
 
 def _check_label_map(x: Any, name: str) -> None:
@@ -131,6 +158,8 @@ class SegmentationMetrics:
         self.missed_distance = missed_distance
         self.empty_reference = empty_reference
         self.num_classes = num_classes
+        if regions:
+            _check_regions(regions, num_classes)
         self.regions = dict(regions) if regions else None
         if self.regions:
             self.names = list(self.regions)
