@@ -338,3 +338,232 @@ def test_voxel_calibrators_fit_integer_logits_as_their_float_values(cls):
     sample = VoxelSample(z, y, torch.ones(400))
     assert sample.logits.dtype == torch.float32
     assert cls(3).fit(sample) == cls(3).fit(VoxelSample(z.float(), y, torch.ones(400)))
+
+
+# ------------------------------------------------------------------------------------ argument checks (audit)
+
+
+def test_weighted_nll_refuses_labels_out_of_range_empty_nan_and_unbroadcast_weights():
+    from calibmonai.calibration import weighted_nll
+
+    z, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\], got \[5, 5\]"):
+        weighted_nll(z, torch.full((4,), 5))  # an IndexError before (a device-side assert on CUDA)
+    with pytest.raises(ValueError, match=r"no voxel has weight: the 4 weights sum to 0"):
+        weighted_nll(z, y, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"logits must be \(N, C\) with N >= 1 voxels and C >= 2 classes, got \(0, 3\)"):
+        weighted_nll(torch.randn(0, 3), torch.zeros(0, dtype=torch.long))
+    nan = z.clone()
+    nan[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"1 non-finite logit value\(s\) \(NaN or Inf\)"):
+        weighted_nll(nan, y)
+    with pytest.raises(ValueError, match=r"labels and weights must be \(4,\) like the logits \(4, 3\) \(one label and one weight per voxel\), got \(4,\) and \(1,\)"):
+        weighted_nll(z, y, torch.ones(1))  # was broadcast silently
+    with pytest.raises(ValueError, match=r"logits must be \(N, C\) .* got \(1, 3, 4\)"):
+        weighted_nll(torch.randn(1, 3, 4), torch.zeros(1, 4, dtype=torch.long))  # a (B, C, *spatial) map: flatten first
+    with pytest.raises(ValueError, match=r"labels must be integer class indices, got dtype torch.float32"):
+        weighted_nll(z, y.float())
+    with pytest.raises(ValueError, match=r"weights must be non-negative, got 1 negative"):
+        weighted_nll(z, y, torch.tensor([1.0, -1.0, 1.0, 2.0]))
+    # the values themselves: integer labels of any width, weights as a weighted mean of the numpy NLL
+    w = torch.tensor([1.0, 0.0, 2.0, 3.0], dtype=torch.float64)
+    per_voxel = _np_nll(z.numpy().T, 1.0, y.numpy())
+    assert float(weighted_nll(z.double(), y.int(), w)) == pytest.approx(float((per_voxel * w.numpy()).sum() / 6.0), rel=1e-6)
+    assert float(weighted_nll(z, y)) == pytest.approx(float(per_voxel.mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ts", "platt", "isotonic", "lts"])
+def test_calibrators_refuse_logits_without_a_voxel(kind):
+    cal = _fitted(kind).eval()
+    with pytest.raises(ValueError, match=rf"{type(cal).__name__}: the logits hold no voxel \(an empty batch or spatial size\), shape \(0, 3, 4, 4\)"):
+        cal(torch.randn(0, 3, 4, 4), torch.randn(0, 1, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: TemperatureScaling(2.5), r"TemperatureScaling: num_classes must be an integer >= 2, got 2.5 of type float"),
+        (lambda: TemperatureScaling("3"), r"TemperatureScaling: num_classes must be an integer >= 2, got '3' of type str"),
+        (lambda: TemperatureScaling(3.0), r"num_classes must be an integer >= 2, got 3.0 of type float \(a float: write 3\)"),
+        (lambda: PlattScaling(2.5), r"PlattScaling: num_classes must be an integer >= 2, got 2.5"),
+        (lambda: IsotonicCalibration(True), r"IsotonicCalibration: num_classes must be an integer >= 2, got True of type bool"),
+        (lambda: LocalTemperatureScaling(2.5), r"LocalTemperatureScaling: num_classes must be an integer >= 2, got 2.5"),
+        (lambda: StratifiedVoxelSampler(2.5), r"StratifiedVoxelSampler: num_classes must be an integer >= 2, got 2.5"),
+        (lambda: StratifiedVoxelSampler(3, sample_size=2.5e5), r"StratifiedVoxelSampler: sample_size must be an integer >= 1, got 250000.0 of type float \(a float: write 250000\)"),
+        (lambda: StratifiedVoxelSampler(3, sample_size=1000.5), r"sample_size must be an integer >= 1, got 1000.5"),
+        (lambda: StratifiedVoxelSampler(3, sample_size="1000"), r"sample_size must be an integer >= 1, got '1000'"),
+    ],
+)
+def test_num_classes_and_sample_size_must_be_integers(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_integer_num_classes_and_sample_size_of_numpy_types_are_taken():
+    ts = TemperatureScaling(np.int64(3))
+    assert ts.num_classes == 3 and type(ts.num_classes) is int
+    s = StratifiedVoxelSampler(np.int32(3), sample_size=np.int64(250_000))
+    assert s.per_class == 83_333 and type(s.per_class) is int
+
+
+@pytest.mark.parametrize(
+    "bounds, message",
+    [
+        ((0.1, float("inf")), r"TemperatureScaling: bounds\[1\] must be a finite number, got inf"),
+        ((float("nan"), 2.0), r"TemperatureScaling: bounds\[0\] must be a finite number, got nan"),
+        ((1.0, 2.0, 3.0), r"bounds must be two numbers \(low, high\) with 0 < low < high, got \(1.0, 2.0, 3.0\)"),
+        ((1.0,), r"bounds must be two numbers \(low, high\) with 0 < low < high, got \(1.0,\)"),
+        (0.5, r"bounds must be two numbers \(low, high\) with 0 < low < high, got 0.5"),
+        ("ab", r"bounds must be two numbers \(low, high\) with 0 < low < high, got 'ab'"),
+        (("0.1", 2.0), r"bounds\[0\] must be a real number \(int or float\), got '0.1'"),
+        ((2.0, 1.0), r"bounds must satisfy 0 < low < high, got \(2.0, 1.0\)"),
+        ((0.0, 1.0), r"bounds must satisfy 0 < low < high"),
+    ],
+)
+def test_temperature_bounds_must_be_two_finite_numbers_in_order(bounds, message):
+    with pytest.raises(ValueError, match=message):
+        TemperatureScaling(3, bounds=bounds)
+
+
+def test_temperature_bounds_given_as_a_list_are_kept_as_floats(tmp_path):
+    from calibmonai.calibration import load_calibrator
+
+    ts = TemperatureScaling(3, bounds=[1, 4])
+    assert ts.bounds == (1.0, 4.0) and all(type(b) is float for b in ts.bounds)
+    assert load_calibrator(ts.save(tmp_path / "ts.pt")).bounds == (1.0, 4.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"eps": -1.0}, r"LocalTemperatureScaling: eps must be > 0 \(the lowest temperature\), got -1.0"),
+        ({"eps": 0.0}, r"eps must be > 0"),
+        ({"eps": float("nan")}, r"LocalTemperatureScaling: eps must be a finite number, got nan"),
+        ({"features": 0}, r"LocalTemperatureScaling: features must be an integer >= 1, got 0"),
+        ({"features": 4.0}, r"features must be an integer >= 1, got 4.0 of type float"),
+        ({"image_channels": 0}, r"LocalTemperatureScaling: image_channels must be an integer >= 1, got 0"),
+    ],
+)
+def test_lts_hyper_parameters_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LocalTemperatureScaling(3, **kwargs)
+
+
+def test_lts_refuses_a_non_finite_image_in_forward_and_fit():
+    lts = LocalTemperatureScaling(3, features=4)
+    z, x = torch.randn(1, 3, 8, 8), torch.randn(1, 1, 8, 8)
+    x[0, 0, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"LocalTemperatureScaling: the image \(1, 1, 8, 8\) holds 1 non-finite value\(s\) \(NaN or Inf\)"):
+        lts(z, x)
+    with pytest.raises(ValueError, match=r"holds 1 non-finite value"):
+        lts.temperature_map(z, x)
+    items = _items([(6, 6)] * 3, seed=14)
+    bad = items[1][1].clone()
+    bad[0, 0, :2] = float("inf")
+    items[1] = (items[1][0], bad, items[1][2])
+    with pytest.raises(ValueError, match=r"LTS item 1: the image holds 2 non-finite value\(s\) \(NaN or Inf\)"):
+        lts.fit(items, epochs=1)
+    with pytest.raises(ValueError, match=r"LTS item 1: the image holds 2 non-finite"):
+        lts.nll(items)
+
+
+def test_lts_2d_model_on_a_volume_checks_the_image_shape_before_computing():
+    lts = LocalTemperatureScaling(3, spatial_dims=2, features=4)
+
+    def no_computation(*args):  # pragma: no cover - reached only without the check
+        raise AssertionError("computed before checking the image")
+
+    lts._forward_native = no_computation  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match=r"image shape \(1, 1, 8, 8, 4\) does not match logits \(1, 3, 8, 8, 3\) \(1 image channel\(s\)\)"):
+        lts(torch.randn(1, 3, 8, 8, 3), torch.randn(1, 1, 8, 8, 4))
+    with pytest.raises(ValueError, match=r"image shape \(1, 2, 8, 8, 3\) does not match logits \(1, 3, 8, 8, 3\)"):
+        lts(torch.randn(1, 3, 8, 8, 3), torch.randn(1, 2, 8, 8, 3))
+    with pytest.raises(ValueError, match=r"image shape \(1, 1, 8, 8\) does not match logits \(1, 3, 8, 8, 3\)"):
+        lts(torch.randn(1, 3, 8, 8, 3), torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"a 2D LTS model cannot take logits of shape \(1, 3, 8, 8, 3, 2\)"):
+        lts(torch.randn(1, 3, 8, 8, 3, 2), torch.randn(1, 1, 8, 8, 3, 2))
+
+
+@pytest.mark.parametrize(
+    "holdout, message",
+    [
+        (1.0, r"LocalTemperatureScaling.fit: holdout must be a fraction in \[0, 1\), got 1.0"),
+        (-0.1, r"holdout must be a fraction in \[0, 1\), got -0.1"),
+        (float("nan"), r"LocalTemperatureScaling.fit: holdout must be a finite number, got nan"),
+        ("0.25", r"holdout must be a real number \(int or float\), got '0.25'"),
+        (0.9, r"holdout=0.9 holds out 4 of the 4 items \(round\(holdout \* 4\)\), leaving none to train on"),
+    ],
+)
+def test_lts_holdout_must_leave_training_items(holdout, message):
+    lts = LocalTemperatureScaling(3, features=4)
+    before = copy.deepcopy(lts.state_dict())
+    with pytest.raises(ValueError, match=message):
+        lts.fit(_items([(6, 6)] * 4, seed=15), epochs=1, holdout=holdout)
+    assert not lts.fitted and all(torch.equal(v, lts.state_dict()[k]) for k, v in before.items())
+
+
+def test_lts_holdout_zero_holds_out_one_item():
+    items = _items([(6, 6)] * 4, seed=16)
+    info = LocalTemperatureScaling(3, features=4).fit(items, epochs=1, holdout=0)
+    assert (info["train_items"], info["holdout_items"]) == (3, 1)
+    info = LocalTemperatureScaling(3, features=4).fit(items, epochs=1, holdout=0.5)
+    assert (info["train_items"], info["holdout_items"]) == (2, 2)
+
+
+def test_sampler_labels_must_have_the_logits_shape_without_the_class_axis():
+    s = StratifiedVoxelSampler(3, sample_size=300)
+    z = torch.randn(2, 3, 4, 4)
+    y = torch.randint(0, 3, (2, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"labels shape \(2, 16, 1\) does not match logits shape \(2, 3, 4, 4\): it must be \(2, 1, 4, 4\) or \(2, 4, 4\)"):
+        s.add(z, y.reshape(2, 16, 1))  # the same number of voxels: taken before
+    with pytest.raises(ValueError, match=r"labels shape \(4, 2, 4\) does not match"):
+        s.add(z, y.reshape(4, 2, 4))
+    with pytest.raises(ValueError, match=r"labels must be real class indices, got dtype torch.complex64"):
+        s.add(z, y.to(torch.complex64))
+    with pytest.raises(ValueError, match=r"mask shape \(2, 16\) does not match logits shape \(2, 3, 4, 4\): it must be \(2, 1, 4, 4\) or \(2, 4, 4\)"):
+        s.add(z, y, torch.ones(2, 16, dtype=torch.bool))
+    inf = torch.full((2, 1, 4, 4), float("inf"))
+    with pytest.raises(ValueError, match=r"labels must be class indices; got non-integer values such as inf"):
+        s.add(z, inf)
+    assert float(s.seen.sum()) == 0  # nothing was added by the refused batches
+    # both accepted label shapes, and whole-number float labels, sample alike
+    a, b, c = (StratifiedVoxelSampler(3, sample_size=300, seed=1) for _ in range(3))
+    a.add(z, y)
+    b.add(z, y[:, 0])
+    c.add(z, y.double())
+    for other in (b, c):
+        torch.testing.assert_close(other.sample().logits, a.sample().logits)
+        assert torch.equal(other.sample().labels, a.sample().labels)
+
+
+def _documented(obj) -> set[str]:
+    """The names documented in ``obj``'s ``Args:`` section (``    name: ...`` lines)."""
+    import inspect
+
+    doc = inspect.getdoc(obj) or ""
+    assert "Args:" in doc, obj
+    section = doc.split("Args:", 1)[1]
+    section = re.split(r"\n\S", section, maxsplit=1)[0]  # up to the next unindented line (Returns:, Raises:)
+    return set(re.findall(r"^    (\w+):", section, flags=re.M))
+
+
+def test_docstrings_document_every_argument():
+    import inspect
+
+    from calibmonai.calibration import Calibrator, calibrate_run, load_calibrator, run_calibrator, weighted_nll
+
+    for obj, doc_of in [
+        (Calibrator.__init__, Calibrator.__init__),
+        (PlattScaling.__init__, PlattScaling),
+        (IsotonicCalibration.__init__, IsotonicCalibration),
+        (TemperatureScaling.__init__, TemperatureScaling),
+        (LocalTemperatureScaling.__init__, LocalTemperatureScaling),
+        (StratifiedVoxelSampler.__init__, StratifiedVoxelSampler),
+        (StratifiedVoxelSampler.add, StratifiedVoxelSampler.add),
+        (weighted_nll, weighted_nll),
+        (load_calibrator, load_calibrator),
+        (run_calibrator, run_calibrator),
+        (calibrate_run, calibrate_run),
+    ]:
+        params = set(inspect.signature(obj).parameters) - {"self"}
+        assert params <= _documented(doc_of), (obj, params - _documented(doc_of))

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from calibmonai.calibration.checks import check_voxels, integer_arg
 from calibmonai.calibration.sampling import VoxelSample
 from calibmonai.run_files import atomic_file
 
@@ -19,8 +20,27 @@ CALIBRATORS: dict[str, type] = {}
 
 
 def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean (weighted) ``-log softmax(logits)_y`` over voxels; ``logits (N, C)``."""
-    nll = F.cross_entropy(logits, labels, reduction="none")
+    """Mean (weighted) ``-log softmax(logits)_y`` over voxels: ``sum_i w_i nll_i / sum_i w_i``.
+
+    The fitting objective of temperature and Platt scaling, which pass a :class:`VoxelSample`'s flat voxels.
+
+    Args:
+        logits: ``(N, C)`` finite floating-point logits, ``N >= 1`` voxels and ``C >= 2`` classes (a
+            ``(B, C, *spatial)`` map must be flattened first: ``logits.movedim(1, -1).reshape(-1, C)``).
+        labels: ``(N,)`` integer class indices in ``[0, C)``.
+        weights: ``None`` (every voxel weighs 1), or ``(N,)``: one finite, non-negative weight per voxel, not all
+            zero (a single weight is not broadcast).
+
+    Returns:
+        A 0-d tensor of the logits' dtype (differentiable in ``logits``).
+
+    Raises:
+        ValueError: naming the shapes or values, for logits that are not ``(N, C)`` floating point and finite
+            (also ``N = 0``), labels that are not ``(N,)`` integers in ``[0, C)``, or weights that are not ``(N,)``,
+            are negative or non-finite, or sum to 0 (the mean would be 0 / 0).
+    """
+    check_voxels(logits, labels, weights)
+    nll = F.cross_entropy(logits, labels.long(), reduction="none")
     if weights is None:
         return nll.mean()
     w = weights.to(nll.dtype)
@@ -57,10 +77,16 @@ class Calibrator(torch.nn.Module):
             CALIBRATORS[cls.name] = cls
 
     def __init__(self, num_classes: int) -> None:
+        """
+        Args:
+            num_classes: number of classes ``C`` of the logits it calibrates, an integer >= 2 (a float such as
+                ``3.0`` and a string are refused).
+
+        Raises:
+            ValueError: naming the value, for a ``num_classes`` that is not an integer >= 2.
+        """
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
-        self.num_classes = int(num_classes)
+        self.num_classes = integer_arg(num_classes, "num_classes", 2, type(self).__name__)
         self.fitted = False
         self.fitted_on: dict[str, str] = {}  # what it was fitted to (see ``save``), e.g. the checkpoint's SHA-256
 
@@ -75,6 +101,8 @@ class Calibrator(torch.nn.Module):
             raise ValueError(
                 f"{type(self).__name__} was fitted for {self.num_classes} classes, got logits of shape {tuple(getattr(logits, 'shape', ()))}."
             )
+        if logits.numel() == 0:  # an empty batch or spatial size: nothing to calibrate, an empty map would be written
+            raise ValueError(f"{type(self).__name__}: the logits hold no voxel (an empty batch or spatial size), shape {tuple(logits.shape)}.")
         if not bool(torch.isfinite(logits).all()):  # NaN probabilities would be written as a calibrated map
             bad = int((~torch.isfinite(logits)).sum())
             raise ValueError(f"{type(self).__name__}: the logits hold {bad} non-finite value(s) (NaN or Inf): a diverged network or a corrupt scan.")
@@ -120,7 +148,15 @@ class Calibrator(torch.nn.Module):
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated probabilities of the same shape as ``logits (B, C, *spatial)`` (integer logits are taken as
-        ``float32`` values)."""
+        ``float32`` values).
+
+        Args:
+            logits: ``(B, C, *spatial)`` finite logits with at least one voxel.
+            image: unused by the voxel calibrators (taken so that every calibrator is called alike).
+
+        Raises:
+            ValueError: for logits of another number of classes, with no voxel, or with NaN/Inf values.
+        """
         logits = self._float_logits(logits)
         flat = logits.movedim(1, -1).reshape(-1, self.num_classes)
         probs = self.calibrate_flat(flat)
@@ -154,7 +190,22 @@ class Calibrator(torch.nn.Module):
 
 
 def load_calibrator(path: str | os.PathLike, num_classes: int | None = None, map_location: Any = "cpu") -> Calibrator:
-    """Load a saved calibrator, checking its number of classes against ``num_classes`` when given."""
+    """Load a saved calibrator, checking its number of classes against ``num_classes`` when given.
+
+    Args:
+        path: the file written by :meth:`Calibrator.save` (``<run>/models/calibrator_<name>.pt``).
+        num_classes: the network's number of classes; ``None`` skips the check.
+        map_location: passed to ``torch.load`` (where the tensors are loaded; the CPU by default).
+
+    Returns:
+        The calibrator, of the class registered under the file's ``kind``, marked fitted, with its ``fitted_on``
+        record (empty for files saved without one).
+
+    Raises:
+        FileNotFoundError: when there is no file at ``path``.
+        ValueError: for a file that cannot be loaded safely (``weights_only``: only tensors and plain values), is no
+            calibmonai calibrator, or was fitted for another number of classes than ``num_classes``.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no calibrator file at {path}: run the 'calibrate' workflow first.")

@@ -33,14 +33,20 @@ class IsotonicCalibration(Calibrator):
 
     Zadrozny, B., Elkan, C. "Transforming Classifier Scores into Accurate Multiclass Probability Estimates."
     KDD 2002.
+
+    Args:
+        num_classes: number of classes ``C`` (one isotonic map each), an integer >= 2.
+
+    Raises:
+        ValueError: naming the value, for a ``num_classes`` that is not an integer >= 2.
     """
 
     name = "isotonic"
 
     def __init__(self, num_classes: int) -> None:
         super().__init__(num_classes)
-        self.xp: list[torch.Tensor] = [torch.tensor([0.0, 1.0]) for _ in range(num_classes)]
-        self.fp: list[torch.Tensor] = [torch.tensor([0.0, 1.0]) for _ in range(num_classes)]
+        self.xp: list[torch.Tensor] = [torch.tensor([0.0, 1.0]) for _ in range(self.num_classes)]
+        self.fp: list[torch.Tensor] = [torch.tensor([0.0, 1.0]) for _ in range(self.num_classes)]
 
     def extra_state(self) -> dict[str, Any]:
         return {"xp": [t.tolist() for t in self.xp], "fp": [t.tolist() for t in self.fp]}

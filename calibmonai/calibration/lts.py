@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibmonai.calibration.base import Calibrator
-from calibmonai.losses.utils import non_integral
+from calibmonai.calibration.checks import integer_arg
+from calibmonai.losses.utils import finite_float, non_integral
 from calibmonai.progress import progress
 
 __all__ = ["LocalTemperatureScaling"]
@@ -43,11 +44,14 @@ class LocalTemperatureScaling(Calibrator):
     https://arxiv.org/abs/2008.05105
 
     Args:
-        num_classes: number of classes.
+        num_classes: number of classes, an integer >= 2.
         spatial_dims: 2 or 3. A 2D model applied to a 3D volume runs slice by slice along the last axis.
-        image_channels: channels of the image input.
-        features: channels of the hidden layers.
-        eps: lower bound added to the temperature.
+        image_channels: channels of the image input, an integer >= 1.
+        features: channels of the hidden layers, an integer >= 1.
+        eps: lower bound added to the temperature, a finite number > 0 (``T >= eps``: no division by 0).
+
+    Raises:
+        ValueError: naming the argument and the value, for any of them outside the above.
     """
 
     name = "lts"
@@ -57,7 +61,13 @@ class LocalTemperatureScaling(Calibrator):
         super().__init__(num_classes)
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-        self.spatial_dims, self.image_channels, self.features, self.eps = spatial_dims, image_channels, features, float(eps)
+        image_channels = integer_arg(image_channels, "image_channels", 1, "LocalTemperatureScaling")
+        features = integer_arg(features, "features", 1, "LocalTemperatureScaling")
+        eps = finite_float(eps, "eps", "LocalTemperatureScaling")
+        if eps <= 0:
+            raise ValueError(f"LocalTemperatureScaling: eps must be > 0 (the lowest temperature), got {eps!r}.")
+        num_classes = self.num_classes
+        self.spatial_dims, self.image_channels, self.features, self.eps = spatial_dims, image_channels, features, eps
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.logit_branch = _branch(conv, num_classes, features)
         self.image_branch = _branch(conv, image_channels, features)
@@ -66,12 +76,35 @@ class LocalTemperatureScaling(Calibrator):
     def config(self) -> dict[str, Any]:
         return {"spatial_dims": self.spatial_dims, "image_channels": self.image_channels, "features": self.features, "eps": self.eps}
 
-    def temperature_map(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, *spatial)`` temperatures for ``logits (B, C, *spatial)`` and ``image (B, Ci, *spatial)``."""
+    def _check_image(self, logits: torch.Tensor, image: torch.Tensor | None) -> None:
+        """``ValueError`` unless ``image`` is a finite ``(B, Ci, *spatial)`` tensor for ``logits (B, C, *spatial)``.
+
+        Args:
+            logits: the logits the image goes with.
+            image: the image, ``image_channels`` channels on the logits' batch and spatial sizes.
+        """
         if image is None:
             raise ValueError("local temperature scaling needs the image as well as the logits.")
-        if image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:] or image.shape[1] != self.image_channels:
+        if not isinstance(image, torch.Tensor):
+            raise ValueError(f"LocalTemperatureScaling: image must be a torch.Tensor, got {type(image).__name__}.")
+        if image.ndim != logits.ndim or image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:] or image.shape[1] != self.image_channels:
             raise ValueError(f"image shape {tuple(image.shape)} does not match logits {tuple(logits.shape)} ({self.image_channels} image channel(s)).")
+        if image.is_floating_point() and not bool(torch.isfinite(image.detach().sum(dtype=torch.float64))):
+            bad = int((~torch.isfinite(image)).sum())
+            if bad:  # NaN temperatures would give NaN probabilities, and a fit on them a NaN NLL
+                raise ValueError(f"LocalTemperatureScaling: the image {tuple(image.shape)} holds {bad} non-finite value(s) (NaN or Inf): a corrupt scan?")
+
+    def temperature_map(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, *spatial)`` temperatures for ``logits (B, C, *spatial)`` and ``image (B, Ci, *spatial)``.
+
+        Args:
+            logits: ``(B, C, *spatial)`` floating-point logits with the model's ``spatial_dims``.
+            image: ``(B, Ci, *spatial)`` finite image of the logits' batch and spatial sizes.
+
+        Raises:
+            ValueError: for a missing image, one of another shape, or one holding NaN/Inf.
+        """
+        self._check_image(logits, image)
         image = image.to(logits.dtype)
         t_z = self.logit_branch(logits)
         t_x = self.image_branch(image)
@@ -83,19 +116,30 @@ class LocalTemperatureScaling(Calibrator):
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated probabilities of the shape of ``logits (B, C, *spatial)`` (integer logits are taken as
-        ``float32`` values, as by the other calibrators), given ``image (B, Ci, *spatial)``."""
+        ``float32`` values, as by the other calibrators), given ``image (B, Ci, *spatial)``.
+
+        Args:
+            logits: ``(B, C, *spatial)`` finite logits with at least one voxel; ``spatial_dims`` spatial dimensions,
+                or 3 for a 2D model (run slice by slice along the last axis).
+            image: ``(B, Ci, *spatial)`` finite image of the logits' batch and spatial sizes.
+
+        Raises:
+            ValueError: naming the shapes or counts, for logits of another number of classes or dimensionality, with
+                no voxel or with NaN/Inf, or an image that is missing, of another shape or holds NaN/Inf (all checked
+                before any computation).
+        """
         logits = self._float_logits(logits)
-        if image is None:
-            raise ValueError("local temperature scaling needs the image as well as the logits.")
+        if logits.ndim != self.spatial_dims + 2 and not (self.spatial_dims == 2 and logits.ndim == 5):
+            raise ValueError(f"a {self.spatial_dims}D LTS model cannot take logits of shape {tuple(logits.shape)}.")
+        self._check_image(logits, image)
         if logits.ndim == self.spatial_dims + 2:
             return self._forward_native(logits, image)
-        if self.spatial_dims == 2 and logits.ndim == 5:  # 2D model over a volume: slices along the last axis
-            b, c, h, w, d = logits.shape
-            z = logits.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
-            x = image.permute(0, 4, 1, 2, 3).reshape(b * d, image.shape[1], h, w)
-            out = torch.cat([self._forward_native(z[i : i + 32], x[i : i + 32]) for i in range(0, b * d, 32)])
-            return out.reshape(b, d, c, h, w).permute(0, 2, 3, 4, 1)
-        raise ValueError(f"a {self.spatial_dims}D LTS model cannot take logits of shape {tuple(logits.shape)}.")
+        # a 2D model over a volume: slices along the last axis
+        b, c, h, w, d = logits.shape
+        z = logits.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
+        x = image.permute(0, 4, 1, 2, 3).reshape(b * d, image.shape[1], h, w)
+        out = torch.cat([self._forward_native(z[i : i + 32], x[i : i + 32]) for i in range(0, b * d, 32)])
+        return out.reshape(b, d, c, h, w).permute(0, 2, 3, 4, 1)
 
     def _check_item(self, k: int, item: Any) -> None:
         """``ValueError`` naming item ``k`` when it is not ``(logits (C, *spatial), image (Ci, *spatial), label
@@ -108,6 +152,8 @@ class LocalTemperatureScaling(Calibrator):
             raise ValueError(f"LTS item {k}: expected {want}; got {tuple(z.shape)}, {tuple(x.shape)}, {tuple(y.shape)} (a channel-first label (1, *spatial) needs label[0]).")
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"LTS item {k}: the logits hold non-finite values (NaN or Inf).")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"LTS item {k}: the image holds {int((~torch.isfinite(x)).sum())} non-finite value(s) (NaN or Inf): a corrupt scan?")
         if y.is_floating_point() and y.numel():
             frac = non_integral(y)
             if bool(frac.any()):
@@ -185,7 +231,8 @@ class LocalTemperatureScaling(Calibrator):
             items: the validation items; labels may be float tensors holding whole numbers.
             epochs: passes over the training items.
             lr: Adam learning rate.
-            holdout: fraction of the items held out to select the epoch.
+            holdout: fraction of the items held out to select the epoch, a number in ``[0, 1)`` that leaves at
+                least one training item; ``0`` holds out a single item (at least one is always held out).
             batch_size: most items per mini-batch.
             seed: seed of the split, the shuffling and the initialisation of the optimiser's randomness.
             progress_every: report the epoch, the training NLL (mean over the epoch's training voxels) and the
@@ -193,8 +240,9 @@ class LocalTemperatureScaling(Calibrator):
                 (logger ``calibmonai.calibration``); ``None``: about ten reports per fit.
 
         Raises:
-            ValueError: for fewer than 2 items, malformed items (naming the item and the shapes), ``epochs < 0``,
-                ``batch_size < 1`` or ``progress_every < 1``.
+            ValueError: for fewer than 2 items, malformed items (naming the item and the shapes) or items with NaN/Inf
+                logits or image, ``epochs < 0``, ``batch_size < 1``, ``progress_every < 1``, or a ``holdout`` outside
+                ``[0, 1)`` or that holds out every item.
         """
         if len(items) < 2:
             raise ValueError(f"LTS needs at least 2 validation images (one held out), got {len(items)}.")
@@ -202,13 +250,21 @@ class LocalTemperatureScaling(Calibrator):
             raise ValueError(f"LTS fit needs epochs >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}.")
         if progress_every is not None and int(progress_every) < 1:
             raise ValueError(f"progress_every must be >= 1 (or None for about ten reports), got {progress_every}.")
+        holdout = finite_float(holdout, "holdout", "LocalTemperatureScaling.fit")
+        if not 0 <= holdout < 1:
+            raise ValueError(f"LocalTemperatureScaling.fit: holdout must be a fraction in [0, 1), got {holdout!r}.")
+        n_hold = max(1, int(round(holdout * len(items))))
+        if n_hold >= len(items):
+            raise ValueError(
+                f"LocalTemperatureScaling.fit: holdout={holdout!r} holds out {n_hold} of the {len(items)} items (round(holdout * {len(items)})), "
+                "leaving none to train on: lower it."
+            )
         for k, item in enumerate(items):
             self._check_item(k, item)
         every = int(progress_every) if progress_every is not None else max(1, int(epochs) // 10)
         rng = random.Random(seed)
         order = list(range(len(items)))
         rng.shuffle(order)
-        n_hold = max(1, int(round(holdout * len(items))))
         hold, train = order[:n_hold], order[n_hold:]
         sizes = sorted({tuple(torch.as_tensor(it[0]).shape[1:]) for it in items})
 

@@ -20,14 +20,20 @@ class PlattScaling(Calibrator):
 
     Platt, J. "Probabilistic Outputs for Support Vector Machines and Comparisons to Regularized Likelihood
     Methods." Advances in Large Margin Classifiers, 1999; Guo et al., ICML 2017.
+
+    Args:
+        num_classes: number of classes ``C`` (one ``a_c, b_c`` pair each), an integer >= 2.
+
+    Raises:
+        ValueError: naming the value, for a ``num_classes`` that is not an integer >= 2.
     """
 
     name = "platt"
 
     def __init__(self, num_classes: int) -> None:
         super().__init__(num_classes)
-        self.a = torch.nn.Parameter(torch.ones(num_classes))
-        self.b = torch.nn.Parameter(torch.zeros(num_classes))
+        self.a = torch.nn.Parameter(torch.ones(self.num_classes))
+        self.b = torch.nn.Parameter(torch.zeros(self.num_classes))
 
     def calibrate_flat(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits * self.a.to(logits.dtype) + self.b.to(logits.dtype), dim=-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from calibmonai.calibration.checks import check_voxels, integer_arg
 from calibmonai.losses.utils import non_integral
 
 __all__ = ["StratifiedVoxelSampler", "VoxelSample"]
@@ -31,16 +32,8 @@ class VoxelSample:
                 fits NaN, all-zero weights make every weighted NLL 0 / 0).
         """
         logits, labels, weights = torch.as_tensor(logits), torch.as_tensor(labels), torch.as_tensor(weights)
-        if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 2:
-            raise ValueError(f"logits must be (N, C) with N >= 1 voxels and C >= 2 classes, got {tuple(logits.shape)}.")
-        n, c = logits.shape
-        if tuple(labels.shape) != (n,) or tuple(weights.shape) != (n,):
-            raise ValueError(f"labels and weights must be ({n},) like the logits {tuple(logits.shape)}, got {tuple(labels.shape)} and {tuple(weights.shape)}.")
-        if not logits.is_floating_point():
+        if not logits.is_floating_point() and not logits.is_complex():
             logits = logits.float()
-        bad = int((~torch.isfinite(logits)).sum())
-        if bad:
-            raise ValueError(f"{bad} non-finite logit value(s) (NaN or Inf) in the sample: a diverged network or a corrupt scan?")
         if labels.is_floating_point():
             frac = non_integral(labels)
             if bool(frac.any()):
@@ -48,18 +41,11 @@ class VoxelSample:
                     f"labels must be class indices (whole numbers), got {int(frac.sum())} non-integral value(s) of dtype {labels.dtype} "
                     f"such as {float(labels[frac][0]):g}."
                 )
-        labels = labels.long()
-        if int(labels.min()) < 0 or int(labels.max()) >= c:
-            raise ValueError(f"labels must lie in [0, {c - 1}], got [{int(labels.min())}, {int(labels.max())}].")
-        if not weights.is_floating_point():
+        if not labels.is_complex():
+            labels = labels.long()
+        if not weights.is_floating_point() and not weights.is_complex():
             weights = weights.double()
-        finite = torch.isfinite(weights)
-        if not bool(finite.all()):
-            raise ValueError(f"weights must be finite, got {int((~finite).sum())} non-finite value(s) (NaN or Inf) among {n}.")
-        if bool((weights < 0).any()):
-            raise ValueError(f"weights must be non-negative, got {int((weights < 0).sum())} negative value(s) among {n} (minimum {float(weights.min()):g}).")
-        if float(weights.double().sum()) <= 0:
-            raise ValueError(f"no voxel has weight: the {n} weights sum to 0, so every weighted NLL would be 0 / 0 (NaN).")
+        check_voxels(logits, labels, weights)
         self.logits, self.labels, self.weights = logits, labels, weights
 
     def __len__(self) -> int:
@@ -73,14 +59,19 @@ class StratifiedVoxelSampler:
     the voxels with the smallest random keys among those seen (a reservoir by random priorities).
 
     Args:
-        num_classes: number of classes ``C``.
-        sample_size: total number of voxels kept (split evenly between classes).
+        num_classes: number of classes ``C``, an integer >= 2.
+        sample_size: total number of voxels kept (split evenly between classes), an integer >= ``num_classes``.
+            Floats are refused, also whole ones such as ``2e5`` (write ``200000``): a count is never rounded silently.
         seed: seed of the random priorities.
+
+    Raises:
+        ValueError: naming the argument, for a ``num_classes`` or ``sample_size`` that is not an integer (``bool``,
+            float or string) or is below its minimum.
     """
 
     def __init__(self, num_classes: int, sample_size: int = 200_000, seed: int = 0) -> None:
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        num_classes = integer_arg(num_classes, "num_classes", 2, "StratifiedVoxelSampler")
+        sample_size = integer_arg(sample_size, "sample_size", 1, "StratifiedVoxelSampler")
         if sample_size < num_classes:
             raise ValueError(f"sample_size must be >= num_classes ({num_classes}), got {sample_size}.")
         self.num_classes = num_classes
@@ -93,29 +84,43 @@ class StratifiedVoxelSampler:
     def add(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Add a batch: ``logits (B, C, *spatial)``, ``labels (B, 1, *spatial)`` or ``(B, *spatial)``, optional mask.
 
+        Args:
+            logits: ``(B, C, *spatial)`` logits of the batch.
+            labels: ``(B, 1, *spatial)`` or ``(B, *spatial)`` class indices in ``[0, C)``: an integer, ``bool`` or
+                floating-point tensor holding whole numbers (complex ones are refused).
+            mask: ``None`` (every voxel), or ``(B, 1, *spatial)`` or ``(B, *spatial)``: the voxels to sample from.
+
         Raises:
-            ValueError: naming the shapes, for logits that are not ``(B, C, *spatial)``, labels or a mask with another
-                number of voxels than the logits, non-integral labels or labels outside ``[0, C)``, or non-finite
-                logits among the voxels kept.
+            ValueError: naming the shapes, for logits that are not ``(B, C, *spatial)``, labels or a mask of another
+                shape than the logits' without the class axis, complex or non-integral labels or labels outside
+                ``[0, C)``, or non-finite logits among the voxels kept.
         """
         if logits.ndim < 3 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be (B, {self.num_classes}, *spatial), got {tuple(logits.shape)}.")
+        b, spatial = logits.shape[0], tuple(logits.shape[2:])
+        shapes = ((b, 1) + spatial, (b,) + spatial)  # the voxel maps' shapes: the logits' without the class axis
+        labels = torch.as_tensor(labels)
+        if tuple(labels.shape) not in shapes:
+            raise ValueError(f"labels shape {tuple(labels.shape)} does not match logits shape {tuple(logits.shape)}: it must be {shapes[0]} or {shapes[1]}.")
+        if labels.is_complex():
+            raise ValueError(f"labels must be real class indices, got dtype {labels.dtype}.")
         flat = logits.detach().float().movedim(1, -1).reshape(-1, self.num_classes).cpu()
-        raw = torch.as_tensor(labels).detach().reshape(-1).cpu()
-        if raw.is_floating_point() and raw.numel() and not bool((raw == raw.round()).all()):
-            raise ValueError(f"labels must be class indices; got non-integer values such as {float(raw[raw != raw.round()][0]):g}.")
+        raw = labels.detach().reshape(-1).cpu()
+        if raw.is_floating_point() and raw.numel():
+            frac = non_integral(raw)
+            if bool(frac.any()):
+                raise ValueError(f"labels must be class indices; got non-integer values such as {float(raw[frac][0]):g}.")
         lab = raw.long()
-        if lab.numel() != flat.shape[0]:
-            raise ValueError(f"labels shape {tuple(labels.shape)} does not match logits shape {tuple(logits.shape)}.")
         if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got [{int(lab.min())}, {int(lab.max())}].")
         if mask is not None:
-            keep = torch.as_tensor(mask).detach().reshape(-1).bool().cpu()
-            if keep.numel() != flat.shape[0]:
+            mask = torch.as_tensor(mask)
+            if tuple(mask.shape) not in shapes:
                 raise ValueError(
-                    f"mask shape {tuple(torch.as_tensor(mask).shape)} does not match logits shape {tuple(logits.shape)}: "
-                    f"it must be (B, 1, *spatial) or (B, *spatial) with {flat.shape[0]} voxels, got {keep.numel()}."
+                    f"mask shape {tuple(mask.shape)} does not match logits shape {tuple(logits.shape)}: "
+                    f"it must be {shapes[0]} or {shapes[1]} ({flat.shape[0]} voxels), got {mask.numel()} voxels."
                 )
+            keep = mask.detach().reshape(-1).bool().cpu()
             flat, lab = flat[keep], lab[keep]
         bad = int((~torch.isfinite(flat)).sum())
         if bad:

@@ -10,6 +10,7 @@ import torch
 
 from calibmonai.calibration.base import Calibrator, fit_lbfgs, weighted_nll
 from calibmonai.calibration.sampling import VoxelSample
+from calibmonai.losses.utils import finite_float
 
 __all__ = ["TemperatureScaling"]
 
@@ -23,17 +24,25 @@ class TemperatureScaling(Calibrator):
     https://arxiv.org/abs/1706.04599
 
     Args:
-        num_classes: number of classes.
-        bounds: search interval of ``T``; a fit that ends on a bound is reported with a warning.
+        num_classes: number of classes, an integer >= 2.
+        bounds: search interval ``(low, high)`` of ``T``: exactly two finite numbers with ``0 < low < high``; a fit
+            that ends on a bound is reported with a warning.
+
+    Raises:
+        ValueError: naming the value, for a ``num_classes`` that is not an integer >= 2 or ``bounds`` that are not
+            two finite numbers ``0 < low < high``.
     """
 
     name = "ts"
 
     def __init__(self, num_classes: int, bounds: tuple[float, float] = (0.05, 20.0)) -> None:
         super().__init__(num_classes)
-        if not 0 < bounds[0] < bounds[1]:
+        if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__") or len(bounds) != 2:
+            raise ValueError(f"TemperatureScaling: bounds must be two numbers (low, high) with 0 < low < high, got {bounds!r}.")
+        low, high = (finite_float(b, f"bounds[{k}]", "TemperatureScaling") for k, b in enumerate(bounds))
+        if not 0 < low < high:
             raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}.")
-        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.bounds = (low, high)
         self.log_t = torch.nn.Parameter(torch.zeros(()))
 
     def config(self) -> dict[str, Any]:
@@ -60,7 +69,7 @@ class TemperatureScaling(Calibrator):
         try:
             value = fit_lbfgs([log_t], loss)
             ok = math.isfinite(value) and math.isfinite(float(log_t.detach()))
-        except RuntimeError:
+        except (RuntimeError, ValueError):  # a diverged step (NaN temperature, refused by weighted_nll): grid search
             ok = False
         best = float(log_t.detach().clamp(lo, hi)) if ok else 0.0
         if not ok:

@@ -27,7 +27,24 @@ def run_calibrator(name: str | None, output_dir: str, num_classes: int, checkpoi
 
     A calibrator fitted on other weights than the run's checkpoint (``checkpoint``, by default ``model.pt`` beside
     the calibrator: the run was trained again after calibrating) is refused: its temperature or mapping belongs to
-    the old network. Calibrators saved without that record (older versions) are not checked."""
+    the old network. Calibrators saved without that record (older versions) are not checked.
+
+    Args:
+        name: the calibrator's name (``ts``, ``lts``, ``platt``, ``isotonic``: a key of :data:`CALIBRATORS`);
+            ``None``, ``""``, ``"none"`` or ``"None"``: no calibration.
+        output_dir: the run folder; the calibrator is read from :func:`calibrator_path` ``(output_dir, name)``.
+        num_classes: the network's number of classes, checked against the calibrator's.
+        checkpoint: the weights the run's network uses; ``None``: ``model.pt`` beside the calibrator. When the file
+            exists and the calibrator records the SHA-256 of the weights it was fitted on, both must agree.
+
+    Returns:
+        The loaded calibrator in eval mode, or ``None`` for no calibration.
+
+    Raises:
+        FileNotFoundError: when the run has no fitted calibrator ``name`` (run the ``calibrate`` workflow).
+        ValueError: for an unknown ``name``, a file that is no calibrator or was fitted for another number of
+            classes (:func:`load_calibrator`), or a calibrator fitted on other weights than ``checkpoint``.
+    """
     if name in (None, "", "none", "None"):
         return None
     if name not in CALIBRATORS:
@@ -68,6 +85,37 @@ def calibrate_run(
 
     Voxel calibrators see a fixed-size, class-stratified, seeded voxel sample (``sample_size``); LTS sees a
     fixed-size seeded random sample of ``lts_max_slices`` axial slices (2D) — memory does not grow with the split.
+
+    Args:
+        name: the calibrator to fit, a key of :data:`CALIBRATORS` (``ts``, ``lts``, ``platt``, ``isotonic``).
+        network: the segmentation network (architecture); its weights are loaded from ``checkpoint`` onto ``device``.
+        checkpoint: path of the trained weights; its file name and SHA-256 are saved with the calibrator
+            (``fitted_on``) so that :func:`run_calibrator` can refuse it for other weights.
+        datalist: the validation items, each a dict (of file paths) that ``preprocessing`` reads.
+        preprocessing: item -> dict with the channel-first ``"image"`` ``(Ci, *spatial)`` and ``"label"``
+            ``(1, *spatial)`` (class indices).
+        inferer: ``inferer(inputs, network)`` -> logits ``(1, C, *spatial)``, e.g. a MONAI sliding-window inferer
+            (see :func:`calibmonai.prediction.predict_logits`).
+        num_classes: number of classes ``C`` of the network, an integer >= 2.
+        output_dir: the run folder; the calibrator is written to :func:`calibrator_path` ``(output_dir, name)``
+            and its summary to the ``.json`` beside it.
+        device: where the network runs (the logits are gathered on the CPU).
+        sample_size: voxel calibrators: total number of voxels kept by the class-stratified sampler
+            (:class:`StratifiedVoxelSampler`), an integer >= ``num_classes``; unused by LTS.
+        seed: seed of the voxel sampler, of the random choice of LTS slices and of the LTS fit.
+        lts_max_slices: LTS: most items kept for fitting (a seeded random choice): for a 2D model on 3D volumes,
+            the slices along the last axis that hold foreground; otherwise the whole validation images.
+        lts_epochs: LTS: training epochs (``LocalTemperatureScaling.fit``'s ``epochs``).
+        calibrator_kwargs: further arguments of the calibrator's constructor, e.g. ``{"bounds": (0.1, 10.0)}``
+            for ``ts`` or ``{"spatial_dims": 3}`` for ``lts``; ``None``: none.
+
+    Returns:
+        The summary written to the ``.json``: the calibrator's name, its fit report and parameters, the path of the
+        saved file and ``fitted_on``.
+
+    Raises:
+        ValueError: for no or an unknown ``name``, a validation split without foreground voxel, or invalid
+            arguments or data refused by the sampler or the calibrator (naming them).
     """
     from calibmonai.prediction import load_checkpoint, predict_logits
 
