@@ -13,6 +13,8 @@ from calibmonai.metrics import (
     ExpectedCalibrationErrorMetric,
     SegmentationMetrics,
     StratifiedBrierScoreMetric,
+    calibration_errors,
+    compute_calibration_histograms,
     plot_reliability_diagram,
 )
 
@@ -257,10 +259,39 @@ def test_chunking_does_not_change_values():
     from calibmonai.metrics import calibration_errors, compute_calibration_histograms
 
     p, y, mask = _data((2, 4, 12, 10), seed=5)
-    a = calibration_errors(compute_calibration_histograms(p, y, mask=mask, chunk_voxels=7))
-    b = calibration_errors(compute_calibration_histograms(p, y, mask=mask, chunk_voxels=10_000))
+    # the torch backend is the chunked one (the numba kernel, "auto" on CPU, takes no chunks)
+    a = calibration_errors(compute_calibration_histograms(p, y, mask=mask, chunk_voxels=7, backend="torch"))
+    b = calibration_errors(compute_calibration_histograms(p, y, mask=mask, chunk_voxels=10_000, backend="torch"))
+    c = calibration_errors(compute_calibration_histograms(p, y, mask=mask, backend="numba"))
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+        torch.testing.assert_close(a[k], c[k])
+    # against the numpy reference, every chunk boundary inside a case
+    for i in range(2):
+        want = _ref_case(p[i], y[i], mask[i], "label", 15)
+        for k in ("ece", "cece", "brier", "brier_plus", "nll"):
+            assert float(a[k][i]) == pytest.approx(want[k], abs=1e-6), k
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_a_background_index_other_than_0_hand_computed(backend):
+    # one voxel, p = (0.7, 0.2, 0.1), label 0: with background 2 it is a foreground voxel,
+    # Brier+ = 0.3^2 + 0.2^2 + 0.1^2 = 0.14; with background 0 it is not (no foreground voxel: NaN)
+    p = torch.tensor([0.7, 0.2, 0.1]).view(1, 3, 1)
+    y = torch.zeros(1, 1, 1, dtype=torch.long)
+    e2 = calibration_errors(compute_calibration_histograms(p, y, num_bins=10, foreground="none", background_index=2, backend=backend), background_index=2)
+    assert float(e2["brier_plus"][0]) == pytest.approx(0.14)
+    e0 = calibration_errors(compute_calibration_histograms(p, y, num_bins=10, foreground="none", backend=backend))
+    assert math.isnan(float(e0["brier_plus"][0]))
+    # class-wise ECE without the background class 2: classes 0 and 1, |0.7 - 1| and |0.2 - 0|
+    e = calibration_errors(compute_calibration_histograms(p, y, num_bins=10, foreground="none", background_index=2, backend=backend), include_background=False, background_index=2)
+    assert float(e["cece"][0]) == pytest.approx((0.3 + 0.2) / 2)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_probabilities_summing_to_less_than_one_are_refused(backend):
+    with pytest.raises(ValueError, match="sum to 1"):
+        compute_calibration_histograms(torch.full((1, 2, 4), 0.4), torch.zeros(1, 1, 4, dtype=torch.long), backend=backend)
 
 
 def test_reliability_png(tmp_path):
