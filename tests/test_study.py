@@ -699,3 +699,19 @@ def test_a_train_task_stopped_mid_training_continues_from_its_resume_state(tmp_p
     write_checkpoint = True
     T._train(train, tmp_path / "s")
     assert {"resume": True} not in seen[-1] and not (run_dir / "study" / "resume.yaml").exists()
+
+
+def test_wilcoxon_drops_zero_differences_before_ranking():
+    # differences 0, 1, -2, 3, 4, 5. zero_method "wilcox": the zero is dropped, |1, -2, 3, 4, 5| get ranks 1..5,
+    # W- = 2 (the rank of -2), W+ = 13: statistic min = 2. Exact two-sided p for n = 5: the sign patterns with
+    # W <= 2 are {}, {1}, {2} (W = 0, 1, 2), 3 of 32, so p = 2 * 3 / 32 = 0.1875.
+    # ("pratt" would rank the zero too: ranks 2..6 for the others, W- = 3, statistic 3.)
+    r = paired_wilcoxon([0, 1, -2, 3, 4, 5], [0] * 6)
+    assert r["statistic"] == 2 and r["p_value"] == pytest.approx(0.1875)
+    assert r["n"] == 6 and r["mean_diff"] == pytest.approx(11 / 6) and r["median_diff"] == 2  # median (1 + 3) / 2
+
+
+def test_wilcoxon_median_diff_is_the_median_not_the_mean():
+    # differences 1, 1, 1, 1, 6: mean (4 + 6) / 5 = 2, median 1; all positive, so W- = 0
+    r = paired_wilcoxon([1, 1, 1, 1, 6], [0] * 5)
+    assert r["median_diff"] == 1 and r["mean_diff"] == 2 and r["statistic"] == 0
