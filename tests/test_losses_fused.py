@@ -254,3 +254,37 @@ def test_kernels_follow_torch_thread_count():
         np.testing.assert_array_equal(g1.numpy(), g2.numpy())  # per-voxel gradients do not depend on threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_hinge_exactly_at_the_margin_has_no_gradient_hand_computed():
+    # logits (0, 10, 20), label 2, margin 10, weight 1: distances to the top logit 20, 10, 0; the hinge is active
+    # for class 0 only (20 - 10 > 0), exactly at its edge for class 1 (10 - 10 = 0: ReLU's gradient there is 0).
+    # Gradient = (p - onehot) of the CE + (-1/3, 0, +1/3) of the hinge mean over 3 classes.
+    from calibmonai.losses import MarginLabelSmoothingLoss
+
+    z = torch.tensor([0.0, 10.0, 20.0]).view(1, 3, 1, 1)
+    y = torch.tensor([[[2]]])
+    p = torch.softmax(z.double(), 1).view(3)
+    want = (p - torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)) + torch.tensor([-1 / 3, 0.0, 1 / 3], dtype=torch.float64)
+    loss = MarginLabelSmoothingLoss(margin=10.0, alpha=1.0)
+    v, g = _value_and_grad(loss, z, y)  # the fused kernel (float32 on CPU)
+    assert v.item() == pytest.approx(float(-torch.log(p[2])) + 10.0 / 3, rel=1e-6)
+    np.testing.assert_allclose(g.view(3).double().numpy(), want.numpy(), atol=1e-6)
+    with fused_disabled():
+        _, g_torch = _value_and_grad(loss, z, y)
+    np.testing.assert_allclose(g_torch.view(3).double().numpy(), want.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dice", "ce_dice", "mbls_dice", "meep_dice_kl"])
+def test_dice_smoothing_with_a_class_absent_from_labels_and_prediction(name):
+    # class 2 is in no label and its probability is 0 (logit -200): MONAI's Dice of that class is
+    # 1 - (0 + 1e-5) / (0 + 1e-5) = 0, which only the exact smoothing constants (1e-5 both) give
+    z, y = _data((2, 3, 9, 8), seed=4)
+    y = y % 2
+    z[:, 2] = -200.0
+    loss = _loss(name, (2, 3, 9, 8))
+    v, g = _value_and_grad(loss, z, y)
+    with fused_disabled():
+        want_v, want_g = _value_and_grad(loss, z.double(), y)
+    np.testing.assert_allclose(v.item(), want_v.item(), rtol=2e-6)
+    np.testing.assert_allclose(g.numpy(), want_g.numpy(), atol=2e-6 * float(want_g.abs().max()))

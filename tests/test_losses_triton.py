@@ -194,6 +194,69 @@ def test_where_the_kernels_do_not_apply_the_torch_path_runs():
     assert triton_softmax_loss(x, y, FusedTerms(ce=1.0)) is None
 
 
+def _hinge_at_the_margin_case():
+    # logits (0, 10, 20), label 2, margin 10, weight 1: the hinge is active for class 0, exactly at its edge for
+    # class 1 (ReLU's gradient 0 there): gradient (p - onehot) + (-1/3, 0, +1/3)
+    x = torch.tensor([0.0, 10.0, 20.0]).view(1, 3, 1, 1)
+    y = torch.tensor([[[2]]])
+    p = torch.softmax(x.double(), 1).view(3)
+    want = (p - torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)) + torch.tensor([-1 / 3, 0.0, 1 / 3], dtype=torch.float64)
+    return x, y, want
+
+
+def _absent_class_case(device="cpu"):
+    # class 2 in no label, probability 0 (logit -200): its Dice is 1 - 1e-5 / 1e-5 = 0 with MONAI's smoothing
+    x, y = _data((2, 3, 9, 8), seed=4, device=device)
+    y = y % 2
+    x[:, 2] = -200.0
+    return x, y
+
+
+@needs_interp
+def test_hinge_exactly_at_the_margin_and_dice_of_an_absent_class():
+    from calibmonai.losses import MarginLabelSmoothingLoss
+
+    x, y, want = _hinge_at_the_margin_case()
+    with interpret_on_cpu():
+        _, g = _kernel_value_grad(MarginLabelSmoothingLoss(margin=10.0, alpha=1.0), x, y)
+    assert torch.allclose(g.view(3).double(), want, atol=1e-6), g.view(3)
+    x, y = _absent_class_case()
+    for name in ("dice", "ce_dice", "mbls_dice", "meep_dice_kl"):
+        loss = _loss(name, tuple(x.shape))
+        want_vg = _torch_value_grad(loss, x, y)
+        with interpret_on_cpu():
+            _assert_close(_kernel_value_grad(loss, x, y), want_vg)
+
+
+@needs_cuda
+def test_cuda_ties_hinge_edge_and_absent_class():
+    # the interpreter ignores tl.argmax's tie_break_left (numpy's nanargmax decides there): ties must be checked on
+    # the compiled kernels. Integer logits with many ties at the maximum, as the interpreter test above.
+    g = torch.Generator().manual_seed(1)
+    shape = (2, 4, 5, 6, 4)
+    x = (torch.randint(-1, 2, shape, generator=g).float() * 12.0).cuda()
+    y = torch.randint(0, 4, (2,) + shape[2:], generator=g).cuda()
+    for name in ("meep_ce_entropy", "meep_dice_kl", "mbls", "mbls_l2"):
+        loss = _loss(name, shape)
+        if name.startswith("meep"):
+            want = _torch_value_grad(loss, x, y)
+        else:  # the hinge's subgradient at a tie goes to the first argmax class, as the numba kernel's
+            xn = x.cpu().clone().requires_grad_(True)
+            v = loss(xn, y.cpu())
+            v.backward()
+            want = (v.detach().cuda(), xn.grad.cuda())
+        _assert_close(_kernel_value_grad(loss, x, y), want)
+    from calibmonai.losses import MarginLabelSmoothingLoss
+
+    x, y, want = _hinge_at_the_margin_case()
+    _, g = _kernel_value_grad(MarginLabelSmoothingLoss(margin=10.0, alpha=1.0), x.cuda(), y.cuda())
+    assert torch.allclose(g.view(3).double().cpu(), want, atol=1e-6), g.view(3)
+    x, y = _absent_class_case("cuda")
+    for name in ("dice", "ce_dice", "mbls_dice", "meep_dice_kl"):
+        loss = _loss(name, tuple(x.shape))
+        _assert_close(_kernel_value_grad(loss, x, y), _torch_value_grad(loss, x, y))
+
+
 @needs_cuda
 @pytest.mark.parametrize("name", list(METHODS))
 def test_cuda_registry_losses_equal_the_torch_path(name):

@@ -202,6 +202,54 @@ def test_triton_kernel_ties_and_bad_input_under_the_interpreter():
         _device(p * 1.1, y, None, "triton")
 
 
+def _one_hot_case():
+    """6 voxels of probability exactly 1 (one-hot), labels wrong at 3 of them, 10 bins: every voxel in the top bin
+    (1.0 is clamped into the last bin), ECE = |3 - 6| / 6 = 0.5, NLL = -log(1e-12) = 27.631 at the wrong voxels."""
+    y_pred = torch.tensor([0, 1, 2, 0, 1, 2])
+    p = torch.nn.functional.one_hot(y_pred, 3).T.float().reshape(1, 3, 6)
+    y = torch.tensor([[0, 1, 2, 1, 2, 0]])
+    return p, y
+
+
+def _check_one_hot_case(hist):
+    assert hist.top_count[0].tolist() == [0.0] * 9 + [6.0]
+    assert hist.top_correct[0].tolist() == [0.0] * 9 + [3.0]
+    e = calibration_errors(hist)
+    assert float(e["ece"][0]) == pytest.approx(0.5)
+    assert float(e["nll"][0]) == pytest.approx(3 * 27.631021115928547 / 6, rel=1e-6)
+
+
+def test_probability_one_lands_in_the_last_bin_and_nll_is_floored():
+    p, y = _one_hot_case()
+    _check_one_hot_case(_device(p, y, None, "torch", "none", num_bins=10))
+    _check_one_hot_case(compute_calibration_histograms(p, y, num_bins=10, foreground="none", backend="numba"))
+
+
+def test_probabilities_summing_to_less_than_one_are_refused_on_the_device_path():
+    with pytest.raises(ValueError, match="sum to 1"):
+        _device(torch.full((1, 2, 4), 0.4), torch.tensor([[0, 1, 1, 0]]), None, "torch")
+
+
+@needs_triton_cpu
+def test_triton_probability_one_nll_floor_and_sums_below_one():
+    p, y = _one_hot_case()
+    _check_one_hot_case(_device(p, y, None, "triton", "none", num_bins=10))
+    with pytest.raises(ValueError, match="sum to 1"):
+        _device(torch.full((1, 2, 4), 0.4), torch.tensor([[0, 1, 1, 0]]), None, "triton")
+
+
+@needs_cuda
+@pytest.mark.parametrize("impl", ["auto", "torch"])
+def test_cuda_ties_probability_one_and_sums_below_one(impl):
+    # the interpreter ignores tl.argmax's tie_break_left: the tie rule of the compiled kernel is checked here
+    p, y = _tie_case()
+    _check_tie_case(_device(p.cuda(), y.cuda(), None, impl, "none", num_bins=2))
+    p, y = _one_hot_case()
+    _check_one_hot_case(_device(p.cuda(), y.cuda(), None, impl, "none", num_bins=10))
+    with pytest.raises(ValueError, match="sum to 1"):
+        _device(torch.full((1, 2, 4), 0.4, device="cuda"), torch.tensor([[0, 1, 1, 0]], device="cuda"), None, impl)
+
+
 @needs_cuda
 @pytest.mark.parametrize("impl", ["auto", "torch"])
 def test_cuda_metrics_equal_the_cpu_kernel(impl):
