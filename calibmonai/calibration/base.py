@@ -10,8 +10,9 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from calibmonai.calibration.checks import check_voxels, integer_arg
+from calibmonai.calibration.checks import check_voxels
 from calibmonai.calibration.sampling import VoxelSample
+from calibmonai.losses.utils import integer_arg
 from calibmonai.run_files import atomic_file
 
 __all__ = ["Calibrator", "weighted_nll", "fit_lbfgs", "CALIBRATORS", "load_calibrator", "file_sha256"]

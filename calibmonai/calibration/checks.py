@@ -1,34 +1,11 @@
-"""Argument checks shared by the calibrators, the voxel sampler and the weighted NLL."""
+"""The check of a flat voxel sample, shared by the voxel sampler and the weighted NLL (the argument checks shared
+across the package, ``finite_float`` and ``integer_arg``, are in :mod:`calibmonai.losses.utils`)."""
 
 from __future__ import annotations
 
-import numbers
-from typing import Any
-
 import torch
 
-__all__ = ["integer_arg", "check_voxels"]
-
-
-def integer_arg(value: Any, name: str, minimum: int, owner: str = "") -> int:
-    """Return ``value`` as an ``int`` >= ``minimum``, or raise ``ValueError`` naming it.
-
-    Only integers are taken (Python and numpy ones, not ``bool``): a float such as ``2.5`` or ``2e5`` and a string
-    such as ``"3"`` are refused rather than truncated or parsed (as ``SegmentationMetrics`` takes ``num_classes``).
-
-    Args:
-        value: the argument as given.
-        name: its name, for the message (``"num_classes"``).
-        minimum: the smallest value allowed.
-        owner: the class or function it belongs to, for the message (``"TemperatureScaling"``); may be empty.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        hint = ""
-        if isinstance(value, float) and value.is_integer():
-            hint = f" (a float: write {int(value)})"
-        prefix = f"{owner}: " if owner else ""
-        raise ValueError(f"{prefix}{name} must be an integer >= {minimum}, got {value!r} of type {type(value).__name__}{hint}.")
-    return int(value)
+__all__ = ["check_voxels"]
 
 
 def check_voxels(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> None:

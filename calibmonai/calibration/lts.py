@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibmonai.calibration.base import Calibrator
-from calibmonai.calibration.checks import integer_arg
-from calibmonai.losses.utils import finite_float, non_integral
+from calibmonai.losses.utils import finite_float, integer_arg, non_integral
 from calibmonai.progress import progress
 
 __all__ = ["LocalTemperatureScaling"]

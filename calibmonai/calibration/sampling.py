@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from calibmonai.calibration.checks import check_voxels, integer_arg
-from calibmonai.losses.utils import non_integral
+from calibmonai.calibration.checks import check_voxels
+from calibmonai.losses.utils import integer_arg, non_integral
 
 __all__ = ["StratifiedVoxelSampler", "VoxelSample"]
 

@@ -18,7 +18,7 @@ from calibmonai.losses.confidence_penalty import ConfidencePenaltyLoss, LabelSmo
 from calibmonai.losses.mbls import MarginLabelSmoothingLoss
 from calibmonai.losses.meep import ErroneousEntropyLoss
 from calibmonai.losses.svls import SpatiallyVaryingLabelSmoothingLoss
-from calibmonai.losses.utils import finite_float
+from calibmonai.losses.utils import finite_float, integer_arg
 
 __all__ = ["METHODS", "Method", "get_loss", "loss_parameters"]
 
@@ -143,8 +143,7 @@ def get_loss(name: str, num_classes: int | None = None, spatial_dims: int | None
     if method.needs_geometry:
         if num_classes is None or spatial_dims is None:
             raise ValueError(f"method {name!r} needs num_classes and spatial_dims, got {num_classes}, {spatial_dims}.")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
-            raise ValueError(f"method {name!r}: num_classes must be an integer >= 2, got {num_classes!r}.")
+        num_classes = integer_arg(num_classes, "num_classes", 2, f"method {name!r}")
         if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, numbers.Integral) or spatial_dims not in (2, 3):
             raise ValueError(f"method {name!r}: spatial_dims must be the integer 2 or 3, got {spatial_dims!r}.")
         params = {"num_classes": num_classes, "spatial_dims": spatial_dims, **params}

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import numbers
 import itertools
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
-from calibmonai.losses.utils import check_reduction, finite_float, reduce_voxel_loss, to_class_indices
+from calibmonai.losses.utils import check_reduction, finite_float, integer_arg, reduce_voxel_loss, to_class_indices
 
 __all__ = ["SpatiallyVaryingLabelSmoothingLoss", "svls_kernel", "svls_soft_labels"]
 
@@ -63,8 +63,7 @@ def svls_soft_labels(labels: torch.Tensor, num_classes: int, kernel: torch.Tenso
             values in ``[0, num_classes)``, a ``num_classes`` that is not an integer >= 2, or a kernel of another
             shape or a non-floating dtype.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
-        raise ValueError(f"svls_soft_labels: num_classes must be an integer >= 2, got {num_classes!r}.")
+    num_classes = integer_arg(num_classes, "num_classes", 2, "svls_soft_labels")
     if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         what = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"svls_soft_labels: labels must be an integer tensor of class indices (B, *spatial), got {what}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ __all__ = [
     "to_class_indices",
     "onehot_to_indices",
     "finite_float",
+    "integer_arg",
     "non_integral",
     "reduce_voxel_loss",
     "check_reduction",
@@ -78,6 +80,27 @@ def finite_float(value: Any, name: str, owner: str) -> float:
     if not math.isfinite(converted):
         raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}.")
     return converted
+
+
+def integer_arg(value: Any, name: str, minimum: int, owner: str = "") -> int:
+    """Return ``value`` as an ``int`` >= ``minimum``, or raise ``ValueError`` naming it.
+
+    Only integers are taken (Python and numpy ones, not ``bool``): a float such as ``2.5`` or ``2e5`` and a string
+    such as ``"3"`` are refused rather than truncated or parsed (as ``SegmentationMetrics`` takes ``num_classes``).
+
+    Args:
+        value: the argument as given.
+        name: its name, for the message (``"num_classes"``).
+        minimum: the smallest value allowed.
+        owner: the class or function it belongs to, for the message (``"TemperatureScaling"``); may be empty.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        hint = ""
+        if isinstance(value, float) and value.is_integer():
+            hint = f" (a float: write {int(value)})"
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}{name} must be an integer >= {minimum}, got {value!r} of type {type(value).__name__}{hint}.")
+    return int(value)
 
 
 def non_integral(x: torch.Tensor) -> torch.Tensor:
