@@ -152,3 +152,27 @@ def test_registry_checks_focal_weight_and_nacl_geometry():
     with pytest.raises(ValueError, match="spatial_dims must be the integer 2 or 3, got 1"):
         get_loss("nacl", num_classes=3, spatial_dims=1)
     assert get_loss("nacl", num_classes=np.int64(3), spatial_dims=2) is not None
+
+
+def test_ecp_and_ls_terms_hand_computed():
+    from calibmonai.losses import ConfidencePenaltyLoss, LabelSmoothingLoss, fused_disabled, mean_class_entropy, uniform_cross_entropy
+
+    # 2 classes, p = (1/4, 3/4) (logits 0 and log 3); and a uniform 4-class voxel (p_k = 1/4)
+    z = torch.tensor([0.0, math.log(3.0)], dtype=torch.float64).view(1, 2, 1)
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / 2
+    u = -(math.log(0.25) + math.log(0.75)) / 2
+    assert mean_class_entropy(z).item() == pytest.approx(h)
+    assert uniform_cross_entropy(z).item() == pytest.approx(u)
+    flat = torch.zeros(1, 4, 1, 1)
+    assert mean_class_entropy(flat).item() == pytest.approx(math.log(4) / 4, rel=1e-6)
+    assert uniform_cross_entropy(flat).item() == pytest.approx(math.log(4), rel=1e-6)
+    # the losses are CE minus / mixed with these terms (label 1: CE = -log 3/4)
+    y = torch.tensor([[1]])
+    with fused_disabled():
+        assert ConfidencePenaltyLoss(beta=0.5)(z, y).item() == pytest.approx(-math.log(0.75) - 0.5 * h)
+        assert LabelSmoothingLoss(alpha=0.2)(z, y).item() == pytest.approx(0.8 * -math.log(0.75) + 0.2 * u)
+    for term in (mean_class_entropy, uniform_cross_entropy):
+        with pytest.raises(ValueError, match=r"at least 2 classes.*\(1, 1, 3\)"):
+            term(torch.zeros(1, 1, 3))
+        with pytest.raises(ValueError, match="non-finite logit"):
+            term(torch.tensor([[[float("nan")], [0.0]]]))

@@ -7,9 +7,53 @@ import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from calibmonai.losses.fused import FusedTerms, fused_softmax_loss
-from calibmonai.losses.utils import check_reduction, finite_float, nll_map, reduce_voxel_loss, to_class_indices
+from calibmonai.losses.utils import check_logits, check_reduction, finite_float, nll_map, reduce_voxel_loss, to_class_indices
 
-__all__ = ["ConfidencePenaltyLoss", "LabelSmoothingLoss"]
+__all__ = ["ConfidencePenaltyLoss", "LabelSmoothingLoss", "mean_class_entropy", "uniform_cross_entropy"]
+
+
+def mean_class_entropy(input: torch.Tensor) -> torch.Tensor:
+    """Per-voxel entropy of ``softmax(input)`` divided by the number of classes, ``-(1/K) sum_k p_k log p_k``: the
+    term :class:`ConfidencePenaltyLoss` rewards (Pereyra et al., "Regularizing Neural Networks by Penalizing
+    Confident Output Distributions", ICLR workshop 2017; on the per-class scale of the MbLS segmentation study).
+
+    Args:
+        input: logits ``(B, K, *spatial)``, finite, floating point, ``K >= 2``.
+
+    Returns:
+        a ``(B, *spatial)`` map, between 0 (a one-hot prediction) and ``log(K) / K`` (the uniform one).
+
+    Raises:
+        ValueError: for logits that are not a finite floating ``(B, K, *spatial)`` tensor with ``K >= 2``.
+    """
+    check_logits(input)
+    return _mean_class_entropy(F.log_softmax(input, dim=1))
+
+
+def _mean_class_entropy(log_p: torch.Tensor) -> torch.Tensor:
+    return -(log_p.exp() * log_p).mean(dim=1)
+
+
+def uniform_cross_entropy(input: torch.Tensor) -> torch.Tensor:
+    """Per-voxel cross-entropy of ``softmax(input)`` against the uniform distribution, ``-(1/K) sum_k log p_k``: the
+    term that label smoothing mixes into the cross-entropy with weight ``alpha`` (Szegedy et al., "Rethinking the
+    Inception Architecture for Computer Vision", CVPR 2016), as :class:`LabelSmoothingLoss` does.
+
+    Args:
+        input: logits ``(B, K, *spatial)``, finite, floating point, ``K >= 2``.
+
+    Returns:
+        a ``(B, *spatial)`` map, at least ``log(K)`` (reached by the uniform prediction).
+
+    Raises:
+        ValueError: for logits that are not a finite floating ``(B, K, *spatial)`` tensor with ``K >= 2``.
+    """
+    check_logits(input)
+    return _uniform_cross_entropy(F.log_softmax(input, dim=1))
+
+
+def _uniform_cross_entropy(log_p: torch.Tensor) -> torch.Tensor:
+    return -log_p.mean(dim=1)
 
 
 class ConfidencePenaltyLoss(_Loss):
@@ -54,8 +98,7 @@ class ConfidencePenaltyLoss(_Loss):
             return fused
         idx = to_class_indices(input, target)
         log_p = F.log_softmax(input, dim=1)
-        neg_plogp = -(log_p.exp() * log_p).mean(dim=1)
-        return reduce_voxel_loss(nll_map(log_p, idx) - self.beta * neg_plogp, self.reduction)
+        return reduce_voxel_loss(nll_map(log_p, idx) - self.beta * _mean_class_entropy(log_p), self.reduction)
 
 
 class LabelSmoothingLoss(_Loss):
@@ -98,5 +141,5 @@ class LabelSmoothingLoss(_Loss):
             return fused
         idx = to_class_indices(input, target)
         log_p = F.log_softmax(input, dim=1)
-        voxel = (1.0 - self.alpha) * nll_map(log_p, idx) - self.alpha * log_p.mean(dim=1)
+        voxel = (1.0 - self.alpha) * nll_map(log_p, idx) + self.alpha * _uniform_cross_entropy(log_p)
         return reduce_voxel_loss(voxel, self.reduction)
