@@ -41,7 +41,13 @@ def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
             are negative or non-finite, or sum to 0 (the mean would be 0 / 0).
     """
     check_voxels(logits, labels, weights)
-    nll = F.cross_entropy(logits, labels.long(), reduction="none")
+    return _weighted_nll(logits, labels.long(), weights)
+
+
+def _weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`weighted_nll` of a checked sample (int64 labels): the fits' objective, evaluated at every optimiser
+    step on a :class:`VoxelSample`, which checked its voxels once."""
+    nll = F.cross_entropy(logits, labels, reduction="none")
     if weights is None:
         return nll.mean()
     w = weights.to(nll.dtype)

@@ -104,6 +104,10 @@ class LocalTemperatureScaling(Calibrator):
             ValueError: for a missing image, one of another shape, or one holding NaN/Inf.
         """
         self._check_image(logits, image)
+        return self._temperature_map(logits, image)
+
+    def _temperature_map(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """:meth:`temperature_map` of an image already checked (by ``forward``, or by ``fit`` for each item)."""
         image = image.to(logits.dtype)
         t_z = self.logit_branch(logits)
         t_x = self.image_branch(image)
@@ -111,7 +115,7 @@ class LocalTemperatureScaling(Calibrator):
         return F.relu(g * t_z + (1 - g) * t_x + 1.0) + self.eps
 
     def _forward_native(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits / self.temperature_map(logits, image), dim=1)
+        return torch.softmax(logits / self._temperature_map(logits, image), dim=1)
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated probabilities of the shape of ``logits (B, C, *spatial)`` (integer logits are taken as

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-from calibmonai.calibration.base import Calibrator, fit_lbfgs, weighted_nll
+from calibmonai.calibration.base import Calibrator, _weighted_nll, fit_lbfgs
 from calibmonai.calibration.sampling import VoxelSample
 
 __all__ = ["PlattScaling"]
@@ -45,11 +46,13 @@ class PlattScaling(Calibrator):
         self._warn_absent_classes(sample.labels)
         a = torch.ones(self.num_classes, dtype=torch.float64, requires_grad=True)
         b = torch.zeros(self.num_classes, dtype=torch.float64, requires_grad=True)
-        value = fit_lbfgs([a, b], lambda: weighted_nll(z * a + b, y, w))
+        value = fit_lbfgs([a, b], lambda: _weighted_nll(z * a + b, y, w))
+        if not (math.isfinite(value) and bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+            raise ValueError(f"Platt scaling diverged (NLL {value}, a {a.detach().tolist()}, b {b.detach().tolist()}): no parameters were set.")
         with torch.no_grad():
             self.a.copy_(a.float())
             self.b.copy_(b.float())
-            before = float(weighted_nll(z, y, w))
+            before = float(_weighted_nll(z, y, w))
         self.fitted = True
         return {"a": a.detach().tolist(), "b": b.detach().tolist(), "nll_before": before, "nll_after": value}
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from calibmonai.calibration.base import Calibrator, fit_lbfgs, weighted_nll
+from calibmonai.calibration.base import Calibrator, _weighted_nll, fit_lbfgs
 from calibmonai.calibration.sampling import VoxelSample
 from calibmonai.losses.utils import finite_float
 
@@ -63,20 +63,20 @@ class TemperatureScaling(Calibrator):
         log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
 
         def loss() -> torch.Tensor:
-            return weighted_nll(z / log_t.clamp(lo, hi).exp(), y, w)
+            return _weighted_nll(z / log_t.clamp(lo, hi).exp(), y, w)
 
         method = "lbfgs"
         try:
             value = fit_lbfgs([log_t], loss)
             ok = math.isfinite(value) and math.isfinite(float(log_t.detach()))
-        except (RuntimeError, ValueError):  # a diverged step (NaN temperature, refused by weighted_nll): grid search
+        except (RuntimeError, ValueError):  # a failed step: grid search (a diverged one, NaN, is caught by `ok`)
             ok = False
         best = float(log_t.detach().clamp(lo, hi)) if ok else 0.0
         if not ok:
             method = "grid"
             grid = torch.linspace(lo, hi, 400, dtype=torch.float64)
             with torch.no_grad():
-                values = torch.stack([weighted_nll(z / g.exp(), y, w) for g in grid])
+                values = torch.stack([_weighted_nll(z / g.exp(), y, w) for g in grid])
             best = float(grid[int(torch.nan_to_num(values, nan=float("inf")).argmin())])
         with torch.no_grad():
             self.log_t.fill_(best)
@@ -85,8 +85,8 @@ class TemperatureScaling(Calibrator):
         if best <= lo + 1e-6 or best >= hi - 1e-6:
             warnings.warn(f"temperature scaling: the fitted temperature {t:.4g} lies on the search bound {self.bounds}.")
         with torch.no_grad():
-            nll_before = float(weighted_nll(z, y, w))
-            nll_after = float(weighted_nll(z / t, y, w))
+            nll_before = float(_weighted_nll(z, y, w))
+            nll_after = float(_weighted_nll(z / t, y, w))
         return {"temperature": t, "method": method, "nll_before": nll_before, "nll_after": nll_after}
 
     def parameters_summary(self) -> dict[str, Any]:
