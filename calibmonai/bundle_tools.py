@@ -54,7 +54,7 @@ def _float_parameters(method: str) -> set[str]:
         params = inspect.signature(METHODS[method].build).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable without a signature
         return floats
-    return floats | {p.name for p in params if isinstance(p.default, float) and not isinstance(p.default, bool)}
+    return floats | {p.name for p in params if isinstance(p.default, float)}
 
 
 def run_name(method: str, loss_kwargs: Mapping[str, Any] | None = None, backbone: str | None = None) -> str:

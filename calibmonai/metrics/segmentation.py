@@ -36,6 +36,11 @@ def labels_to_regions(labels: torch.Tensor, regions: Mapping[str, Sequence[int]]
     """
     _check_label_map(labels, "labels")
     _check_regions(regions)
+    return _labels_to_regions(labels, regions)
+
+
+def _labels_to_regions(labels: torch.Tensor, regions: Mapping[str, Sequence[int]]) -> torch.Tensor:
+    """:func:`labels_to_regions` of checked labels and regions."""
     return torch.cat([torch.isin(labels, torch.as_tensor(list(v), device=labels.device)) for v in regions.values()], dim=1).float()
 
 
@@ -178,7 +183,7 @@ class SegmentationMetrics:
 
     def _channels(self, labels: torch.Tensor) -> torch.Tensor:
         if self.regions:
-            return labels_to_regions(labels, self.regions)
+            return _labels_to_regions(labels, self.regions)  # both checked: the regions in __init__, the labels by __call__
         return one_hot(labels.long(), self.num_classes, dim=1)
 
     def __call__(self, pred: torch.Tensor, label: torch.Tensor, spacing: float | Sequence[float] | Sequence[Sequence[float]] | None = None) -> list[dict[str, float]]:
